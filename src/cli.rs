@@ -1,0 +1,255 @@
+//! Command-line parsing and the headless commands.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use easel::device::DeviceChoice;
+use easel::engine::{Engine, EngineConfig, Event};
+use easel::pipeline::request::{GenerateRequest, SourceImage};
+use easel::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
+use easel::schedulers::SamplerKind;
+
+/// Easel: generate and edit images with local diffusion models.
+#[derive(Debug, Parser)]
+#[command(name = "easel", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate one image (txt2img; img2img with --init; inpaint with --init and --mask).
+    Generate(GenerateArgs),
+    /// Replay a parity case and compare with its golden; exits 1 beyond tolerance.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// A diffusers model folder (with model_index.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// What to draw.
+    #[arg(long)]
+    prompt: String,
+    /// What to avoid.
+    #[arg(long)]
+    negative: Option<String>,
+    /// Init image for img2img and inpainting.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Inpainting mask (white repaints), the init image's size.
+    #[arg(long, requires = "init")]
+    mask: Option<PathBuf>,
+    /// How much to change the init image, 0 to 1.
+    #[arg(long, default_value_t = 0.75)]
+    strength: f64,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance scale (0 or 1 disables it).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    /// euler, euler_a, ddim, dpmpp_2m or dpmpp_2m_karras.
+    #[arg(long, default_value = "euler", value_parser = parse_sampler)]
+    scheduler: SamplerKind,
+    /// Noise seed; the same seed and parameters give the same image.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Width in pixels (multiple of 8); default: the init image's or the model's.
+    #[arg(long)]
+    width: Option<u32>,
+    /// Height in pixels (multiple of 8).
+    #[arg(long)]
+    height: Option<u32>,
+    /// Keep the raw decode outside the mask instead of pasting the original back.
+    #[arg(long)]
+    no_paste_back: bool,
+    /// cpu, cuda, cuda:N or metal (default: the best this build has).
+    #[arg(long, value_parser = parse_device)]
+    device: Option<DeviceChoice>,
+    /// Print per-stage timings after the run.
+    #[arg(long)]
+    timings: bool,
+    /// Where to write the PNG.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The case's JSON file (its .safetensors beside it).
+    case: PathBuf,
+    /// The folder holding the case's model folders.
+    #[arg(long)]
+    models: PathBuf,
+    /// Where to write Easel's image for a look.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn parse_sampler(name: &str) -> Result<SamplerKind, String> {
+    SamplerKind::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown scheduler {name:?}; use one of {}", names.join(", "))
+    })
+}
+
+fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    match text {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "metal" => Ok(DeviceChoice::Metal),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceChoice::Cuda)
+            .ok_or_else(|| format!("unknown device {other:?}; use cpu, cuda, cuda:N or metal")),
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::Generate(args)) => generate(args),
+        Some(Command::Replay(args)) => replay(args),
+        None => {
+            eprintln!(
+                "The Easel window is not built yet. Headless commands:\n  \
+                 easel generate --model DIR --prompt TEXT --out OUT.png\n  \
+                 easel replay CASE.json --models DIR\nRun `easel --help` for more."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
+    let image = image::ImageReader::open(path)
+        .with_context(|| format!("could not open the image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("could not read the image {}", path.display()))?
+        .decode()
+        .with_context(|| format!("{} is not an image Easel can read (PNG, JPEG, WebP)", path.display()))?;
+    Ok(image.to_rgb8())
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let source = match &args.init {
+        Some(init) => Some(SourceImage {
+            image: load_rgb(init)?,
+            strength: args.strength,
+            mask: args
+                .mask
+                .as_deref()
+                .map(|m| load_rgb(m).map(|img| image::DynamicImage::ImageRgb8(img).to_luma8()))
+                .transpose()?,
+        }),
+        None => None,
+    };
+    let request = GenerateRequest {
+        model: args.model.clone(),
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative.clone(),
+        sampler: args.scheduler,
+        steps: args.steps,
+        guidance: args.guidance,
+        seed: args.seed,
+        width: args.width,
+        height: args.height,
+        source,
+        paste_back: !args.no_paste_back,
+    };
+    request.validate()?;
+    let config = EngineConfig {
+        device: args.device.unwrap_or_default(),
+        ..Default::default()
+    };
+    let engine = Engine::spawn(config, Arc::new(|| {}))?;
+    let job = engine.generate(request)?;
+    let mut stderr = std::io::stderr();
+    loop {
+        let event = engine
+            .events()
+            .recv()
+            .context("the engine stopped before the job ended")?;
+        match event {
+            Event::Loading { component, .. } => {
+                // Progress output is best effort; a closed stderr must not stop the job.
+                writeln!(stderr, "loading {component}").ok();
+            }
+            Event::Step { step, of, elapsed, .. } => {
+                let per_step = elapsed.as_secs_f64() / step as f64;
+                let bar = progress_bar(step, of, 30);
+                write!(
+                    stderr,
+                    "\r{bar} step {step}/{of}  {per_step:.2} s/step  {:.0} s left ",
+                    per_step * (of - step) as f64
+                )
+                .ok();
+                if step == of {
+                    writeln!(stderr).ok();
+                }
+            }
+            Event::Finished { job: done, output } if done == job => {
+                if let Some(cut) = &output.prompt_cut_off {
+                    eprintln!("note: the prompt was cut at 77 tokens; ignored: {cut:?}");
+                }
+                output
+                    .image
+                    .save(&args.out)
+                    .with_context(|| format!("could not write {}", args.out.display()))?;
+                eprintln!("wrote {}", args.out.display());
+                if args.timings {
+                    for (stage, took) in &output.timings.stages {
+                        println!("{stage:<20} {:>9.3} s", took.as_secs_f64());
+                    }
+                    println!("{:<20} {:>9.3} s", "total", output.timings.total().as_secs_f64());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Event::Failed { job: done, error } if done == job => bail!(error),
+            Event::Cancelled { job: done } if done == job => bail!("the job was cancelled"),
+            _ => {}
+        }
+    }
+}
+
+fn progress_bar(done: usize, total: usize, width: usize) -> String {
+    let filled = if total == 0 { width } else { done * width / total };
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let case = ParityCase::load(&args.case)?;
+    let report = case
+        .run(&args.models, &candle_core::Device::Cpu)
+        .with_context(|| format!("replaying {}", args.case.display()))?;
+    println!("case {}", report.name);
+    for (index, diff) in report.step_max_diffs.iter().enumerate() {
+        let verdict = if *diff <= LATENT_TOLERANCE { "ok" } else { "FAIL" };
+        println!("  step {:>2} latents max |diff| {diff:.3e} {verdict}", index + 1);
+    }
+    let verdict = if report.image_max_diff <= IMAGE_TOLERANCE { "ok" } else { "FAIL" };
+    println!("  image max |diff| {:.3e} {verdict}", report.image_max_diff);
+    println!("  tolerance: image {IMAGE_TOLERANCE:e}, latents {LATENT_TOLERANCE:e}; took {:.2} s", report.elapsed.as_secs_f64());
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+        let path = dir.join(format!("{}.png", report.name));
+        report.image.save(&path).with_context(|| format!("could not write {}", path.display()))?;
+    }
+    if report.passed() {
+        println!("PASS");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("FAIL");
+        Ok(ExitCode::FAILURE)
+    }
+}

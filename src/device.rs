@@ -1,0 +1,87 @@
+//! Device and precision choice: the only place that knows about Metal and CUDA.
+
+use candle_core::{DType, Device};
+
+/// Which device the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// Metal when built with `metal`, CUDA when built with `cuda` and a GPU answers, else CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The CUDA GPU of this ordinal.
+    Cuda(usize),
+    /// The Mac's GPU.
+    Metal,
+}
+
+/// A device that can't be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeviceError {
+    /// The backend was not compiled in.
+    #[error("this build of Easel has no {0} support: rebuild with `--features {0}` or use --device cpu")]
+    NotBuilt(&'static str),
+    /// The backend is there but the device did not open.
+    #[error("the {backend} device could not be opened: {message}")]
+    Open {
+        /// `cuda` or `metal`.
+        backend: &'static str,
+        /// What the driver said.
+        message: String,
+    },
+}
+
+/// Opens the chosen device.
+pub fn open(choice: DeviceChoice) -> Result<Device, DeviceError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda(ordinal) => open_cuda(ordinal),
+        DeviceChoice::Metal => open_metal(),
+        DeviceChoice::Auto => Ok(open_metal().or_else(|_| open_cuda(0)).unwrap_or(Device::Cpu)),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(ordinal: usize) -> Result<Device, DeviceError> {
+    Device::new_cuda(ordinal).map_err(|e| DeviceError::Open {
+        backend: "cuda",
+        message: e.to_string(),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(_ordinal: usize) -> Result<Device, DeviceError> {
+    Err(DeviceError::NotBuilt("cuda"))
+}
+
+#[cfg(feature = "metal")]
+fn open_metal() -> Result<Device, DeviceError> {
+    Device::new_metal(0).map_err(|e| DeviceError::Open {
+        backend: "metal",
+        message: e.to_string(),
+    })
+}
+
+#[cfg(not(feature = "metal"))]
+fn open_metal() -> Result<Device, DeviceError> {
+    Err(DeviceError::NotBuilt("metal"))
+}
+
+/// The default weight precision on `device`: f16 on GPUs, f32 on the CPU.
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::F16
+    }
+}
+
+/// A short description for the status bar and logs: "cpu", "cuda:0", "metal".
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}

@@ -1,0 +1,145 @@
+//! The typed messages between the engine thread and whoever drives it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use image::RgbImage;
+
+use super::error::EngineError;
+use super::memory::MemoryReport;
+use crate::pipeline::request::{GenerateRequest, Mode};
+use crate::pipeline::StageTimings;
+use crate::schedulers::SamplerKind;
+
+/// Identifies one generation from request to result.
+pub type JobId = u64;
+
+/// What the engine is asked to do.
+#[derive(Debug)]
+pub enum Request {
+    /// Run a generation (queued behind any running job).
+    Generate {
+        /// The id the caller will see in events.
+        job: JobId,
+        /// What to generate.
+        request: Box<GenerateRequest>,
+    },
+    /// Stop a queued or running job before its next step.
+    Cancel(JobId),
+    /// Drop every loaded model.
+    Unload,
+    /// Cancel what runs and end the thread.
+    Shutdown,
+}
+
+/// The parameters a result was made with, enough to reproduce it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobParameters {
+    /// The model folder.
+    pub model: PathBuf,
+    /// txt2img, img2img or inpaint.
+    pub mode: Mode,
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt, if one was given.
+    pub negative_prompt: Option<String>,
+    /// The sampler.
+    pub sampler: SamplerKind,
+    /// Steps of the full schedule.
+    pub steps: usize,
+    /// Guidance scale.
+    pub guidance: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Output width in pixels.
+    pub width: u32,
+    /// Output height in pixels.
+    pub height: u32,
+    /// img2img / inpaint strength.
+    pub strength: Option<f64>,
+}
+
+impl JobParameters {
+    /// The parameters of `request` generated at `size_px`.
+    pub fn of(request: &GenerateRequest, size_px: (u32, u32)) -> Self {
+        Self {
+            model: request.model.clone(),
+            mode: request.mode(),
+            prompt: request.prompt.clone(),
+            negative_prompt: request.negative_prompt.clone(),
+            sampler: request.sampler,
+            steps: request.steps,
+            guidance: request.guidance,
+            seed: request.seed,
+            width: size_px.0,
+            height: size_px.1,
+            strength: request.source.as_ref().map(|s| s.strength),
+        }
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct JobOutput {
+    /// The result image.
+    pub image: RgbImage,
+    /// What it was made with.
+    pub parameters: JobParameters,
+    /// Where the time went (loads, prompt, each step, decode).
+    pub timings: StageTimings,
+    /// Prompt text the text encoder could not take (cut at 77 tokens).
+    pub prompt_cut_off: Option<String>,
+}
+
+/// What the engine reports. Each is followed by a call of the wake-up callback.
+#[derive(Debug)]
+pub enum Event {
+    /// The engine has taken the job and will run it when the one before it ends.
+    Queued {
+        /// The job.
+        job: JobId,
+    },
+    /// A model component is loading for the job.
+    Loading {
+        /// The job.
+        job: JobId,
+        /// `text_encoder`, `text_encoder_2`, `unet`, `vae`.
+        component: &'static str,
+        /// 0 when it starts, 1 when it is loaded.
+        progress: f32,
+    },
+    /// A denoising step finished.
+    Step {
+        /// The job.
+        job: JobId,
+        /// Steps done, 1-based.
+        step: usize,
+        /// Steps this job runs.
+        of: usize,
+        /// Time since the first step began.
+        elapsed: Duration,
+    },
+    /// The job finished.
+    Finished {
+        /// The job.
+        job: JobId,
+        /// The result.
+        output: Box<JobOutput>,
+    },
+    /// The job failed; the engine goes on.
+    Failed {
+        /// The job.
+        job: JobId,
+        /// Why.
+        error: EngineError,
+    },
+    /// The job was cancelled; loaded models stay loaded.
+    Cancelled {
+        /// The job.
+        job: JobId,
+    },
+    /// Memory in use now.
+    Memory(MemoryReport),
+    /// Every model was dropped.
+    Unloaded,
+}

@@ -1,0 +1,153 @@
+//! The inference engine: one named background thread that owns the device and the models,
+//! driven only by typed messages over bounded channels. No UI code in here.
+
+pub mod error;
+pub mod memory;
+pub mod messages;
+mod worker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::device::{self, DeviceChoice};
+use crate::models::sd::Component;
+use crate::pipeline::request::GenerateRequest;
+pub use error::{EngineError, EngineStopped};
+pub use messages::{Event, JobId, JobOutput, JobParameters, Request};
+
+/// Called after every event; the window passes one that requests a repaint.
+pub type WakeUp = Arc<dyn Fn() + Send + Sync>;
+
+/// Where a fault hook is called, so that tests can inject failures a real run can't force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// Before a component loads.
+    BeforeLoad(Component),
+    /// Before step `step` (1-based) of `job`.
+    BeforeStep {
+        /// The job.
+        job: JobId,
+        /// The step about to run.
+        step: usize,
+    },
+}
+
+/// A test hook called at each `FaultPoint`; it may panic to simulate a crash in a job.
+pub type FaultHook = Arc<dyn Fn(FaultPoint) + Send + Sync>;
+
+/// How to start the engine.
+#[derive(Clone, Default)]
+pub struct EngineConfig {
+    /// The device to run on.
+    pub device: DeviceChoice,
+    /// Weight precision; `None` picks the device's default.
+    pub dtype: Option<candle_core::DType>,
+    /// Test-only failure injection.
+    pub fault_hook: Option<FaultHook>,
+}
+
+/// Capacity of the request channel; a full channel means the engine is far behind.
+const REQUEST_CAPACITY: usize = 64;
+/// Capacity of the event channel; the engine waits when the listener falls this far behind.
+const EVENT_CAPACITY: usize = 1024;
+
+/// A handle to the engine thread. Dropping it shuts the engine down.
+pub struct Engine {
+    requests: Sender<Request>,
+    events: Receiver<Event>,
+    next_job: AtomicU64,
+    device_name: String,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the engine thread; nothing is loaded until a job needs it.
+    pub fn spawn(config: EngineConfig, wake: WakeUp) -> Result<Self, EngineError> {
+        let device = device::open(config.device)?;
+        let dtype = config.dtype.unwrap_or_else(|| device::default_dtype(&device));
+        let device_name = device::describe(&device);
+        let (request_tx, request_rx) = bounded(REQUEST_CAPACITY);
+        let (event_tx, event_rx) = bounded(EVENT_CAPACITY);
+        let outbox = worker::Outbox::new(event_tx, wake);
+        let worker = worker::Worker::new(request_rx, outbox, device, dtype, config.fault_hook);
+        let thread = std::thread::Builder::new()
+            .name("engine".to_string())
+            .spawn(move || worker.run())
+            .map_err(|e| EngineError::Panicked(format!("the engine thread did not start: {e}")))?;
+        Ok(Self {
+            requests: request_tx,
+            events: event_rx,
+            next_job: AtomicU64::new(1),
+            device_name,
+            thread: Some(thread),
+        })
+    }
+
+    /// "cpu", "cuda:0" or "metal:0".
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// Queues a generation and returns its id.
+    pub fn generate(&self, request: GenerateRequest) -> Result<JobId, EngineStopped> {
+        let job = self.next_job.fetch_add(1, Ordering::Relaxed);
+        self.send(Request::Generate {
+            job,
+            request: Box::new(request),
+        })?;
+        Ok(job)
+    }
+
+    /// Cancels a queued or running job.
+    pub fn cancel(&self, job: JobId) -> Result<(), EngineStopped> {
+        self.send(Request::Cancel(job))
+    }
+
+    /// Drops every loaded model (after the running job, if any).
+    pub fn unload(&self) -> Result<(), EngineStopped> {
+        self.send(Request::Unload)
+    }
+
+    /// Sends any request.
+    pub fn send(&self, request: Request) -> Result<(), EngineStopped> {
+        self.requests.send(request).map_err(|_| EngineStopped)
+    }
+
+    /// The events, for a blocking `recv` (command line) or a per-frame `try_iter` (window).
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+
+    /// Whether the engine thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // A failed send means the thread already ended, which is what we want here.
+        if self.requests.send(Request::Shutdown).is_err() {
+            return;
+        }
+        // Let the worker finish sending while we stop listening.
+        while let Some(thread) = self.thread.as_ref() {
+            if thread.is_finished() {
+                break;
+            }
+            if self.events.recv_timeout(std::time::Duration::from_millis(20)).is_err()
+                && self.thread.as_ref().is_some_and(JoinHandle::is_finished)
+            {
+                break;
+            }
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                eprintln!("easel: the engine thread ended with a panic");
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The engine thread: owns the device and the loaded model, runs one job at a time, and
+//! polls for cancel and new requests between steps.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::error::EngineError;
+use super::memory::{process_rss_bytes, MemoryReport};
+use super::messages::{Event, JobId, JobOutput, JobParameters, Request};
+use super::{FaultHook, FaultPoint, WakeUp};
+use crate::models::sd::SdModel;
+use crate::pipeline::noise::SeededNoise;
+use crate::pipeline::request::GenerateRequest;
+use crate::pipeline::sd::{check_inputs, generate, load_components};
+use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
+
+/// Sends events and wakes the listener; remembers whether the listener is gone.
+pub(super) struct Outbox {
+    events: Sender<Event>,
+    wake: WakeUp,
+}
+
+impl Outbox {
+    pub(super) fn new(events: Sender<Event>, wake: WakeUp) -> Self {
+        Self { events, wake }
+    }
+
+    /// Sends `event`; false when nobody listens any more (the engine then stops).
+    fn send(&self, event: Event) -> bool {
+        let delivered = self.events.send(event).is_ok();
+        (self.wake)();
+        delivered
+    }
+}
+
+/// The engine thread's state.
+pub(super) struct Worker {
+    pub(super) requests: Receiver<Request>,
+    pub(super) outbox: Outbox,
+    pub(super) device: Device,
+    pub(super) dtype: DType,
+    pub(super) fault_hook: Option<FaultHook>,
+    model: Option<SdModel>,
+    pending: VecDeque<(JobId, Box<GenerateRequest>)>,
+    shutting_down: bool,
+    unload_after_job: bool,
+}
+
+impl Worker {
+    pub(super) fn new(
+        requests: Receiver<Request>,
+        outbox: Outbox,
+        device: Device,
+        dtype: DType,
+        fault_hook: Option<FaultHook>,
+    ) -> Self {
+        Self {
+            requests,
+            outbox,
+            device,
+            dtype,
+            fault_hook,
+            model: None,
+            pending: VecDeque::new(),
+            shutting_down: false,
+            unload_after_job: false,
+        }
+    }
+
+    /// Serves requests until shut down or until the handle is dropped.
+    pub(super) fn run(mut self) {
+        if !self.outbox.send(Event::Memory(self.memory_report())) {
+            return;
+        }
+        while !self.shutting_down {
+            let (job, request) = match self.pending.pop_front() {
+                Some(next) => next,
+                None => match self.requests.recv() {
+                    Ok(request) => match self.accept(request) {
+                        Some(next) => next,
+                        None => continue,
+                    },
+                    Err(_) => return,
+                },
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.run_job(job, &request)));
+            let event = match outcome {
+                Ok(Ok(output)) => Event::Finished {
+                    job,
+                    output: Box::new(output),
+                },
+                Ok(Err(PipelineError::Cancelled)) => Event::Cancelled { job },
+                Ok(Err(error)) => Event::Failed {
+                    job,
+                    error: EngineError::Pipeline(error),
+                },
+                Err(panic) => Event::Failed {
+                    job,
+                    error: EngineError::Panicked(panic_message(panic.as_ref())),
+                },
+            };
+            if !self.outbox.send(event) || !self.outbox.send(Event::Memory(self.memory_report())) {
+                return;
+            }
+        }
+    }
+
+    /// Handles a request that arrives while no job runs; returns a job to start.
+    fn accept(&mut self, request: Request) -> Option<(JobId, Box<GenerateRequest>)> {
+        match request {
+            Request::Generate { job, request } => {
+                self.outbox.send(Event::Queued { job });
+                Some((job, request))
+            }
+            Request::Cancel(job) => {
+                self.cancel_pending(job);
+                None
+            }
+            Request::Unload => {
+                self.unload();
+                None
+            }
+            Request::Shutdown => {
+                self.shutting_down = true;
+                None
+            }
+        }
+    }
+
+    /// Handles a request that arrives during job `running`; true when it cancels that job.
+    fn accept_during(&mut self, running: JobId, request: Request) -> bool {
+        match request {
+            Request::Generate { job, request } => {
+                self.outbox.send(Event::Queued { job });
+                self.pending.push_back((job, request));
+                false
+            }
+            Request::Cancel(job) if job == running => true,
+            Request::Cancel(job) => {
+                self.cancel_pending(job);
+                false
+            }
+            Request::Unload => {
+                // Honoured when the running job, which needs its model, ends.
+                self.unload_after_job = true;
+                false
+            }
+            Request::Shutdown => {
+                self.shutting_down = true;
+                true
+            }
+        }
+    }
+
+    /// Drains requests without blocking; true when the running job must stop.
+    fn poll(&mut self, running: JobId) -> bool {
+        let mut cancel = false;
+        while let Ok(request) = self.requests.try_recv() {
+            cancel |= self.accept_during(running, request);
+        }
+        cancel
+    }
+
+    fn cancel_pending(&mut self, job: JobId) {
+        let before = self.pending.len();
+        self.pending.retain(|(queued, _)| *queued != job);
+        if self.pending.len() != before {
+            self.outbox.send(Event::Cancelled { job });
+        }
+    }
+
+    fn unload(&mut self) {
+        self.model = None;
+        self.outbox.send(Event::Unloaded);
+        self.outbox.send(Event::Memory(self.memory_report()));
+    }
+
+    fn memory_report(&self) -> MemoryReport {
+        MemoryReport {
+            device: crate::device::describe(&self.device),
+            process_rss_bytes: process_rss_bytes(),
+            weights_bytes: self
+                .model
+                .as_ref()
+                .map(|m| {
+                    m.loaded_bytes()
+                        .iter()
+                        .map(|(c, b)| (c.name(), *b))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Opens the request's model (keeping the loaded one when it is the same folder).
+    fn model_for(&mut self, folder: &std::path::Path) -> Result<SdModel, PipelineError> {
+        let wanted = canonical(folder);
+        match self.model.take() {
+            Some(model) if canonical(model.dir()) == wanted => Ok(model),
+            _ => Ok(SdModel::open(folder, &self.device, self.dtype)?),
+        }
+    }
+
+    fn run_job(&mut self, job: JobId, request: &GenerateRequest) -> Result<JobOutput, PipelineError> {
+        request.validate()?;
+        let mut model = self.model_for(&request.model)?;
+        let result = self.run_with_model(job, request, &mut model);
+        // The model stays loaded for the next job, unless an unload or shutdown came meanwhile.
+        if self.unload_after_job {
+            self.unload_after_job = false;
+            drop(model);
+            self.unload();
+        } else if !self.shutting_down {
+            self.model = Some(model);
+        }
+        result
+    }
+
+    fn run_with_model(
+        &mut self,
+        job: JobId,
+        request: &GenerateRequest,
+        model: &mut SdModel,
+    ) -> Result<JobOutput, PipelineError> {
+        check_inputs(model, request)?;
+        let mut timings = StageTimings::default();
+        {
+            let mut on_load = |component: crate::models::sd::Component| {
+                if let Some(hook) = &self.fault_hook {
+                    hook(FaultPoint::BeforeLoad(component));
+                }
+                self.outbox.send(Event::Loading {
+                    job,
+                    component: component.name(),
+                    progress: 0.0,
+                });
+            };
+            load_components(model, &mut timings, &mut on_load)?;
+        }
+        if self.poll(job) {
+            return Err(PipelineError::Cancelled);
+        }
+        self.outbox.send(Event::Memory(MemoryReport {
+            weights_bytes: model
+                .loaded_bytes()
+                .iter()
+                .map(|(c, b)| (c.name(), *b))
+                .collect(),
+            ..self.memory_report()
+        }));
+        let mut noise = SeededNoise::new(request.seed);
+        let mut observer = JobObserver { worker: self, job };
+        let generated = generate(model, request, &mut noise, &mut observer, timings)?;
+        Ok(JobOutput {
+            image: generated.image,
+            parameters: JobParameters::of(request, generated.size_px),
+            timings: generated.timings,
+            prompt_cut_off: generated.prompt_cut_off,
+        })
+    }
+}
+
+/// Reports steps and checks for cancel between them.
+struct JobObserver<'a> {
+    worker: &'a mut Worker,
+    job: JobId,
+}
+
+impl StepObserver for JobObserver<'_> {
+    fn before_step(&mut self, done: usize, _total: usize) -> StepControl {
+        if let Some(hook) = &self.worker.fault_hook {
+            hook(FaultPoint::BeforeStep {
+                job: self.job,
+                step: done + 1,
+            });
+        }
+        if self.worker.poll(self.job) {
+            StepControl::Cancel
+        } else {
+            StepControl::Continue
+        }
+    }
+
+    fn after_step(&mut self, done: usize, total: usize, _latents: &Tensor, elapsed: Duration) {
+        self.worker.outbox.send(Event::Step {
+            job: self.job,
+            step: done,
+            of: total,
+            elapsed,
+        });
+    }
+}
+
+fn canonical(path: &std::path::Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}

@@ -1,0 +1,9 @@
+//! Easel: local diffusion models for artists. This library is the engine (no UI in it): model
+//! loading, schedulers, pipelines and the background inference thread, usable headless.
+
+pub mod device;
+pub mod engine;
+pub mod models;
+pub mod pipeline;
+pub mod replay;
+pub mod schedulers;

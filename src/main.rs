@@ -1,0 +1,18 @@
+//! The `easel` command: the window (later), `generate` and `replay` headless.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("easel: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

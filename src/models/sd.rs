@@ -1,0 +1,287 @@
+//! A Stable Diffusion model folder (diffusers layout): its configs read at open, its
+//! components (text encoders, UNet, VAE) loaded when a job first needs them and kept.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+
+use super::clip::ClipTextModel;
+use super::config::{read_json, ClipTextConfig, ModelIndex, SchedulerConfig, UnetConfig, VaeConfig};
+use super::error::ModelError;
+use super::tokenizer::PromptTokenizer;
+use super::unet::{Unet, UnetShape};
+use super::vae::Vae;
+use super::weights::{component_files, mmap_var_builder, weights_error};
+
+/// Which Stable Diffusion family a folder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// SD 1.x and 2.x: one CLIP text encoder.
+    StableDiffusion,
+    /// SDXL: two text encoders, pooled text and size conditioning.
+    StableDiffusionXl,
+}
+
+/// A loadable part of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Component {
+    /// The first (or only) text encoder and its tokenizer.
+    TextEncoder,
+    /// SDXL's second text encoder and its tokenizer.
+    TextEncoder2,
+    /// The denoiser.
+    Unet,
+    /// The autoencoder.
+    Vae,
+}
+
+impl Component {
+    /// The folder and display name of the component.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::TextEncoder => "text_encoder",
+            Component::TextEncoder2 => "text_encoder_2",
+            Component::Unet => "unet",
+            Component::Vae => "vae",
+        }
+    }
+}
+
+/// One text encoder with its tokenizer.
+#[derive(Debug)]
+pub struct TextEncoder {
+    /// The tokenizer of the same index.
+    pub tokenizer: PromptTokenizer,
+    /// The CLIP model.
+    pub model: ClipTextModel,
+}
+
+#[derive(Debug)]
+struct TextEncoderSlot {
+    component: Component,
+    dir: PathBuf,
+    tokenizer_dir: PathBuf,
+    config: ClipTextConfig,
+    loaded: Option<TextEncoder>,
+}
+
+/// An opened model folder.
+#[derive(Debug)]
+pub struct SdModel {
+    dir: PathBuf,
+    /// SD or SDXL.
+    pub family: Family,
+    /// `model_index.json`.
+    pub index: ModelIndex,
+    /// The UNet's resolved shape.
+    pub unet_shape: UnetShape,
+    /// `vae/config.json`.
+    pub vae_config: VaeConfig,
+    /// `scheduler/scheduler_config.json`.
+    pub scheduler_config: SchedulerConfig,
+    text_encoders: Vec<TextEncoderSlot>,
+    unet: Option<Unet>,
+    vae: Option<Vae>,
+    device: Device,
+    dtype: DType,
+    /// Bytes of weights per loaded component (file sizes at the load dtype).
+    loaded_bytes: Vec<(Component, u64)>,
+}
+
+impl SdModel {
+    /// Reads the configs of the model in `dir` (nothing is loaded yet).
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::FolderNotFound {
+                path: dir.to_path_buf(),
+            });
+        }
+        let index: ModelIndex = read_json(&dir.join("model_index.json"), "model index")?;
+        let family = match index.class_name.as_str() {
+            "StableDiffusionPipeline"
+            | "StableDiffusionImg2ImgPipeline"
+            | "StableDiffusionInpaintPipeline" => Family::StableDiffusion,
+            "StableDiffusionXLPipeline"
+            | "StableDiffusionXLImg2ImgPipeline"
+            | "StableDiffusionXLInpaintPipeline" => Family::StableDiffusionXl,
+            other => {
+                return Err(ModelError::Unsupported {
+                    what: format!("the pipeline {other}"),
+                    path: dir.join("model_index.json"),
+                })
+            }
+        };
+        let unet_path = dir.join("unet/config.json");
+        let unet_config: UnetConfig = read_json(&unet_path, "UNet config")?;
+        let unet_shape = UnetShape::from_config(&unet_config, &unet_path)?;
+        let vae_config: VaeConfig = read_json(&dir.join("vae/config.json"), "VAE config")?;
+        let scheduler_config: SchedulerConfig = read_json(
+            &dir.join("scheduler/scheduler_config.json"),
+            "scheduler config",
+        )?;
+        let mut text_encoders = vec![Self::slot(dir, Component::TextEncoder, "tokenizer")?];
+        if family == Family::StableDiffusionXl {
+            text_encoders.push(Self::slot(dir, Component::TextEncoder2, "tokenizer_2")?);
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            family,
+            index,
+            unet_shape,
+            vae_config,
+            scheduler_config,
+            text_encoders,
+            unet: None,
+            vae: None,
+            device: device.clone(),
+            dtype,
+            loaded_bytes: Vec::new(),
+        })
+    }
+
+    fn slot(dir: &Path, component: Component, tokenizer: &str) -> Result<TextEncoderSlot, ModelError> {
+        let encoder_dir = dir.join(component.name());
+        let config = read_json(&encoder_dir.join("config.json"), "text encoder config")?;
+        Ok(TextEncoderSlot {
+            component,
+            dir: encoder_dir,
+            tokenizer_dir: dir.join(tokenizer),
+            config,
+            loaded: None,
+        })
+    }
+
+    /// The model folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The native output size in pixels (the UNet's sample size times the VAE's scale).
+    pub fn native_size_px(&self) -> (u32, u32) {
+        let scale = 1u32 << self.vae_config.block_out_channels.len().saturating_sub(1);
+        let side = self.unet_shape_sample_size().unwrap_or(64) as u32 * scale;
+        (side, side)
+    }
+
+    fn unet_shape_sample_size(&self) -> Option<usize> {
+        self.unet_shape.sample_size()
+    }
+
+    /// The components every job of this model needs.
+    pub fn components(&self) -> Vec<Component> {
+        let mut all: Vec<Component> = self.text_encoders.iter().map(|s| s.component).collect();
+        all.extend([Component::Unet, Component::Vae]);
+        all
+    }
+
+    /// Whether `component` is in memory.
+    pub fn is_loaded(&self, component: Component) -> bool {
+        match component {
+            Component::Unet => self.unet.is_some(),
+            Component::Vae => self.vae.is_some(),
+            text => self
+                .text_encoders
+                .iter()
+                .any(|s| s.component == text && s.loaded.is_some()),
+        }
+    }
+
+    /// Loads `component` if it is not loaded, returning how long that took (zero when it was).
+    pub fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
+        if self.is_loaded(component) {
+            return Ok(Duration::ZERO);
+        }
+        let started = Instant::now();
+        let dtype = self.dtype;
+        let bytes = match component {
+            Component::Unet => {
+                let dir = self.dir.join("unet");
+                let files = component_files(&dir)?;
+                let vb = mmap_var_builder(&files, dtype, &self.device)?;
+                let unet = Unet::new(vb, self.unet_shape.clone())
+                    .map_err(|e| weights_error(&files, &dir.join("config.json"), e))?;
+                self.unet = Some(unet);
+                files_bytes(&files)
+            }
+            Component::Vae => {
+                let dir = self.dir.join("vae");
+                let files = component_files(&dir)?;
+                let vae_dtype = if self.vae_config.force_upcast {
+                    DType::F32
+                } else {
+                    dtype
+                };
+                let vb = mmap_var_builder(&files, vae_dtype, &self.device)?;
+                let vae = Vae::new(vb, &self.vae_config)
+                    .map_err(|e| weights_error(&files, &dir.join("config.json"), e))?;
+                self.vae = Some(vae);
+                files_bytes(&files)
+            }
+            text => {
+                let device = self.device.clone();
+                let Some(slot) = self.text_encoders.iter_mut().find(|s| s.component == text)
+                else {
+                    return Ok(Duration::ZERO);
+                };
+                let tokenizer = PromptTokenizer::load(&slot.tokenizer_dir)?;
+                let files = component_files(&slot.dir)?;
+                let vb = mmap_var_builder(&files, dtype, &device)?;
+                let model = ClipTextModel::new(vb, &slot.config)
+                    .map_err(|e| weights_error(&files, &slot.dir.join("config.json"), e))?;
+                slot.loaded = Some(TextEncoder { tokenizer, model });
+                files_bytes(&files)
+            }
+        };
+        self.loaded_bytes.retain(|(c, _)| *c != component);
+        self.loaded_bytes.push((component, bytes));
+        Ok(started.elapsed())
+    }
+
+    /// Drops `component`'s weights.
+    pub fn unload(&mut self, component: Component) {
+        match component {
+            Component::Unet => self.unet = None,
+            Component::Vae => self.vae = None,
+            text => {
+                for slot in self.text_encoders.iter_mut().filter(|s| s.component == text) {
+                    slot.loaded = None;
+                }
+            }
+        }
+        self.loaded_bytes.retain(|(c, _)| *c != component);
+    }
+
+    /// Bytes of weight files behind each loaded component.
+    pub fn loaded_bytes(&self) -> &[(Component, u64)] {
+        &self.loaded_bytes
+    }
+
+    /// The loaded text encoders, in order (empty entries are not loaded).
+    pub fn text_encoders(&self) -> Vec<Option<&TextEncoder>> {
+        self.text_encoders.iter().map(|s| s.loaded.as_ref()).collect()
+    }
+
+    /// The loaded UNet.
+    pub fn unet(&self) -> Option<&Unet> {
+        self.unet.as_ref()
+    }
+
+    /// The loaded VAE.
+    pub fn vae(&self) -> Option<&Vae> {
+        self.vae.as_ref()
+    }
+}
+
+fn files_bytes(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}

@@ -1,0 +1,446 @@
+//! The Stable Diffusion UNet (`UNet2DConditionModel`) built from its `config.json`.
+//!
+//! candle-transformers supplies the blocks; Easel assembles them so that it can add what
+//! candle's own UNet lacks: SDXL's `text_time` addition embedding (pooled text and size/crop
+//! time ids added to the timestep embedding), per-block head counts and transformer depths read
+//! from the config, and the timestep embedding computed in f32 whatever the weights' dtype.
+
+use std::path::Path;
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{self as nn, VarBuilder};
+use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
+use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
+    CrossAttnDownBlock2D, CrossAttnDownBlock2DConfig, CrossAttnUpBlock2D,
+    CrossAttnUpBlock2DConfig, DownBlock2D, DownBlock2DConfig, UNetMidBlock2DCrossAttn,
+    UNetMidBlock2DCrossAttnConfig, UpBlock2D, UpBlock2DConfig,
+};
+
+use super::config::UnetConfig;
+use super::error::ModelError;
+
+/// One down or up block's shape, resolved from the config.
+#[derive(Debug, Clone, Copy)]
+struct BlockShape {
+    out_channels: usize,
+    /// Transformer depth when the block has cross-attention.
+    cross_attention_depth: Option<usize>,
+    heads: usize,
+}
+
+/// The UNet's shape, checked against what Easel can build.
+#[derive(Debug, Clone)]
+pub struct UnetShape {
+    blocks: Vec<BlockShape>,
+    mid_depth: usize,
+    /// Latent channels in (4, or 9 for inpainting).
+    pub in_channels: usize,
+    out_channels: usize,
+    /// Whether the UNet takes SDXL's pooled text and time ids.
+    pub text_time: Option<TextTimeShape>,
+    config: UnetConfig,
+}
+
+/// SDXL's addition embedding sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct TextTimeShape {
+    /// Width of each time id's sinusoidal embedding.
+    pub time_embed_dim: usize,
+    /// Width of the addition embedding's input (pooled text + 6 time-id embeddings).
+    pub input_dim: usize,
+}
+
+impl UnetShape {
+    /// Resolves and checks `config` (read from `path`, named in errors).
+    pub fn from_config(config: &UnetConfig, path: &Path) -> std::result::Result<Self, ModelError> {
+        let bad = |message: String| ModelError::BadConfig {
+            what: "UNet config",
+            path: path.to_path_buf(),
+            message,
+        };
+        let unsupported = |what: String| ModelError::Unsupported {
+            what,
+            path: path.to_path_buf(),
+        };
+        let n = config.block_out_channels.len();
+        if n == 0 || config.down_block_types.len() != n || config.up_block_types.len() != n {
+            return Err(bad(format!(
+                "block_out_channels, down_block_types and up_block_types must have the same, non-zero length (got {}, {}, {})",
+                n,
+                config.down_block_types.len(),
+                config.up_block_types.len()
+            )));
+        }
+        let heads = config
+            .num_attention_heads
+            .as_ref()
+            .unwrap_or(&config.attention_head_dim)
+            .expand(n)
+            .ok_or_else(|| bad("attention_head_dim must have one value per block".into()))?;
+        let depths = config
+            .transformer_layers_per_block
+            .expand(n)
+            .ok_or_else(|| bad("transformer_layers_per_block must have one value per block".into()))?;
+        let mut blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let cross = match config.down_block_types[i].as_str() {
+                "CrossAttnDownBlock2D" => true,
+                "DownBlock2D" => false,
+                other => return Err(unsupported(format!("UNet down block type {other}"))),
+            };
+            let expected_up = if cross { "CrossAttnUpBlock2D" } else { "UpBlock2D" };
+            if config.up_block_types[n - 1 - i] != expected_up {
+                return Err(unsupported(format!(
+                    "UNet up blocks that do not mirror the down blocks ({} against {})",
+                    config.up_block_types[n - 1 - i], expected_up
+                )));
+            }
+            if heads[i] == 0 || config.block_out_channels[i] % heads[i] != 0 {
+                return Err(bad(format!(
+                    "block {i}: {} channels cannot be split into {} heads",
+                    config.block_out_channels[i], heads[i]
+                )));
+            }
+            blocks.push(BlockShape {
+                out_channels: config.block_out_channels[i],
+                cross_attention_depth: cross.then_some(depths[i]),
+                heads: heads[i],
+            });
+        }
+        match config.mid_block_type.as_deref() {
+            None | Some("UNetMidBlock2DCrossAttn") => {}
+            Some(other) => return Err(unsupported(format!("UNet mid block type {other}"))),
+        }
+        if config.time_cond_proj_dim.is_some() {
+            return Err(unsupported("time_cond_proj_dim (LCM-distilled UNets)".into()));
+        }
+        if config.class_embed_type.is_some() {
+            return Err(unsupported("class embeddings".into()));
+        }
+        let text_time = match config.addition_embed_type.as_deref() {
+            None => None,
+            Some("text_time") => Some(TextTimeShape {
+                time_embed_dim: config
+                    .addition_time_embed_dim
+                    .ok_or_else(|| bad("text_time needs addition_time_embed_dim".into()))?,
+                input_dim: config.projection_class_embeddings_input_dim.ok_or_else(|| {
+                    bad("text_time needs projection_class_embeddings_input_dim".into())
+                })?,
+            }),
+            Some(other) => return Err(unsupported(format!("addition_embed_type {other}"))),
+        };
+        Ok(Self {
+            blocks,
+            mid_depth: *depths.last().unwrap_or(&1),
+            in_channels: config.in_channels,
+            out_channels: config.out_channels,
+            text_time,
+            config: config.clone(),
+        })
+    }
+
+    /// The latent side the model was trained at, when the config states it.
+    pub fn sample_size(&self) -> Option<usize> {
+        self.config.sample_size
+    }
+
+    /// How many times the UNet halves the latent size.
+    pub fn downsample_count(&self) -> usize {
+        self.blocks.len().saturating_sub(1)
+    }
+}
+
+#[derive(Debug)]
+enum DownBlock {
+    Plain(DownBlock2D),
+    CrossAttn(CrossAttnDownBlock2D),
+}
+
+#[derive(Debug)]
+enum UpBlock {
+    Plain(UpBlock2D),
+    CrossAttn(CrossAttnUpBlock2D),
+}
+
+impl UpBlock {
+    fn resnet_count(&self) -> usize {
+        match self {
+            UpBlock::Plain(b) => b.resnets.len(),
+            UpBlock::CrossAttn(b) => b.upblock.resnets.len(),
+        }
+    }
+}
+
+/// SDXL's extra conditioning for one forward pass.
+#[derive(Debug, Clone)]
+pub struct TextTimeConditioning {
+    /// Pooled, projected text embeddings `[batch, width]`.
+    pub pooled_text: Tensor,
+    /// `[batch, 6]`: original height, width, crop top, left, target height, width.
+    pub time_ids: Tensor,
+}
+
+/// The addition embedding of SDXL UNets.
+#[derive(Debug)]
+struct TextTimeEmbedding {
+    time_proj: Timesteps,
+    embedding: TimestepEmbedding,
+}
+
+/// A loaded UNet.
+#[derive(Debug)]
+pub struct Unet {
+    conv_in: nn::Conv2d,
+    time_proj: Timesteps,
+    time_embedding: TimestepEmbedding,
+    text_time: Option<TextTimeEmbedding>,
+    down_blocks: Vec<DownBlock>,
+    mid_block: UNetMidBlock2DCrossAttn,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: nn::GroupNorm,
+    conv_out: nn::Conv2d,
+    shape: UnetShape,
+    dtype: DType,
+}
+
+impl Unet {
+    /// Builds the UNet of `shape` from the weights in `vb`.
+    pub fn new(vb: VarBuilder, shape: UnetShape) -> Result<Self> {
+        let cfg = &shape.config;
+        let blocks = &shape.blocks;
+        let n = blocks.len();
+        let first_channels = blocks[0].out_channels;
+        let last = blocks[n - 1];
+        let time_embed_dim = first_channels * 4;
+        let conv3 = nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv_in = nn::conv2d(shape.in_channels, first_channels, 3, conv3, vb.pp("conv_in"))?;
+        let time_proj = Timesteps::new(first_channels, cfg.flip_sin_to_cos, cfg.freq_shift);
+        let time_embedding =
+            TimestepEmbedding::new(vb.pp("time_embedding"), first_channels, time_embed_dim)?;
+        let text_time = match shape.text_time {
+            Some(tt) => Some(TextTimeEmbedding {
+                time_proj: Timesteps::new(tt.time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift),
+                embedding: TimestepEmbedding::new(
+                    vb.pp("add_embedding"),
+                    tt.input_dim,
+                    time_embed_dim,
+                )?,
+            }),
+            None => None,
+        };
+
+        let mut down_blocks = Vec::with_capacity(n);
+        for (i, block) in blocks.iter().enumerate() {
+            let in_channels = if i == 0 {
+                first_channels
+            } else {
+                blocks[i - 1].out_channels
+            };
+            let down_cfg = DownBlock2DConfig {
+                num_layers: cfg.layers_per_block,
+                resnet_eps: cfg.norm_eps,
+                resnet_groups: cfg.norm_num_groups,
+                add_downsample: i + 1 < n,
+                downsample_padding: cfg.downsample_padding,
+                ..Default::default()
+            };
+            let vb_block = vb.pp(format!("down_blocks.{i}"));
+            down_blocks.push(match block.cross_attention_depth {
+                Some(depth) => DownBlock::CrossAttn(CrossAttnDownBlock2D::new(
+                    vb_block,
+                    in_channels,
+                    block.out_channels,
+                    Some(time_embed_dim),
+                    false,
+                    CrossAttnDownBlock2DConfig {
+                        downblock: down_cfg,
+                        attn_num_head_channels: block.heads,
+                        cross_attention_dim: cfg.cross_attention_dim,
+                        sliced_attention_size: None,
+                        use_linear_projection: cfg.use_linear_projection,
+                        transformer_layers_per_block: depth,
+                    },
+                )?),
+                None => DownBlock::Plain(DownBlock2D::new(
+                    vb_block,
+                    in_channels,
+                    block.out_channels,
+                    Some(time_embed_dim),
+                    down_cfg,
+                )?),
+            });
+        }
+
+        let mid_block = UNetMidBlock2DCrossAttn::new(
+            vb.pp("mid_block"),
+            last.out_channels,
+            Some(time_embed_dim),
+            false,
+            UNetMidBlock2DCrossAttnConfig {
+                resnet_eps: cfg.norm_eps,
+                output_scale_factor: cfg.mid_block_scale_factor,
+                cross_attn_dim: cfg.cross_attention_dim,
+                attn_num_head_channels: last.heads,
+                resnet_groups: Some(cfg.norm_num_groups),
+                use_linear_projection: cfg.use_linear_projection,
+                transformer_layers_per_block: shape.mid_depth,
+                ..Default::default()
+            },
+        )?;
+
+        let mut up_blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let block = blocks[n - 1 - i];
+            let prev_out_channels = if i == 0 {
+                last.out_channels
+            } else {
+                blocks[n - i].out_channels
+            };
+            let in_channels = blocks[if i + 1 == n { 0 } else { n - i - 2 }].out_channels;
+            let up_cfg = UpBlock2DConfig {
+                num_layers: cfg.layers_per_block + 1,
+                resnet_eps: cfg.norm_eps,
+                resnet_groups: cfg.norm_num_groups,
+                add_upsample: i + 1 < n,
+                ..Default::default()
+            };
+            let vb_block = vb.pp(format!("up_blocks.{i}"));
+            up_blocks.push(match block.cross_attention_depth {
+                Some(depth) => UpBlock::CrossAttn(CrossAttnUpBlock2D::new(
+                    vb_block,
+                    in_channels,
+                    prev_out_channels,
+                    block.out_channels,
+                    Some(time_embed_dim),
+                    false,
+                    CrossAttnUpBlock2DConfig {
+                        upblock: up_cfg,
+                        attn_num_head_channels: block.heads,
+                        cross_attention_dim: cfg.cross_attention_dim,
+                        sliced_attention_size: None,
+                        use_linear_projection: cfg.use_linear_projection,
+                        transformer_layers_per_block: depth,
+                    },
+                )?),
+                None => UpBlock::Plain(UpBlock2D::new(
+                    vb_block,
+                    in_channels,
+                    prev_out_channels,
+                    block.out_channels,
+                    Some(time_embed_dim),
+                    up_cfg,
+                )?),
+            });
+        }
+        let conv_norm_out = nn::group_norm(
+            cfg.norm_num_groups,
+            first_channels,
+            cfg.norm_eps,
+            vb.pp("conv_norm_out"),
+        )?;
+        let conv_out = nn::conv2d(first_channels, shape.out_channels, 3, conv3, vb.pp("conv_out"))?;
+        Ok(Self {
+            conv_in,
+            time_proj,
+            time_embedding,
+            text_time,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+            dtype: vb.dtype(),
+            shape,
+        })
+    }
+
+    /// The resolved shape this UNet was built with.
+    pub fn shape(&self) -> &UnetShape {
+        &self.shape
+    }
+
+    /// Predicts noise (or velocity) for `latents` `[batch, in_channels, h, w]` at `timestep`,
+    /// attending to `text` `[batch, tokens, cross_attention_dim]`.
+    pub fn forward(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        text: &Tensor,
+        text_time: Option<&TextTimeConditioning>,
+    ) -> Result<Tensor> {
+        let (batch, _, height, width) = latents.dims4()?;
+        let device = latents.device();
+        let xs = latents.to_dtype(self.dtype)?;
+        let text = text.to_dtype(self.dtype)?;
+        let xs = if self.shape.config.center_input_sample {
+            ((xs * 2.0)? - 1.0)?
+        } else {
+            xs
+        };
+
+        // 1. time: sinusoidal features in f32, then the learned MLP in the weights' dtype.
+        let steps = (Tensor::ones(batch, DType::F32, device)? * timestep)?;
+        let features = self.time_proj.forward(&steps)?.to_dtype(self.dtype)?;
+        let mut emb = self.time_embedding.forward(&features)?;
+        match (&self.text_time, text_time) {
+            (Some(embedding), Some(cond)) => {
+                let ids = cond.time_ids.to_dtype(DType::F32)?.flatten_all()?;
+                let id_features = embedding
+                    .time_proj
+                    .forward(&ids)?
+                    .reshape((batch, ()))?
+                    .to_dtype(self.dtype)?;
+                let input = Tensor::cat(&[&cond.pooled_text.to_dtype(self.dtype)?, &id_features], 1)?;
+                emb = (emb + embedding.embedding.forward(&input)?)?;
+            }
+            (Some(_), None) => {
+                candle_core::bail!("this UNet needs pooled text embeddings and time ids (SDXL)")
+            }
+            (None, _) => {}
+        }
+
+        // 2. down
+        let mut xs = self.conv_in.forward(&xs)?;
+        let mut residuals = vec![xs.clone()];
+        for block in &self.down_blocks {
+            let (out, res) = match block {
+                DownBlock::Plain(b) => b.forward(&xs, Some(&emb))?,
+                DownBlock::CrossAttn(b) => b.forward(&xs, Some(&emb), Some(&text))?,
+            };
+            residuals.extend(res);
+            xs = out;
+        }
+
+        // 3. mid
+        xs = self.mid_block.forward(&xs, Some(&emb), Some(&text))?;
+
+        // 4. up, forwarding the skip sizes when the latent size is not a multiple of the
+        // overall down-sampling factor.
+        let factor = 1usize << self.shape.downsample_count();
+        let forward_sizes = height % factor != 0 || width % factor != 0;
+        let n = self.up_blocks.len();
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let skip = residuals.split_off(residuals.len() - block.resnet_count());
+            let upsample_size = match residuals.last() {
+                Some(next) if forward_sizes && i + 1 < n => {
+                    let (_, _, h, w) = next.dims4()?;
+                    Some((h, w))
+                }
+                _ => None,
+            };
+            xs = match block {
+                UpBlock::Plain(b) => b.forward(&xs, &skip, Some(&emb), upsample_size)?,
+                UpBlock::CrossAttn(b) => {
+                    b.forward(&xs, &skip, Some(&emb), upsample_size, Some(&text))?
+                }
+            };
+        }
+
+        // 5. out
+        let xs = nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        self.conv_out.forward(&xs)?.to_dtype(DType::F32)
+    }
+}

@@ -1,0 +1,228 @@
+//! What a generation asks for, and the checks made before any work.
+
+use std::path::PathBuf;
+
+use image::{GrayImage, RgbImage};
+
+use crate::schedulers::SamplerKind;
+
+/// Pixels per latent for every Stable Diffusion VAE.
+pub const LATENT_SCALE_PX: u32 = 8;
+/// Smallest side Easel generates, in pixels.
+pub const MIN_SIDE_PX: u32 = 64;
+/// Largest side Easel generates, in pixels.
+pub const MAX_SIDE_PX: u32 = 4096;
+
+/// The image an img2img or inpaint run starts from.
+#[derive(Debug, Clone)]
+pub struct SourceImage {
+    /// The init image (resized to the output size when they differ).
+    pub image: RgbImage,
+    /// How much of the schedule to run, 0..=1: 1 ignores the image's content entirely.
+    pub strength: f64,
+    /// Where to repaint (white) and keep (black); `None` is img2img.
+    pub mask: Option<GrayImage>,
+}
+
+/// Which of the three modes a request is, derived from what it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// From the prompt alone.
+    TextToImage,
+    /// From an init image.
+    ImageToImage,
+    /// Repaint the masked part of an init image.
+    Inpaint,
+}
+
+impl Mode {
+    /// A short name for logs and the window.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::TextToImage => "txt2img",
+            Mode::ImageToImage => "img2img",
+            Mode::Inpaint => "inpaint",
+        }
+    }
+}
+
+/// Everything a generation needs. Sizes of `None` take the init image's size, else the
+/// model's native size.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// The diffusers model folder.
+    pub model: PathBuf,
+    /// What to draw.
+    pub prompt: String,
+    /// What to steer away from; `None` differs from `Some("")` for SDXL (zero embeddings).
+    pub negative_prompt: Option<String>,
+    /// The sampler.
+    pub sampler: SamplerKind,
+    /// Inference steps of the full schedule (img2img runs `strength` of them).
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1 or less disables guidance.
+    pub guidance: f64,
+    /// Seed of the noise generator.
+    pub seed: u64,
+    /// Output width in pixels.
+    pub width: Option<u32>,
+    /// Output height in pixels.
+    pub height: Option<u32>,
+    /// The init image (img2img, inpaint).
+    pub source: Option<SourceImage>,
+    /// Inpainting: put the unmasked original pixels back after decoding (through the mask,
+    /// feathered as painted). Off only to compare the raw decode.
+    pub paste_back: bool,
+}
+
+impl GenerateRequest {
+    /// A txt2img request with Easel's defaults.
+    pub fn new(model: impl Into<PathBuf>, prompt: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            prompt: prompt.into(),
+            negative_prompt: None,
+            sampler: SamplerKind::Euler,
+            steps: 20,
+            guidance: 7.5,
+            seed: 0,
+            width: None,
+            height: None,
+            source: None,
+            paste_back: true,
+        }
+    }
+
+    /// The mode this request runs in.
+    pub fn mode(&self) -> Mode {
+        match &self.source {
+            None => Mode::TextToImage,
+            Some(SourceImage { mask: None, .. }) => Mode::ImageToImage,
+            Some(SourceImage { mask: Some(_), .. }) => Mode::Inpaint,
+        }
+    }
+
+    /// The checks that need no model: run when the request arrives.
+    pub fn validate(&self) -> Result<(), RequestError> {
+        if self.prompt.trim().is_empty() {
+            return Err(RequestError::EmptyPrompt);
+        }
+        if self.steps == 0 || self.steps > 1000 {
+            return Err(RequestError::Steps(self.steps));
+        }
+        if !self.guidance.is_finite() || self.guidance < 0.0 || self.guidance > 100.0 {
+            return Err(RequestError::Guidance(self.guidance));
+        }
+        for (side, value) in [("width", self.width), ("height", self.height)] {
+            if let Some(px) = value {
+                check_side(side, px)?;
+            }
+        }
+        if let Some(source) = &self.source {
+            if !(0.0..=1.0).contains(&source.strength) {
+                return Err(RequestError::Strength(source.strength));
+            }
+            if source.image.width() == 0 || source.image.height() == 0 {
+                return Err(RequestError::EmptyImage);
+            }
+            if let Some(mask) = &source.mask {
+                if mask.dimensions() != source.image.dimensions() {
+                    return Err(RequestError::MaskSize {
+                        mask: mask.dimensions(),
+                        image: source.image.dimensions(),
+                    });
+                }
+            }
+            let steps_run = self.steps - crate::schedulers::start_step(self.steps, source.strength);
+            if steps_run == 0 {
+                return Err(RequestError::NoStepsAtStrength {
+                    strength: source.strength,
+                    steps: self.steps,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The output size: as asked, else the init image's (rounded down to a multiple of 8),
+    /// else `native`.
+    pub fn resolved_size(&self, native: (u32, u32)) -> Result<(u32, u32), RequestError> {
+        let from_source = self.source.as_ref().map(|s| {
+            let round = |px: u32| (px / LATENT_SCALE_PX) * LATENT_SCALE_PX;
+            (round(s.image.width()), round(s.image.height()))
+        });
+        let (default_w, default_h) = from_source.unwrap_or(native);
+        let size = (
+            self.width.unwrap_or(default_w),
+            self.height.unwrap_or(default_h),
+        );
+        check_side("width", size.0)?;
+        check_side("height", size.1)?;
+        Ok(size)
+    }
+}
+
+fn check_side(side: &'static str, px: u32) -> Result<(), RequestError> {
+    if px % LATENT_SCALE_PX != 0 {
+        return Err(RequestError::SizeNotMultiple { side, px });
+    }
+    if !(MIN_SIDE_PX..=MAX_SIDE_PX).contains(&px) {
+        return Err(RequestError::SizeOutOfRange { side, px });
+    }
+    Ok(())
+}
+
+/// A request that can't run, found before any work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    /// The prompt is empty or blank.
+    #[error("the prompt is empty: describe what to draw")]
+    EmptyPrompt,
+    /// Steps outside 1..=1000.
+    #[error("{0} steps is not possible: use 1 to 1000")]
+    Steps(usize),
+    /// Guidance negative, too large or not a number.
+    #[error("guidance {0} is not possible: use 0 to 100 (about 7 for SD, 0 to 1 for turbo models)")]
+    Guidance(f64),
+    /// Strength outside 0..=1.
+    #[error("strength {0} is not possible: use 0 to 1")]
+    Strength(f64),
+    /// A strength so low that no step would run.
+    #[error("strength {strength} with {steps} steps runs no step at all: raise the strength or the steps")]
+    NoStepsAtStrength {
+        /// The strength asked for.
+        strength: f64,
+        /// The steps asked for.
+        steps: usize,
+    },
+    /// A side that is not a multiple of 8.
+    #[error("{side} {px} px is not a multiple of 8: use {} or {}", px / 8 * 8, (px / 8 + 1) * 8)]
+    SizeNotMultiple {
+        /// `width` or `height`.
+        side: &'static str,
+        /// The value asked for.
+        px: u32,
+    },
+    /// A side outside what Easel generates.
+    #[error("{side} {px} px is outside {MIN_SIDE_PX} to {MAX_SIDE_PX} px")]
+    SizeOutOfRange {
+        /// `width` or `height`.
+        side: &'static str,
+        /// The value asked for.
+        px: u32,
+    },
+    /// The init image has no pixels.
+    #[error("the init image is empty")]
+    EmptyImage,
+    /// Mask and init image differ in size.
+    #[error("the mask is {}x{} but the init image is {}x{}: paint or load a mask of the image's size", mask.0, mask.1, image.0, image.1)]
+    MaskSize {
+        /// Mask width and height.
+        mask: (u32, u32),
+        /// Image width and height.
+        image: (u32, u32),
+    },
+    /// The model can't do what the request asks.
+    #[error("{0}")]
+    ModelCannot(String),
+}
