@@ -95,7 +95,8 @@ impl PromptTokenizer {
                 .tokenizer
                 .decode(&tokens[room..], true)
                 .unwrap_or_default();
-            Some(text)
+            // CLIP's vocabulary marks word ends with `</w>`; its byte-level decoder keeps them.
+            Some(text.replace("</w>", " ").trim().to_string())
         } else {
             None
         };

@@ -1,0 +1,77 @@
+//! Shared helpers: where the parity models are, and copies of them to damage.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// `../shared/parity`, or `EASEL_PARITY_DIR`. Panics with a clear message when absent, so a
+/// missing checkout of the goldens can never pass silently.
+pub fn parity_dir() -> PathBuf {
+    let dir = std::env::var_os("EASEL_PARITY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parity"));
+    assert!(
+        dir.join("cases").is_dir() && dir.join("models").is_dir(),
+        "the parity goldens are not at {} (expected cases/ and models/ there): check out ../shared \
+         beside the repository or set EASEL_PARITY_DIR",
+        dir.display()
+    );
+    dir
+}
+
+/// A parity model folder by name.
+pub fn model(name: &str) -> PathBuf {
+    parity_dir().join("models").join(name)
+}
+
+/// Copies a parity model into a temporary folder (writable, so tests can damage it).
+pub fn copy_model(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let temp = tempfile::tempdir().expect("a temporary folder");
+    let target = temp.path().join(name);
+    copy_dir(&model(name), &target);
+    (temp, target)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create folder");
+    for entry in std::fs::read_dir(from).expect("read folder") {
+        let entry = entry.expect("folder entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+            let mut perms = std::fs::metadata(&target).expect("metadata").permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&target, perms).expect("make writable");
+        }
+    }
+}
+
+/// A test image with some structure: gradients and a disk.
+pub fn test_image(width: u32, height: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(width, height, |x, y| {
+        let inside = (x as i64 - width as i64 / 2).pow(2) + (y as i64 - height as i64 / 3).pow(2)
+            < (width.min(height) as i64 / 5).pow(2);
+        if inside {
+            image::Rgb([250, 240, 30])
+        } else {
+            image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, 128])
+        }
+    })
+}
+
+/// A mask repainting a rectangle in the left half, with one soft (grey) column at its edge.
+pub fn test_mask(width: u32, height: u32) -> image::GrayImage {
+    image::GrayImage::from_fn(width, height, |x, y| {
+        let in_rows = y >= height / 4 && y < height * 3 / 4;
+        if in_rows && x >= width / 8 && x < width / 2 {
+            image::Luma([255])
+        } else if in_rows && x == width / 2 {
+            image::Luma([128])
+        } else {
+            image::Luma([0])
+        }
+    })
+}

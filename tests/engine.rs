@@ -1,0 +1,459 @@
+//! The engine thread: results, determinism, cancel, crashes, bad requests and bad files.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use easel::device::DeviceChoice;
+use easel::engine::{Engine, EngineConfig, EngineError, Event, FaultPoint, JobId, JobOutput};
+use easel::models::error::ModelError;
+use easel::pipeline::request::{GenerateRequest, RequestError, SourceImage};
+use easel::pipeline::PipelineError;
+use easel::schedulers::SamplerKind;
+
+const WAIT: Duration = Duration::from_secs(300);
+
+fn engine_with(config: EngineConfig) -> Engine {
+    Engine::spawn(config, Arc::new(|| {})).expect("engine starts on the CPU")
+}
+
+fn engine() -> Engine {
+    engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        ..Default::default()
+    })
+}
+
+/// How a job ended, with every event it produced.
+struct JobEnd {
+    events: Vec<Event>,
+    result: Result<JobOutput, EngineError>,
+    cancelled: bool,
+}
+
+fn wait_for(engine: &Engine, job: JobId) -> JobEnd {
+    wait_for_with(engine, job, |_| {})
+}
+
+fn wait_for_with(engine: &Engine, job: JobId, mut on_event: impl FnMut(&Event)) -> JobEnd {
+    let mut events = Vec::new();
+    loop {
+        let event = engine
+            .events()
+            .recv_timeout(WAIT)
+            .expect("the engine reports within the time limit");
+        on_event(&event);
+        let end = match &event {
+            Event::Finished { job: j, output } if *j == job => Some((Ok((**output).clone()), false)),
+            Event::Failed { job: j, error } if *j == job => Some((Err(error.clone()), false)),
+            Event::Cancelled { job: j } if *j == job => {
+                Some((Err(EngineError::Panicked("cancelled".into())), true))
+            }
+            _ => None,
+        };
+        events.push(event);
+        if let Some((result, cancelled)) = end {
+            return JobEnd {
+                events,
+                result,
+                cancelled,
+            };
+        }
+    }
+}
+
+fn tiny_request(model: &Path) -> GenerateRequest {
+    GenerateRequest {
+        steps: 3,
+        width: Some(64),
+        height: Some(64),
+        seed: 7,
+        ..GenerateRequest::new(model, "a red apple on a table")
+    }
+}
+
+fn finished(end: JobEnd) -> JobOutput {
+    match end.result {
+        Ok(output) => output,
+        Err(error) => panic!("the job failed: {error}"),
+    }
+}
+
+fn request_error(end: JobEnd) -> RequestError {
+    assert!(
+        !end.events.iter().any(|e| matches!(e, Event::Loading { .. } | Event::Step { .. })),
+        "a bad request must fail before any loading or step"
+    );
+    match end.result {
+        Err(EngineError::Pipeline(PipelineError::Request(error))) => error,
+        other => panic!("expected a request error, got {:?}", other.map(|_| "a result")),
+    }
+}
+
+fn model_error(end: JobEnd) -> ModelError {
+    match end.result {
+        Err(EngineError::Pipeline(PipelineError::Model(error))) => error,
+        other => panic!("expected a model error, got {:?}", other.map(|_| "a result")),
+    }
+}
+
+#[test]
+fn txt2img_reports_progress_and_keeps_models_loaded() {
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&wakes);
+    let engine = Engine::spawn(
+        EngineConfig {
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        },
+        Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }),
+    )
+    .expect("engine");
+    let model = common::model("sd15-tiny");
+    let job = engine.generate(tiny_request(&model)).expect("send");
+    let end = wait_for(&engine, job);
+    let loads: Vec<&str> = end
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Loading { component, .. } => Some(*component),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(loads, ["text_encoder", "unet", "vae"]);
+    let steps: Vec<(usize, usize)> = end
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step { step, of, .. } => Some((*step, *of)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, [(1, 3), (2, 3), (3, 3)]);
+    assert!(matches!(end.events[0], Event::Memory(_) | Event::Queued { .. }));
+    let output = finished(end);
+    assert_eq!(output.image.dimensions(), (64, 64));
+    assert_eq!(output.parameters.seed, 7);
+    assert_eq!(output.parameters.sampler, SamplerKind::Euler);
+    let stages: Vec<&str> = output.timings.stages.iter().map(|(s, _)| s.as_str()).collect();
+    for stage in ["load unet", "encode prompt", "step 3", "decode"] {
+        assert!(stages.contains(&stage), "missing stage {stage} in {stages:?}");
+    }
+    assert!(wakes.load(Ordering::SeqCst) >= 6, "the wake-up callback runs after events");
+
+    // The same model again: nothing reloads.
+    let job = engine.generate(tiny_request(&model)).expect("send");
+    let end = wait_for(&engine, job);
+    assert!(
+        !end.events.iter().any(|e| matches!(e, Event::Loading { .. })),
+        "a second job of the same model must reuse the loaded components"
+    );
+    finished(end);
+}
+
+#[test]
+fn same_seed_same_bytes_other_seed_other_bytes() {
+    let engine = engine();
+    let model = common::model("sd15-tiny");
+    let run = |seed: u64| {
+        let job = engine
+            .generate(GenerateRequest {
+                seed,
+                sampler: SamplerKind::EulerA,
+                ..tiny_request(&model)
+            })
+            .expect("send");
+        finished(wait_for(&engine, job)).image
+    };
+    let first = run(42);
+    let again = run(42);
+    let other = run(43);
+    assert_eq!(first.as_raw(), again.as_raw(), "same seed, same bytes");
+    assert_ne!(first.as_raw(), other.as_raw(), "another seed, other bytes");
+}
+
+#[test]
+fn cancel_mid_run_then_a_new_job_succeeds() {
+    // Each step waits a little so that the cancel lands mid-run.
+    let hook = Arc::new(|point: FaultPoint| {
+        if matches!(point, FaultPoint::BeforeStep { .. }) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let engine = engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        fault_hook: Some(hook),
+        ..Default::default()
+    });
+    let model = common::model("sd15-tiny");
+    let job = engine
+        .generate(GenerateRequest {
+            steps: 200,
+            ..tiny_request(&model)
+        })
+        .expect("send");
+    let mut sent = false;
+    let end = wait_for_with(&engine, job, |event| {
+        if matches!(event, Event::Step { step: 2, .. }) && !sent {
+            engine.cancel(job).expect("send cancel");
+            sent = true;
+        }
+    });
+    assert!(end.cancelled, "the job must end as cancelled");
+    let steps_done = end
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Step { .. }))
+        .count();
+    assert!(steps_done < 200, "cancel must stop the loop early ({steps_done} steps ran)");
+
+    let job = engine.generate(tiny_request(&model)).expect("send");
+    let end = wait_for(&engine, job);
+    assert!(
+        !end.events.iter().any(|e| matches!(e, Event::Loading { .. })),
+        "a cancelled job leaves its model loaded"
+    );
+    finished(end);
+}
+
+#[test]
+fn a_panic_in_a_job_is_reported_and_the_engine_keeps_serving() {
+    let hook = Arc::new(|point: FaultPoint| {
+        if point == (FaultPoint::BeforeStep { job: 1, step: 2 }) {
+            panic!("injected fault");
+        }
+    });
+    let engine = engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        fault_hook: Some(hook),
+        ..Default::default()
+    });
+    let model = common::model("sd15-tiny");
+    let first = engine.generate(tiny_request(&model)).expect("send");
+    assert_eq!(first, 1);
+    match wait_for(&engine, first).result {
+        Err(EngineError::Panicked(message)) => assert!(message.contains("injected fault")),
+        other => panic!("expected a caught panic, got {:?}", other.map(|_| "a result")),
+    }
+    let second = engine.generate(tiny_request(&model)).expect("send");
+    finished(wait_for(&engine, second));
+    assert!(engine.is_running());
+}
+
+#[test]
+fn bad_requests_fail_at_once_with_typed_errors() {
+    let engine = engine();
+    let model = common::model("sd15-tiny");
+    let run = |request: GenerateRequest| {
+        let job = engine.generate(request).expect("send");
+        request_error(wait_for(&engine, job))
+    };
+    assert_eq!(
+        run(GenerateRequest {
+            width: Some(100),
+            ..tiny_request(&model)
+        }),
+        RequestError::SizeNotMultiple {
+            side: "width",
+            px: 100
+        }
+    );
+    assert_eq!(
+        run(GenerateRequest {
+            height: Some(8192),
+            ..tiny_request(&model)
+        }),
+        RequestError::SizeOutOfRange {
+            side: "height",
+            px: 8192
+        }
+    );
+    assert_eq!(
+        run(GenerateRequest {
+            steps: 0,
+            ..tiny_request(&model)
+        }),
+        RequestError::Steps(0)
+    );
+    assert_eq!(
+        run(GenerateRequest {
+            prompt: "   ".into(),
+            ..tiny_request(&model)
+        }),
+        RequestError::EmptyPrompt
+    );
+    assert_eq!(
+        run(GenerateRequest {
+            source: Some(SourceImage {
+                image: common::test_image(64, 64),
+                strength: 1.5,
+                mask: None,
+            }),
+            ..tiny_request(&model)
+        }),
+        RequestError::Strength(1.5)
+    );
+    assert_eq!(
+        run(GenerateRequest {
+            source: Some(SourceImage {
+                image: common::test_image(64, 64),
+                strength: 0.5,
+                mask: Some(common::test_mask(64, 32)),
+            }),
+            ..tiny_request(&model)
+        }),
+        RequestError::MaskSize {
+            mask: (64, 32),
+            image: (64, 64)
+        }
+    );
+    // A 9-channel inpainting model needs a mask.
+    let inpaint_model = common::model("sd15-tiny-inpaint");
+    assert!(matches!(
+        run(tiny_request(&inpaint_model)),
+        RequestError::ModelCannot(_)
+    ));
+    // The engine still serves after all of them.
+    let job = engine.generate(tiny_request(&model)).expect("send");
+    finished(wait_for(&engine, job));
+}
+
+#[test]
+fn damaged_model_files_give_errors_naming_the_file() {
+    let engine = engine();
+
+    let (_keep, truncated) = common::copy_model("sd15-tiny");
+    let weights = truncated.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&weights).expect("read weights");
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).expect("truncate");
+    let job = engine.generate(tiny_request(&truncated)).expect("send");
+    match model_error(wait_for(&engine, job)) {
+        error @ ModelError::BadWeights { .. } => {
+            let text = error.to_string();
+            assert!(text.contains("truncated"), "{text}");
+            assert!(text.contains(&weights.display().to_string()), "{text}");
+        }
+        other => panic!("expected BadWeights, got {other}"),
+    }
+
+    let (_keep, reshaped) = common::copy_model("sd15-tiny");
+    let config_path = reshaped.join("text_encoder/config.json");
+    let config = std::fs::read_to_string(&config_path).expect("read config");
+    std::fs::write(
+        &config_path,
+        config.replace("\"intermediate_size\": 64", "\"intermediate_size\": 128"),
+    )
+    .expect("write config");
+    let job = engine.generate(tiny_request(&reshaped)).expect("send");
+    let text = model_error(wait_for(&engine, job)).to_string();
+    assert!(text.contains("text_encoder/model.safetensors"), "{text}");
+    assert!(text.contains("text_encoder/config.json"), "{text}");
+
+    let (_keep, untokenized) = common::copy_model("sd15-tiny");
+    let tokenizer = untokenized.join("tokenizer/tokenizer.json");
+    std::fs::remove_file(&tokenizer).expect("remove tokenizer");
+    let job = engine.generate(tiny_request(&untokenized)).expect("send");
+    assert_eq!(
+        model_error(wait_for(&engine, job)),
+        ModelError::MissingFile {
+            what: "tokenizer",
+            path: tokenizer
+        }
+    );
+
+    let job = engine
+        .generate(tiny_request(Path::new("/nonexistent/model")))
+        .expect("send");
+    assert!(matches!(
+        model_error(wait_for(&engine, job)),
+        ModelError::FolderNotFound { .. }
+    ));
+}
+
+#[test]
+fn non_square_inpainting_keeps_unmasked_pixels() {
+    let engine = engine();
+    let model = common::model("sd15-tiny");
+    let (width, height) = (96, 64);
+    let original = common::test_image(width, height);
+    let mask = common::test_mask(width, height);
+    let job = engine
+        .generate(GenerateRequest {
+            width: None,
+            height: None,
+            source: Some(SourceImage {
+                image: original.clone(),
+                strength: 0.8,
+                mask: Some(mask.clone()),
+            }),
+            ..tiny_request(&model)
+        })
+        .expect("send");
+    let output = finished(wait_for(&engine, job));
+    assert_eq!(output.image.dimensions(), (width, height));
+    let mut repainted = 0;
+    for (x, y, pixel) in output.image.enumerate_pixels() {
+        match mask.get_pixel(x, y)[0] {
+            0 => assert_eq!(pixel, original.get_pixel(x, y), "unmasked pixel ({x},{y}) changed"),
+            255 => repainted += usize::from(pixel != original.get_pixel(x, y)),
+            _ => {}
+        }
+    }
+    assert!(repainted > 100, "the masked region must be repainted ({repainted} pixels changed)");
+
+    // The 9-channel inpainting model, non-square too.
+    let job = engine
+        .generate(GenerateRequest {
+            source: Some(SourceImage {
+                image: original,
+                strength: 1.0,
+                mask: Some(mask),
+            }),
+            sampler: SamplerKind::Ddim,
+            width: None,
+            height: None,
+            ..tiny_request(&common::model("sd15-tiny-inpaint"))
+        })
+        .expect("send");
+    assert_eq!(finished(wait_for(&engine, job)).image.dimensions(), (width, height));
+}
+
+#[test]
+fn sdxl_and_v_prediction_models_generate_with_every_sampler() {
+    let engine = engine();
+    for model in ["sdxl-tiny", "sd2-tiny-v"] {
+        for sampler in SamplerKind::ALL {
+            let job = engine
+                .generate(GenerateRequest {
+                    sampler,
+                    guidance: if model == "sdxl-tiny" { 0.0 } else { 5.0 },
+                    ..tiny_request(&common::model(model))
+                })
+                .expect("send");
+            let image = finished(wait_for(&engine, job)).image;
+            assert_eq!(image.dimensions(), (64, 64), "{model} {sampler}");
+        }
+    }
+}
+
+#[test]
+fn a_long_prompt_is_cut_at_77_tokens_and_says_where() {
+    let engine = engine();
+    // 90 one-token words, then one that falls beyond the 75 the encoder takes.
+    let prompt = format!("{}zebra", "red ".repeat(90));
+    let job = engine
+        .generate(GenerateRequest {
+            prompt,
+            ..tiny_request(&common::model("sd15-tiny"))
+        })
+        .expect("send");
+    let output = finished(wait_for(&engine, job));
+    let cut = output.prompt_cut_off.expect("the cut-off words are reported");
+    assert!(cut.ends_with("zebra"), "{cut}");
+    assert_eq!(cut.matches("red").count(), 15, "75 of 90 words fit: {cut}");
+}
