@@ -97,7 +97,10 @@ struct ReplayArgs {
 fn parse_sampler(name: &str) -> Result<SamplerKind, String> {
     SamplerKind::from_name(name).ok_or_else(|| {
         let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
-        format!("unknown scheduler {name:?}; use one of {}", names.join(", "))
+        format!(
+            "unknown scheduler {name:?}; use one of {}",
+            names.join(", ")
+        )
     })
 }
 
@@ -137,7 +140,12 @@ fn load_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
         .with_guessed_format()
         .with_context(|| format!("could not read the image {}", path.display()))?
         .decode()
-        .with_context(|| format!("{} is not an image Easel can read (PNG, JPEG, WebP)", path.display()))?;
+        .with_context(|| {
+            format!(
+                "{} is not an image Easel can read (PNG, JPEG, WebP)",
+                path.display()
+            )
+        })?;
     Ok(image.to_rgb8())
 }
 
@@ -185,7 +193,9 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 // Progress output is best effort; a closed stderr must not stop the job.
                 writeln!(stderr, "loading {component}").ok();
             }
-            Event::Step { step, of, elapsed, .. } => {
+            Event::Step {
+                step, of, elapsed, ..
+            } => {
                 let per_step = elapsed.as_secs_f64() / step as f64;
                 let bar = progress_bar(step, of, 30);
                 write!(
@@ -211,7 +221,11 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                     for (stage, took) in &output.timings.stages {
                         println!("{stage:<20} {:>9.3} s", took.as_secs_f64());
                     }
-                    println!("{:<20} {:>9.3} s", "total", output.timings.total().as_secs_f64());
+                    println!(
+                        "{:<20} {:>9.3} s",
+                        "total",
+                        output.timings.total().as_secs_f64()
+                    );
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -223,7 +237,10 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn progress_bar(done: usize, total: usize, width: usize) -> String {
-    let filled = if total == 0 { width } else { done * width / total };
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
     format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
@@ -234,16 +251,34 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("replaying {}", args.case.display()))?;
     println!("case {}", report.name);
     for (index, diff) in report.step_max_diffs.iter().enumerate() {
-        let verdict = if *diff <= LATENT_TOLERANCE { "ok" } else { "FAIL" };
-        println!("  step {:>2} latents max |diff| {diff:.3e} {verdict}", index + 1);
+        let verdict = if *diff <= LATENT_TOLERANCE {
+            "ok"
+        } else {
+            "FAIL"
+        };
+        println!(
+            "  step {:>2} latents max |diff| {diff:.3e} {verdict}",
+            index + 1
+        );
     }
-    let verdict = if report.image_max_diff <= IMAGE_TOLERANCE { "ok" } else { "FAIL" };
+    let verdict = if report.image_max_diff <= IMAGE_TOLERANCE {
+        "ok"
+    } else {
+        "FAIL"
+    };
     println!("  image max |diff| {:.3e} {verdict}", report.image_max_diff);
-    println!("  tolerance: image {IMAGE_TOLERANCE:e}, latents {LATENT_TOLERANCE:e}; took {:.2} s", report.elapsed.as_secs_f64());
+    println!(
+        "  tolerance: image {IMAGE_TOLERANCE:e}, latents {LATENT_TOLERANCE:e}; took {:.2} s",
+        report.elapsed.as_secs_f64()
+    );
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
         let path = dir.join(format!("{}.png", report.name));
-        report.image.save(&path).with_context(|| format!("could not write {}", path.display()))?;
+        report
+            .image
+            .save(&path)
+            .with_context(|| format!("could not write {}", path.display()))?;
     }
     if report.passed() {
         println!("PASS");

@@ -20,7 +20,9 @@ pub enum DeviceChoice {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DeviceError {
     /// The backend was not compiled in.
-    #[error("this build of Easel has no {0} support: rebuild with `--features {0}` or use --device cpu")]
+    #[error(
+        "this build of Easel has no {0} support: rebuild with `--features {0}` or use --device cpu"
+    )]
     NotBuilt(&'static str),
     /// The backend is there but the device did not open.
     #[error("the {backend} device could not be opened: {message}")]
@@ -38,7 +40,9 @@ pub fn open(choice: DeviceChoice) -> Result<Device, DeviceError> {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda(ordinal) => open_cuda(ordinal),
         DeviceChoice::Metal => open_metal(),
-        DeviceChoice::Auto => Ok(open_metal().or_else(|_| open_cuda(0)).unwrap_or(Device::Cpu)),
+        DeviceChoice::Auto => Ok(open_metal()
+            .or_else(|_| open_cuda(0))
+            .unwrap_or(Device::Cpu)),
     }
 }
 

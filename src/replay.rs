@@ -95,7 +95,12 @@ impl ReplayReport {
     /// Whether every difference is within the README's tolerance.
     pub fn passed(&self) -> bool {
         self.image_max_diff <= IMAGE_TOLERANCE
-            && self.step_max_diffs.len() == self.step_max_diffs.iter().filter(|d| **d <= LATENT_TOLERANCE).count()
+            && self.step_max_diffs.len()
+                == self
+                    .step_max_diffs
+                    .iter()
+                    .filter(|d| **d <= LATENT_TOLERANCE)
+                    .count()
     }
 }
 
@@ -203,7 +208,8 @@ impl ParityCase {
     /// Runs the case on `device` with the models in `models_dir`.
     pub fn run(&self, models_dir: &Path, device: &Device) -> Result<ReplayReport, ReplayError> {
         let request = self.request(models_dir)?;
-        let mut model = SdModel::open(&request.model, device, DType::F32).map_err(PipelineError::from)?;
+        let mut model =
+            SdModel::open(&request.model, device, DType::F32).map_err(PipelineError::from)?;
         let started = std::time::Instant::now();
         let mut timings = StageTimings::default();
         load_components(&mut model, &mut timings, &mut |_| {})?;

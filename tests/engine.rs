@@ -1,5 +1,8 @@
 //! The engine thread: results, determinism, cancel, crashes, bad requests and bad files.
 
+// Tests may panic on setup failures: that is how a test reports them.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
@@ -47,7 +50,9 @@ fn wait_for_with(engine: &Engine, job: JobId, mut on_event: impl FnMut(&Event)) 
             .expect("the engine reports within the time limit");
         on_event(&event);
         let end = match &event {
-            Event::Finished { job: j, output } if *j == job => Some((Ok((**output).clone()), false)),
+            Event::Finished { job: j, output } if *j == job => {
+                Some((Ok((**output).clone()), false))
+            }
             Event::Failed { job: j, error } if *j == job => Some((Err(error.clone()), false)),
             Event::Cancelled { job: j } if *j == job => {
                 Some((Err(EngineError::Panicked("cancelled".into())), true))
@@ -84,19 +89,27 @@ fn finished(end: JobEnd) -> JobOutput {
 
 fn request_error(end: JobEnd) -> RequestError {
     assert!(
-        !end.events.iter().any(|e| matches!(e, Event::Loading { .. } | Event::Step { .. })),
+        !end.events
+            .iter()
+            .any(|e| matches!(e, Event::Loading { .. } | Event::Step { .. })),
         "a bad request must fail before any loading or step"
     );
     match end.result {
         Err(EngineError::Pipeline(PipelineError::Request(error))) => error,
-        other => panic!("expected a request error, got {:?}", other.map(|_| "a result")),
+        other => panic!(
+            "expected a request error, got {:?}",
+            other.map(|_| "a result")
+        ),
     }
 }
 
 fn model_error(end: JobEnd) -> ModelError {
     match end.result {
         Err(EngineError::Pipeline(PipelineError::Model(error))) => error,
-        other => panic!("expected a model error, got {:?}", other.map(|_| "a result")),
+        other => panic!(
+            "expected a model error, got {:?}",
+            other.map(|_| "a result")
+        ),
     }
 }
 
@@ -135,22 +148,38 @@ fn txt2img_reports_progress_and_keeps_models_loaded() {
         })
         .collect();
     assert_eq!(steps, [(1, 3), (2, 3), (3, 3)]);
-    assert!(matches!(end.events[0], Event::Memory(_) | Event::Queued { .. }));
+    assert!(matches!(
+        end.events[0],
+        Event::Memory(_) | Event::Queued { .. }
+    ));
     let output = finished(end);
     assert_eq!(output.image.dimensions(), (64, 64));
     assert_eq!(output.parameters.seed, 7);
     assert_eq!(output.parameters.sampler, SamplerKind::Euler);
-    let stages: Vec<&str> = output.timings.stages.iter().map(|(s, _)| s.as_str()).collect();
+    let stages: Vec<&str> = output
+        .timings
+        .stages
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .collect();
     for stage in ["load unet", "encode prompt", "step 3", "decode"] {
-        assert!(stages.contains(&stage), "missing stage {stage} in {stages:?}");
+        assert!(
+            stages.contains(&stage),
+            "missing stage {stage} in {stages:?}"
+        );
     }
-    assert!(wakes.load(Ordering::SeqCst) >= 6, "the wake-up callback runs after events");
+    assert!(
+        wakes.load(Ordering::SeqCst) >= 6,
+        "the wake-up callback runs after events"
+    );
 
     // The same model again: nothing reloads.
     let job = engine.generate(tiny_request(&model)).expect("send");
     let end = wait_for(&engine, job);
     assert!(
-        !end.events.iter().any(|e| matches!(e, Event::Loading { .. })),
+        !end.events
+            .iter()
+            .any(|e| matches!(e, Event::Loading { .. })),
         "a second job of the same model must reuse the loaded components"
     );
     finished(end);
@@ -210,12 +239,17 @@ fn cancel_mid_run_then_a_new_job_succeeds() {
         .iter()
         .filter(|e| matches!(e, Event::Step { .. }))
         .count();
-    assert!(steps_done < 200, "cancel must stop the loop early ({steps_done} steps ran)");
+    assert!(
+        steps_done < 200,
+        "cancel must stop the loop early ({steps_done} steps ran)"
+    );
 
     let job = engine.generate(tiny_request(&model)).expect("send");
     let end = wait_for(&engine, job);
     assert!(
-        !end.events.iter().any(|e| matches!(e, Event::Loading { .. })),
+        !end.events
+            .iter()
+            .any(|e| matches!(e, Event::Loading { .. })),
         "a cancelled job leaves its model loaded"
     );
     finished(end);
@@ -238,7 +272,10 @@ fn a_panic_in_a_job_is_reported_and_the_engine_keeps_serving() {
     assert_eq!(first, 1);
     match wait_for(&engine, first).result {
         Err(EngineError::Panicked(message)) => assert!(message.contains("injected fault")),
-        other => panic!("expected a caught panic, got {:?}", other.map(|_| "a result")),
+        other => panic!(
+            "expected a caught panic, got {:?}",
+            other.map(|_| "a result")
+        ),
     }
     let second = engine.generate(tiny_request(&model)).expect("send");
     finished(wait_for(&engine, second));
@@ -399,12 +436,19 @@ fn non_square_inpainting_keeps_unmasked_pixels() {
     let mut repainted = 0;
     for (x, y, pixel) in output.image.enumerate_pixels() {
         match mask.get_pixel(x, y)[0] {
-            0 => assert_eq!(pixel, original.get_pixel(x, y), "unmasked pixel ({x},{y}) changed"),
+            0 => assert_eq!(
+                pixel,
+                original.get_pixel(x, y),
+                "unmasked pixel ({x},{y}) changed"
+            ),
             255 => repainted += usize::from(pixel != original.get_pixel(x, y)),
             _ => {}
         }
     }
-    assert!(repainted > 100, "the masked region must be repainted ({repainted} pixels changed)");
+    assert!(
+        repainted > 100,
+        "the masked region must be repainted ({repainted} pixels changed)"
+    );
 
     // The 9-channel inpainting model, non-square too.
     let job = engine
@@ -420,7 +464,10 @@ fn non_square_inpainting_keeps_unmasked_pixels() {
             ..tiny_request(&common::model("sd15-tiny-inpaint"))
         })
         .expect("send");
-    assert_eq!(finished(wait_for(&engine, job)).image.dimensions(), (width, height));
+    assert_eq!(
+        finished(wait_for(&engine, job)).image.dimensions(),
+        (width, height)
+    );
 }
 
 #[test]
@@ -453,7 +500,9 @@ fn a_long_prompt_is_cut_at_77_tokens_and_says_where() {
         })
         .expect("send");
     let output = finished(wait_for(&engine, job));
-    let cut = output.prompt_cut_off.expect("the cut-off words are reported");
+    let cut = output
+        .prompt_cut_off
+        .expect("the cut-off words are reported");
     assert!(cut.ends_with("zebra"), "{cut}");
     assert_eq!(cut.matches("red").count(), 15, "75 of 90 words fit: {cut}");
 }

@@ -1,5 +1,8 @@
 //! Every Stable Diffusion case in `../shared/parity/cases` reproduces diffusers' output.
 
+// Tests may panic on setup failures: that is how a test reports them.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::PathBuf;
@@ -82,14 +85,18 @@ fn replay_command_passes_a_case_and_fails_a_tampered_one() {
         .expect("run easel replay");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "replay failed: {stdout}");
-    assert!(stdout.contains("PASS") && stdout.contains("step  4"), "{stdout}");
+    assert!(
+        stdout.contains("PASS") && stdout.contains("step  4"),
+        "{stdout}"
+    );
 
     // The same case with its golden image nudged beyond tolerance must fail.
     let temp = tempfile::tempdir().expect("temp dir");
     let tampered = temp.path().join("tampered.json");
     std::fs::copy(&case, &tampered).expect("copy json");
-    let mut tensors = candle_core::safetensors::load(case.with_extension("safetensors"), &Device::Cpu)
-        .expect("load case tensors");
+    let mut tensors =
+        candle_core::safetensors::load(case.with_extension("safetensors"), &Device::Cpu)
+            .expect("load case tensors");
     let image = tensors.get("output.image").expect("golden image").clone();
     tensors.insert("output.image".into(), (image + 0.01).expect("nudge"));
     candle_core::safetensors::save(&tensors, tampered.with_extension("safetensors"))

@@ -67,7 +67,9 @@ impl Engine {
     /// Starts the engine thread; nothing is loaded until a job needs it.
     pub fn spawn(config: EngineConfig, wake: WakeUp) -> Result<Self, EngineError> {
         let device = device::open(config.device)?;
-        let dtype = config.dtype.unwrap_or_else(|| device::default_dtype(&device));
+        let dtype = config
+            .dtype
+            .unwrap_or_else(|| device::default_dtype(&device));
         let device_name = device::describe(&device);
         let (request_tx, request_rx) = bounded(REQUEST_CAPACITY);
         let (event_tx, event_rx) = bounded(EVENT_CAPACITY);
@@ -138,7 +140,10 @@ impl Drop for Engine {
             if thread.is_finished() {
                 break;
             }
-            if self.events.recv_timeout(std::time::Duration::from_millis(20)).is_err()
+            if self
+                .events
+                .recv_timeout(std::time::Duration::from_millis(20))
+                .is_err()
                 && self.thread.as_ref().is_some_and(JoinHandle::is_finished)
             {
                 break;

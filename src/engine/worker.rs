@@ -206,7 +206,11 @@ impl Worker {
         }
     }
 
-    fn run_job(&mut self, job: JobId, request: &GenerateRequest) -> Result<JobOutput, PipelineError> {
+    fn run_job(
+        &mut self,
+        job: JobId,
+        request: &GenerateRequest,
+    ) -> Result<JobOutput, PipelineError> {
         request.validate()?;
         let mut model = self.model_for(&request.model)?;
         let result = self.run_with_model(job, request, &mut model);

@@ -158,13 +158,7 @@ impl ClipTextModel {
             emb_vb.pp("position_embedding"),
         )?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                EncoderLayer::new(
-                    text_vb.pp(format!("encoder.layers.{i}")),
-                    cfg,
-                    activation,
-                )
-            })
+            .map(|i| EncoderLayer::new(text_vb.pp(format!("encoder.layers.{i}")), cfg, activation))
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm = layer_norm(
             cfg.hidden_size,
@@ -250,5 +244,7 @@ fn causal_mask(seq_len: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..seq_len)
         .flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::MIN } else { 0.0 }))
         .collect();
-    Tensor::from_vec(mask, (seq_len, seq_len), device)?.unsqueeze(0)?.unsqueeze(0)
+    Tensor::from_vec(mask, (seq_len, seq_len), device)?
+        .unsqueeze(0)?
+        .unsqueeze(0)
 }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 
 use super::clip::ClipTextModel;
-use super::config::{read_json, ClipTextConfig, ModelIndex, SchedulerConfig, UnetConfig, VaeConfig};
+use super::config::{
+    read_json, ClipTextConfig, ModelIndex, SchedulerConfig, UnetConfig, VaeConfig,
+};
 use super::error::ModelError;
 use super::tokenizer::PromptTokenizer;
 use super::unet::{Unet, UnetShape};
@@ -140,7 +142,11 @@ impl SdModel {
         })
     }
 
-    fn slot(dir: &Path, component: Component, tokenizer: &str) -> Result<TextEncoderSlot, ModelError> {
+    fn slot(
+        dir: &Path,
+        component: Component,
+        tokenizer: &str,
+    ) -> Result<TextEncoderSlot, ModelError> {
         let encoder_dir = dir.join(component.name());
         let config = read_json(&encoder_dir.join("config.json"), "text encoder config")?;
         Ok(TextEncoderSlot {
@@ -225,8 +231,7 @@ impl SdModel {
             }
             text => {
                 let device = self.device.clone();
-                let Some(slot) = self.text_encoders.iter_mut().find(|s| s.component == text)
-                else {
+                let Some(slot) = self.text_encoders.iter_mut().find(|s| s.component == text) else {
                     return Ok(Duration::ZERO);
                 };
                 let tokenizer = PromptTokenizer::load(&slot.tokenizer_dir)?;
@@ -249,7 +254,11 @@ impl SdModel {
             Component::Unet => self.unet = None,
             Component::Vae => self.vae = None,
             text => {
-                for slot in self.text_encoders.iter_mut().filter(|s| s.component == text) {
+                for slot in self
+                    .text_encoders
+                    .iter_mut()
+                    .filter(|s| s.component == text)
+                {
                     slot.loaded = None;
                 }
             }
@@ -264,7 +273,10 @@ impl SdModel {
 
     /// The loaded text encoders, in order (empty entries are not loaded).
     pub fn text_encoders(&self) -> Vec<Option<&TextEncoder>> {
-        self.text_encoders.iter().map(|s| s.loaded.as_ref()).collect()
+        self.text_encoders
+            .iter()
+            .map(|s| s.loaded.as_ref())
+            .collect()
     }
 
     /// The loaded UNet.

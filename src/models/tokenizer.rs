@@ -65,7 +65,10 @@ impl PromptTokenizer {
                     message: format!("the special token {text:?} is not in the vocabulary"),
                 })
         };
-        let bos_id = id_of(config.bos_token.as_ref().map(|t| t.text()), "<|startoftext|>")?;
+        let bos_id = id_of(
+            config.bos_token.as_ref().map(|t| t.text()),
+            "<|startoftext|>",
+        )?;
         let eos_id = id_of(config.eos_token.as_ref().map(|t| t.text()), "<|endoftext|>")?;
         let pad_id = id_of(config.pad_token.as_ref().map(|t| t.text()), "<|endoftext|>")?;
         let max_length = config

@@ -11,9 +11,9 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{self as nn, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    CrossAttnDownBlock2D, CrossAttnDownBlock2DConfig, CrossAttnUpBlock2D,
-    CrossAttnUpBlock2DConfig, DownBlock2D, DownBlock2DConfig, UNetMidBlock2DCrossAttn,
-    UNetMidBlock2DCrossAttnConfig, UpBlock2D, UpBlock2DConfig,
+    CrossAttnDownBlock2D, CrossAttnDownBlock2DConfig, CrossAttnUpBlock2D, CrossAttnUpBlock2DConfig,
+    DownBlock2D, DownBlock2DConfig, UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig,
+    UpBlock2D, UpBlock2DConfig,
 };
 
 use super::config::UnetConfig;
@@ -80,7 +80,9 @@ impl UnetShape {
         let depths = config
             .transformer_layers_per_block
             .expand(n)
-            .ok_or_else(|| bad("transformer_layers_per_block must have one value per block".into()))?;
+            .ok_or_else(|| {
+                bad("transformer_layers_per_block must have one value per block".into())
+            })?;
         let mut blocks = Vec::with_capacity(n);
         for i in 0..n {
             let cross = match config.down_block_types[i].as_str() {
@@ -88,14 +90,19 @@ impl UnetShape {
                 "DownBlock2D" => false,
                 other => return Err(unsupported(format!("UNet down block type {other}"))),
             };
-            let expected_up = if cross { "CrossAttnUpBlock2D" } else { "UpBlock2D" };
+            let expected_up = if cross {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            };
             if config.up_block_types[n - 1 - i] != expected_up {
                 return Err(unsupported(format!(
                     "UNet up blocks that do not mirror the down blocks ({} against {})",
-                    config.up_block_types[n - 1 - i], expected_up
+                    config.up_block_types[n - 1 - i],
+                    expected_up
                 )));
             }
-            if heads[i] == 0 || config.block_out_channels[i] % heads[i] != 0 {
+            if heads[i] == 0 || !config.block_out_channels[i].is_multiple_of(heads[i]) {
                 return Err(bad(format!(
                     "block {i}: {} channels cannot be split into {} heads",
                     config.block_out_channels[i], heads[i]
@@ -112,7 +119,9 @@ impl UnetShape {
             Some(other) => return Err(unsupported(format!("UNet mid block type {other}"))),
         }
         if config.time_cond_proj_dim.is_some() {
-            return Err(unsupported("time_cond_proj_dim (LCM-distilled UNets)".into()));
+            return Err(unsupported(
+                "time_cond_proj_dim (LCM-distilled UNets)".into(),
+            ));
         }
         if config.class_embed_type.is_some() {
             return Err(unsupported("class embeddings".into()));
@@ -123,9 +132,11 @@ impl UnetShape {
                 time_embed_dim: config
                     .addition_time_embed_dim
                     .ok_or_else(|| bad("text_time needs addition_time_embed_dim".into()))?,
-                input_dim: config.projection_class_embeddings_input_dim.ok_or_else(|| {
-                    bad("text_time needs projection_class_embeddings_input_dim".into())
-                })?,
+                input_dim: config
+                    .projection_class_embeddings_input_dim
+                    .ok_or_else(|| {
+                        bad("text_time needs projection_class_embeddings_input_dim".into())
+                    })?,
             }),
             Some(other) => return Err(unsupported(format!("addition_embed_type {other}"))),
         };
@@ -216,7 +227,13 @@ impl Unet {
             padding: 1,
             ..Default::default()
         };
-        let conv_in = nn::conv2d(shape.in_channels, first_channels, 3, conv3, vb.pp("conv_in"))?;
+        let conv_in = nn::conv2d(
+            shape.in_channels,
+            first_channels,
+            3,
+            conv3,
+            vb.pp("conv_in"),
+        )?;
         let time_proj = Timesteps::new(first_channels, cfg.flip_sin_to_cos, cfg.freq_shift);
         let time_embedding =
             TimestepEmbedding::new(vb.pp("time_embedding"), first_channels, time_embed_dim)?;
@@ -341,7 +358,13 @@ impl Unet {
             cfg.norm_eps,
             vb.pp("conv_norm_out"),
         )?;
-        let conv_out = nn::conv2d(first_channels, shape.out_channels, 3, conv3, vb.pp("conv_out"))?;
+        let conv_out = nn::conv2d(
+            first_channels,
+            shape.out_channels,
+            3,
+            conv3,
+            vb.pp("conv_out"),
+        )?;
         Ok(Self {
             conv_in,
             time_proj,
@@ -393,7 +416,8 @@ impl Unet {
                     .forward(&ids)?
                     .reshape((batch, ()))?
                     .to_dtype(self.dtype)?;
-                let input = Tensor::cat(&[&cond.pooled_text.to_dtype(self.dtype)?, &id_features], 1)?;
+                let input =
+                    Tensor::cat(&[&cond.pooled_text.to_dtype(self.dtype)?, &id_features], 1)?;
                 emb = (emb + embedding.embedding.forward(&input)?)?;
             }
             (Some(_), None) => {

@@ -187,12 +187,24 @@ impl Vae {
         let latent = config.latent_channels;
         let conv1 = nn::Conv2dConfig::default();
         let quant_conv = if config.use_quant_conv {
-            Some(nn::conv2d(2 * latent, 2 * latent, 1, conv1, vb.pp("quant_conv"))?)
+            Some(nn::conv2d(
+                2 * latent,
+                2 * latent,
+                1,
+                conv1,
+                vb.pp("quant_conv"),
+            )?)
         } else {
             None
         };
         let post_quant_conv = if config.use_post_quant_conv {
-            Some(nn::conv2d(latent, latent, 1, conv1, vb.pp("post_quant_conv"))?)
+            Some(nn::conv2d(
+                latent,
+                latent,
+                1,
+                conv1,
+                vb.pp("post_quant_conv"),
+            )?)
         } else {
             None
         };

@@ -7,7 +7,11 @@ use image::{imageops::FilterType, GrayImage, RgbImage};
 /// An RGB image as a `[1, 3, h, w]` f32 tensor in -1..1.
 pub fn image_to_tensor(image: &RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = image.dimensions();
-    let data: Vec<f32> = image.as_raw().iter().map(|&v| f32::from(v) / 255.0).collect();
+    let data: Vec<f32> = image
+        .as_raw()
+        .iter()
+        .map(|&v| f32::from(v) / 255.0)
+        .collect();
     let hwc = Tensor::from_vec(data, (h as usize, w as usize, 3), device)?;
     (hwc.permute((2, 0, 1))?.unsqueeze(0)? * 2.0)? - 1.0
 }
@@ -55,13 +59,21 @@ pub fn fit_mask(mask: &GrayImage, width: u32, height: u32) -> GrayImage {
 /// The mask as painted, `[h, w]` f32 in 0..1 (1 = repaint).
 pub fn mask_to_unit(mask: &GrayImage, device: &Device) -> Result<Tensor> {
     let (w, h) = mask.dimensions();
-    let data: Vec<f32> = mask.as_raw().iter().map(|&v| f32::from(v) / 255.0).collect();
+    let data: Vec<f32> = mask
+        .as_raw()
+        .iter()
+        .map(|&v| f32::from(v) / 255.0)
+        .collect();
     Tensor::from_vec(data, (h as usize, w as usize), device)
 }
 
 /// The mask binarised at 0.5 as diffusers does, `[1, 1, h, w]`.
 pub fn binarize(mask_unit: &Tensor) -> Result<Tensor> {
-    mask_unit.ge(0.5f32)?.to_dtype(DType::F32)?.unsqueeze(0)?.unsqueeze(0)
+    mask_unit
+        .ge(0.5f32)?
+        .to_dtype(DType::F32)?
+        .unsqueeze(0)?
+        .unsqueeze(0)
 }
 
 /// Nearest-neighbour down-sampling of a `[1, 1, h, w]` mask by `scale`, as torch's default

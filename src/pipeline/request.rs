@@ -163,7 +163,7 @@ impl GenerateRequest {
 }
 
 fn check_side(side: &'static str, px: u32) -> Result<(), RequestError> {
-    if px % LATENT_SCALE_PX != 0 {
+    if !px.is_multiple_of(LATENT_SCALE_PX) {
         return Err(RequestError::SizeNotMultiple { side, px });
     }
     if !(MIN_SIDE_PX..=MAX_SIDE_PX).contains(&px) {
@@ -182,7 +182,9 @@ pub enum RequestError {
     #[error("{0} steps is not possible: use 1 to 1000")]
     Steps(usize),
     /// Guidance negative, too large or not a number.
-    #[error("guidance {0} is not possible: use 0 to 100 (about 7 for SD, 0 to 1 for turbo models)")]
+    #[error(
+        "guidance {0} is not possible: use 0 to 100 (about 7 for SD, 0 to 1 for turbo models)"
+    )]
     Guidance(f64),
     /// Strength outside 0..=1.
     #[error("strength {0} is not possible: use 0 to 1")]

@@ -42,7 +42,10 @@ struct Conditioning {
 }
 
 /// Checks the request against the model, before any weights load.
-pub fn check_inputs(model: &SdModel, request: &GenerateRequest) -> Result<(u32, u32), RequestError> {
+pub fn check_inputs(
+    model: &SdModel,
+    request: &GenerateRequest,
+) -> Result<(u32, u32), RequestError> {
     request.validate()?;
     let size = request.resolved_size(model.native_size_px())?;
     let unet_channels = model.unet_shape.in_channels;
@@ -92,8 +95,12 @@ pub fn generate(
     // 1. Check inputs.
     let (width, height) = check_inputs(model, request)?;
     let device = model.device().clone();
-    let unet = model.unet().ok_or(PipelineError::NotLoaded(Component::Unet))?;
-    let vae = model.vae().ok_or(PipelineError::NotLoaded(Component::Vae))?;
+    let unet = model
+        .unet()
+        .ok_or(PipelineError::NotLoaded(Component::Unet))?;
+    let vae = model
+        .vae()
+        .ok_or(PipelineError::NotLoaded(Component::Vae))?;
     let guided = request.guidance > 1.0;
     let mode = request.mode();
 
@@ -311,11 +318,10 @@ fn encode_prompt(
                 time_ids: Tensor::from_vec(ids, (batch, 6), device)?,
             })
         }
-        (Some(_), None) => {
-            return Err(PipelineError::Request(RequestError::ModelCannot(
-                "this UNet needs pooled text embeddings, which only SDXL's second text encoder gives".into(),
-            )))
-        }
+        (Some(_), None) => return Err(PipelineError::Request(RequestError::ModelCannot(
+            "this UNet needs pooled text embeddings, which only SDXL's second text encoder gives"
+                .into(),
+        ))),
         (None, _) => None,
     };
     Ok(Conditioning {

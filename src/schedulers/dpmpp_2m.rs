@@ -69,7 +69,9 @@ impl DpmPp2m {
         let train_sigmas = schedule.train_sigmas();
         let mut sigmas: Vec<f64> = if karras || cfg.use_karras_sigmas == Some(true) {
             let sigma_min = cfg.sigma_min.unwrap_or(train_sigmas[0]);
-            let sigma_max = cfg.sigma_max.unwrap_or(train_sigmas[train_sigmas.len() - 1]);
+            let sigma_max = cfg
+                .sigma_max
+                .unwrap_or(train_sigmas[train_sigmas.len() - 1]);
             let sigmas = karras_sigmas(sigma_min, sigma_max, n);
             timesteps = sigmas
                 .iter()

@@ -110,7 +110,12 @@ impl Euler {
         })
     }
 
-    fn predicted_original(&self, model_output: &Tensor, sample: &Tensor, sigma: f64) -> Result<Tensor> {
+    fn predicted_original(
+        &self,
+        model_output: &Tensor,
+        sample: &Tensor,
+        sigma: f64,
+    ) -> Result<Tensor> {
         match self.prediction {
             Prediction::Epsilon => sample - (model_output * sigma)?,
             Prediction::Velocity => {

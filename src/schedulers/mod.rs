@@ -137,3 +137,78 @@ pub fn start_step(steps: usize, strength: f64) -> usize {
     let init_timestep = ((steps as f64 * strength) as usize).min(steps);
     steps - init_timestep
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scheduler config of the parity models (diffusers' SD defaults, leading spacing).
+    fn sd_config() -> SchedulerConfig {
+        SchedulerConfig {
+            beta_start: Some(0.00085),
+            beta_end: Some(0.012),
+            beta_schedule: Some("scaled_linear".into()),
+            timestep_spacing: Some("leading".into()),
+            steps_offset: Some(1),
+            ..Default::default()
+        }
+    }
+
+    fn timesteps(kind: SamplerKind, steps: usize) -> Vec<f64> {
+        kind.build(&sd_config(), steps)
+            .expect("a supported config")
+            .timesteps()
+            .to_vec()
+    }
+
+    #[test]
+    fn timesteps_match_what_diffusers_ran() {
+        // From the parity cases' `timesteps` fields.
+        assert_eq!(timesteps(SamplerKind::Euler, 4), [751.0, 501.0, 251.0, 1.0]);
+        assert_eq!(
+            timesteps(SamplerKind::Ddim, 5),
+            [801.0, 601.0, 401.0, 201.0, 1.0]
+        );
+        assert_eq!(
+            timesteps(SamplerKind::Dpmpp2mKarras, 6),
+            [999.0, 837.0, 594.0, 249.0, 30.0, 0.0]
+        );
+        assert_eq!(
+            timesteps(SamplerKind::Dpmpp2m, 4),
+            [801.0, 601.0, 401.0, 201.0]
+        );
+    }
+
+    #[test]
+    fn strength_selects_the_first_step_as_diffusers() {
+        assert_eq!(start_step(10, 0.6), 4);
+        assert_eq!(start_step(8, 0.75), 2);
+        assert_eq!(start_step(4, 1.0), 0);
+        assert_eq!(start_step(4, 0.0), 4);
+    }
+
+    #[test]
+    fn euler_starts_from_the_right_noise_level() {
+        let euler = SamplerKind::Euler.build(&sd_config(), 4).expect("euler");
+        // Leading spacing: sqrt(sigma_max^2 + 1) of sigma(751).
+        let sigma = euler.init_noise_sigma();
+        assert!((sigma - 4.0).abs() < 0.5, "init noise sigma {sigma}");
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for kind in SamplerKind::ALL {
+            assert_eq!(SamplerKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(SamplerKind::from_name("heun"), None);
+    }
+
+    #[test]
+    fn unsupported_options_are_errors_not_guesses() {
+        let config = SchedulerConfig {
+            timestep_spacing: Some("sideways".into()),
+            ..sd_config()
+        };
+        assert!(SamplerKind::Euler.build(&config, 4).is_err());
+    }
+}

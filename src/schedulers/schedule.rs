@@ -118,7 +118,11 @@ pub fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
 }
 
 fn cosine_betas(steps: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+            .cos()
+            .powi(2)
+    };
     (0..steps)
         .map(|i| {
             let t1 = i as f64 / steps as f64;
@@ -185,7 +189,10 @@ pub fn sigma_to_timestep(sigma: f64, train_sigmas: &[f64]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
     // numpy keeps log_sigmas in f32 because the sigmas are an f32 array.
     let log_sigmas: Vec<f64> = train_sigmas.iter().map(|s| round_f32(s.ln())).collect();
-    let count_ge = log_sigmas.iter().filter(|&&ls| log_sigma - ls >= 0.0).count();
+    let count_ge = log_sigmas
+        .iter()
+        .filter(|&&ls| log_sigma - ls >= 0.0)
+        .count();
     // cumsum(...).argmax() is the index of the last non-negative distance (sigmas ascend).
     let low = count_ge.saturating_sub(1).min(log_sigmas.len() - 2);
     let high = low + 1;
