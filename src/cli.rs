@@ -189,7 +189,11 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             .recv()
             .context("the engine stopped before the job ended")?;
         match event {
-            Event::Loading { component, .. } => {
+            Event::Loading {
+                component,
+                progress,
+                ..
+            } if progress == 0.0 => {
                 // Progress output is best effort; a closed stderr must not stop the job.
                 writeln!(stderr, "loading {component}").ok();
             }

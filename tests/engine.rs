@@ -134,7 +134,11 @@ fn txt2img_reports_progress_and_keeps_models_loaded() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Loading { component, .. } => Some(*component),
+            Event::Loading {
+                component,
+                progress,
+                ..
+            } if *progress == 0.0 => Some(*component),
             _ => None,
         })
         .collect();

@@ -23,18 +23,33 @@ use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 pub(super) struct Outbox {
     events: Sender<Event>,
     wake: WakeUp,
+    listener_gone: std::cell::Cell<bool>,
 }
 
 impl Outbox {
     pub(super) fn new(events: Sender<Event>, wake: WakeUp) -> Self {
-        Self { events, wake }
+        Self {
+            events,
+            wake,
+            listener_gone: std::cell::Cell::new(false),
+        }
     }
 
-    /// Sends `event`; false when nobody listens any more (the engine then stops).
+    /// Sends `event`; false when nobody listens any more. The engine then stops at the next
+    /// point where it can (see `listener_gone`), since nobody could see its results.
     fn send(&self, event: Event) -> bool {
         let delivered = self.events.send(event).is_ok();
-        (self.wake)();
+        if delivered {
+            (self.wake)();
+        } else {
+            self.listener_gone.set(true);
+        }
         delivered
+    }
+
+    /// Whether a send has found the event receiver dropped.
+    fn listener_gone(&self) -> bool {
+        self.listener_gone.get()
     }
 }
 
@@ -77,7 +92,7 @@ impl Worker {
         if !self.outbox.send(Event::Memory(self.memory_report())) {
             return;
         }
-        while !self.shutting_down {
+        while !self.shutting_down && !self.outbox.listener_gone() {
             let (job, request) = match self.pending.pop_front() {
                 Some(next) => next,
                 None => match self.requests.recv() {
@@ -159,7 +174,7 @@ impl Worker {
 
     /// Drains requests without blocking; true when the running job must stop.
     fn poll(&mut self, running: JobId) -> bool {
-        let mut cancel = false;
+        let mut cancel = self.outbox.listener_gone();
         while let Ok(request) = self.requests.try_recv() {
             cancel |= self.accept_during(running, request);
         }
@@ -234,14 +249,16 @@ impl Worker {
         check_inputs(model, request)?;
         let mut timings = StageTimings::default();
         {
-            let mut on_load = |component: crate::models::sd::Component| {
-                if let Some(hook) = &self.fault_hook {
-                    hook(FaultPoint::BeforeLoad(component));
+            let mut on_load = |component: crate::models::sd::Component, progress: f32| {
+                if progress == 0.0 {
+                    if let Some(hook) = &self.fault_hook {
+                        hook(FaultPoint::BeforeLoad(component));
+                    }
                 }
                 self.outbox.send(Event::Loading {
                     job,
                     component: component.name(),
-                    progress: 0.0,
+                    progress,
                 });
             };
             load_components(model, &mut timings, &mut on_load)?;

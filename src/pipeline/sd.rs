@@ -68,17 +68,19 @@ pub fn check_inputs(
     Ok(size)
 }
 
-/// Loads what the request needs, reporting each component's load time in `timings`.
+/// Loads what the request needs, reporting each component's load time in `timings` and
+/// calling `on_load(component, progress)` with 0 before and 1 after each load.
 pub fn load_components(
     model: &mut SdModel,
     timings: &mut StageTimings,
-    on_load: &mut dyn FnMut(Component),
+    on_load: &mut dyn FnMut(Component, f32),
 ) -> Result<(), PipelineError> {
     for component in model.components() {
         if !model.is_loaded(component) {
-            on_load(component);
+            on_load(component, 0.0);
             let took = model.load(component)?;
             timings.push(format!("load {}", component.name()), took);
+            on_load(component, 1.0);
         }
     }
     Ok(())
