@@ -193,9 +193,10 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 component,
                 progress,
                 ..
-            } if progress == 0.0 => {
+            } => {
                 // Progress output is best effort; a closed stderr must not stop the job.
-                writeln!(stderr, "loading {component}").ok();
+                let state = if progress < 1.0 { "loading" } else { "loaded" };
+                writeln!(stderr, "{state} {component}").ok();
             }
             Event::Step {
                 step, of, elapsed, ..
