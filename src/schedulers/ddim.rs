@@ -2,7 +2,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::schedule::{linspace, NoiseSchedule, Spacing};
+use super::schedule::{leading_timesteps, linspace, trailing_timesteps, NoiseSchedule, Spacing};
 use super::{Prediction, Scheduler, SchedulerError};
 use crate::models::config::SchedulerConfig;
 
@@ -34,18 +34,8 @@ impl Ddim {
                 .rev()
                 .map(f64::round)
                 .collect(),
-            Spacing::Leading => (0..n)
-                .rev()
-                .map(|i| (i * step_ratio + schedule.steps_offset) as f64)
-                .collect(),
-            Spacing::Trailing => {
-                let ratio = train_steps as f64 / n as f64;
-                (0..n)
-                    .map(|i| train_steps as f64 - i as f64 * ratio)
-                    .filter(|&t| t > 0.0)
-                    .map(|t| t.round() - 1.0)
-                    .collect()
-            }
+            Spacing::Leading => leading_timesteps(train_steps, n, schedule.steps_offset),
+            Spacing::Trailing => trailing_timesteps(train_steps, n),
         };
         let final_alpha_cumprod = if cfg.set_alpha_to_one.unwrap_or(true) {
             1.0

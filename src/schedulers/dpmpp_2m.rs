@@ -3,7 +3,8 @@
 use candle_core::{Result, Tensor};
 
 use super::schedule::{
-    interp_index, karras_sigmas, linspace, round_f32, sigma_to_timestep, NoiseSchedule, Spacing,
+    interp_index, karras_sigmas, linspace, round_f32, sigma_to_timestep, trailing_timesteps,
+    NoiseSchedule, Spacing,
 };
 use super::{Prediction, Scheduler, SchedulerError};
 use crate::models::config::SchedulerConfig;
@@ -57,14 +58,7 @@ impl DpmPp2m {
                     .map(|i| (i * ratio + schedule.steps_offset) as f64)
                     .collect()
             }
-            Spacing::Trailing => {
-                let ratio = train_steps as f64 / n as f64;
-                (0..n)
-                    .map(|i| train_steps as f64 - i as f64 * ratio)
-                    .filter(|&t| t > 0.0)
-                    .map(|t| t.round() - 1.0)
-                    .collect()
-            }
+            Spacing::Trailing => trailing_timesteps(train_steps, n),
         };
         let train_sigmas = schedule.train_sigmas();
         let mut sigmas: Vec<f64> = if karras || cfg.use_karras_sigmas == Some(true) {

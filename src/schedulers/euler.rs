@@ -4,7 +4,8 @@
 use candle_core::{Result, Tensor};
 
 use super::schedule::{
-    interp_index, karras_sigmas, linspace, round_f32, sigma_to_timestep, NoiseSchedule, Spacing,
+    interp_index, karras_sigmas, leading_timesteps, linspace, round_f32, sigma_to_timestep,
+    trailing_timesteps, NoiseSchedule, Spacing,
 };
 use super::{Prediction, Scheduler, SchedulerError};
 use crate::models::config::SchedulerConfig;
@@ -37,21 +38,8 @@ impl Euler {
                 .rev()
                 .map(round_f32)
                 .collect(),
-            Spacing::Leading => {
-                let ratio = train_steps / n;
-                (0..n)
-                    .rev()
-                    .map(|i| (i * ratio + schedule.steps_offset) as f64)
-                    .collect()
-            }
-            Spacing::Trailing => {
-                let ratio = train_steps as f64 / n as f64;
-                (0..n)
-                    .map(|i| train_steps as f64 - i as f64 * ratio)
-                    .filter(|&t| t > 0.0)
-                    .map(|t| t.round() - 1.0)
-                    .collect()
-            }
+            Spacing::Leading => leading_timesteps(train_steps, n, schedule.steps_offset),
+            Spacing::Trailing => trailing_timesteps(train_steps, n),
         };
         let train_sigmas = schedule.train_sigmas();
         let mut sigmas: Vec<f64> = match cfg.interpolation_type.as_deref() {

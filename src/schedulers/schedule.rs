@@ -172,6 +172,22 @@ impl Spacing {
     }
 }
 
+/// `leading` spacing: multiples of `train_steps / n` from 0, noisiest first, plus `offset`.
+pub fn leading_timesteps(train_steps: usize, n: usize, offset: usize) -> Vec<f64> {
+    let ratio = train_steps / n;
+    (0..n).rev().map(|i| (i * ratio + offset) as f64).collect()
+}
+
+/// `trailing` spacing: `round(arange(N, 0, -N/n)) - 1`.
+pub fn trailing_timesteps(train_steps: usize, n: usize) -> Vec<f64> {
+    let ratio = train_steps as f64 / n as f64;
+    (0..n)
+        .map(|i| train_steps as f64 - i as f64 * ratio)
+        .filter(|&t| t > 0.0)
+        .map(|t| t.round() - 1.0)
+        .collect()
+}
+
 /// Karras et al. (2022) sigmas between `sigma_max` and `sigma_min`, rho 7.
 pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
     let rho = 7.0;
