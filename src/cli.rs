@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use easel::device::DeviceChoice;
 use easel::engine::{Engine, EngineConfig, Event};
+use easel::output::save_png_with_parameters;
 use easel::pipeline::request::{GenerateRequest, SourceImage};
 use easel::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
 use easel::schedulers::SamplerKind;
@@ -217,10 +218,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 if let Some(cut) = &output.prompt_cut_off {
                     eprintln!("note: the prompt was cut at 77 tokens; ignored: {cut:?}");
                 }
-                output
-                    .image
-                    .save(&args.out)
-                    .with_context(|| format!("could not write {}", args.out.display()))?;
+                save_png_with_parameters(&args.out, &output.image, &output.parameters)?;
                 eprintln!("wrote {}", args.out.display());
                 if args.timings {
                     for (stage, took) in &output.timings.stages {

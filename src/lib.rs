@@ -4,6 +4,7 @@
 pub mod device;
 pub mod engine;
 pub mod models;
+pub mod output;
 pub mod pipeline;
 pub mod replay;
 pub mod schedulers;

@@ -40,6 +40,18 @@ fn generate_writes_a_png_for_each_mode() {
     );
     let image = image::open(out).expect("a PNG").to_rgb8();
     assert_eq!(image.dimensions(), (64, 64));
+    let reader = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(out).expect("open the PNG"),
+    ))
+    .read_info()
+    .expect("PNG header");
+    let parameters = &reader.info().uncompressed_latin1_text;
+    assert!(
+        parameters.iter().any(|t| t.keyword == "parameters"
+            && t.text
+                .starts_with("a cat\nSteps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 3")),
+        "the PNG carries its parameters in A1111's format"
+    );
 
     let init = temp.path().join("init.png");
     common::test_image(64, 64).save(&init).expect("save init");
