@@ -12,6 +12,9 @@ pub enum EngineError {
     /// The job panicked; the panic was caught and the engine still serves.
     #[error("the job crashed ({0}); the engine is still running, so try again or report this")]
     Panicked(String),
+    /// The engine thread could not be started.
+    #[error("the engine could not start: {0}")]
+    Start(String),
     /// The device could not be opened.
     #[error(transparent)]
     Device(#[from] DeviceError),

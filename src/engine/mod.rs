@@ -78,7 +78,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("engine".to_string())
             .spawn(move || worker.run())
-            .map_err(|e| EngineError::Panicked(format!("the engine thread did not start: {e}")))?;
+            .map_err(|e| EngineError::Start(e.to_string()))?;
         Ok(Self {
             requests: request_tx,
             events: event_rx,

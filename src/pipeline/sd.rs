@@ -181,6 +181,20 @@ pub fn generate(
         }
         _ => None,
     };
+    // What the loop needs from the mask, made once: the 9-channel UNet's extra input
+    // (mask and masked-image latents for each batch row), or the blend weights of 4-channel
+    // inpainting.
+    let batch_rows = if guided { 2 } else { 1 };
+    let unet_extra_channels = match &inpaint {
+        Some((mask_latent, Some(masked_latents))) => {
+            Some(Tensor::cat(&[mask_latent, masked_latents], 1)?.repeat((batch_rows, 1, 1, 1))?)
+        }
+        _ => None,
+    };
+    let blend_masks = match &inpaint {
+        Some((mask_latent, None)) => Some((mask_latent.clone(), (1.0 - mask_latent)?)),
+        _ => None,
+    };
     timings.push("prepare latents", started.elapsed());
 
     // 4. Denoise.
@@ -198,11 +212,8 @@ pub fn generate(
             latents.clone()
         };
         let mut model_input = scheduler.scale_model_input(&batch, step)?;
-        if let Some((mask_latent, Some(masked_latents))) = &inpaint {
-            let n = model_input.dim(0)?;
-            let mask_b = mask_latent.repeat((n, 1, 1, 1))?;
-            let masked_b = masked_latents.repeat((n, 1, 1, 1))?;
-            model_input = Tensor::cat(&[&model_input, &mask_b, &masked_b], 1)?;
+        if let Some(extra) = &unet_extra_channels {
+            model_input = Tensor::cat(&[&model_input, extra], 1)?;
         }
         let prediction = unet.forward(&model_input, t, &cond.text, cond.text_time.as_ref())?;
         let prediction = if guided {
@@ -218,7 +229,7 @@ pub fn generate(
             None
         };
         latents = scheduler.step(&prediction, step, &latents, step_noise.as_ref())?;
-        if let (Some((mask_latent, None)), Some(image_latents)) = (&inpaint, &image_latents) {
+        if let (Some((repaint, keep)), Some(image_latents)) = (&blend_masks, &image_latents) {
             // A 4-channel model inpaints by keeping the original, re-noised to the next
             // step's level, outside the mask.
             let original = if step + 1 < timesteps.len() {
@@ -226,8 +237,7 @@ pub fn generate(
             } else {
                 image_latents.clone()
             };
-            let keep = (1.0 - mask_latent)?;
-            latents = (original.broadcast_mul(&keep)? + latents.broadcast_mul(mask_latent)?)?;
+            latents = (original.broadcast_mul(keep)? + latents.broadcast_mul(repaint)?)?;
         }
         timings.push(format!("step {}", done + 1), step_started.elapsed());
         observer.after_step(done + 1, total, &latents, loop_started.elapsed());
