@@ -30,11 +30,17 @@ fn engine() -> Engine {
     })
 }
 
+/// How a job ended.
+enum Outcome {
+    Finished(JobOutput),
+    Failed(EngineError),
+    Cancelled,
+}
+
 /// How a job ended, with every event it produced.
 struct JobEnd {
     events: Vec<Event>,
-    result: Result<JobOutput, EngineError>,
-    cancelled: bool,
+    outcome: Outcome,
 }
 
 fn wait_for(engine: &Engine, job: JobId) -> JobEnd {
@@ -51,21 +57,15 @@ fn wait_for_with(engine: &Engine, job: JobId, mut on_event: impl FnMut(&Event)) 
         on_event(&event);
         let end = match &event {
             Event::Finished { job: j, output } if *j == job => {
-                Some((Ok((**output).clone()), false))
+                Some(Outcome::Finished((**output).clone()))
             }
-            Event::Failed { job: j, error } if *j == job => Some((Err(error.clone()), false)),
-            Event::Cancelled { job: j } if *j == job => {
-                Some((Err(EngineError::Panicked("cancelled".into())), true))
-            }
+            Event::Failed { job: j, error } if *j == job => Some(Outcome::Failed(error.clone())),
+            Event::Cancelled { job: j } if *j == job => Some(Outcome::Cancelled),
             _ => None,
         };
         events.push(event);
-        if let Some((result, cancelled)) = end {
-            return JobEnd {
-                events,
-                result,
-                cancelled,
-            };
+        if let Some(outcome) = end {
+            return JobEnd { events, outcome };
         }
     }
 }
@@ -81,10 +81,32 @@ fn tiny_request(model: &Path) -> GenerateRequest {
 }
 
 fn finished(end: JobEnd) -> JobOutput {
-    match end.result {
-        Ok(output) => output,
-        Err(error) => panic!("the job failed: {error}"),
+    match end.outcome {
+        Outcome::Finished(output) => output,
+        Outcome::Failed(error) => panic!("the job failed: {error}"),
+        Outcome::Cancelled => panic!("the job was cancelled"),
     }
+}
+
+fn failure(end: JobEnd) -> EngineError {
+    match end.outcome {
+        Outcome::Failed(error) => error,
+        Outcome::Finished(_) => panic!("expected a failure, the job finished"),
+        Outcome::Cancelled => panic!("expected a failure, the job was cancelled"),
+    }
+}
+
+/// Runs a job of `model` and checks that it finishes without loading anything.
+fn assert_runs_without_loading(engine: &Engine, model: &Path, why: &str) {
+    let job = engine.generate(tiny_request(model)).expect("send");
+    let end = wait_for(engine, job);
+    assert!(
+        !end.events
+            .iter()
+            .any(|e| matches!(e, Event::Loading { .. })),
+        "{why}"
+    );
+    finished(end);
 }
 
 fn request_error(end: JobEnd) -> RequestError {
@@ -94,22 +116,16 @@ fn request_error(end: JobEnd) -> RequestError {
             .any(|e| matches!(e, Event::Loading { .. } | Event::Step { .. })),
         "a bad request must fail before any loading or step"
     );
-    match end.result {
-        Err(EngineError::Pipeline(PipelineError::Request(error))) => error,
-        other => panic!(
-            "expected a request error, got {:?}",
-            other.map(|_| "a result")
-        ),
+    match failure(end) {
+        EngineError::Pipeline(PipelineError::Request(error)) => error,
+        other => panic!("expected a request error, got {other}"),
     }
 }
 
 fn model_error(end: JobEnd) -> ModelError {
-    match end.result {
-        Err(EngineError::Pipeline(PipelineError::Model(error))) => error,
-        other => panic!(
-            "expected a model error, got {:?}",
-            other.map(|_| "a result")
-        ),
+    match failure(end) {
+        EngineError::Pipeline(PipelineError::Model(error)) => error,
+        other => panic!("expected a model error, got {other}"),
     }
 }
 
@@ -177,16 +193,11 @@ fn txt2img_reports_progress_and_keeps_models_loaded() {
         "the wake-up callback runs after events"
     );
 
-    // The same model again: nothing reloads.
-    let job = engine.generate(tiny_request(&model)).expect("send");
-    let end = wait_for(&engine, job);
-    assert!(
-        !end.events
-            .iter()
-            .any(|e| matches!(e, Event::Loading { .. })),
-        "a second job of the same model must reuse the loaded components"
+    assert_runs_without_loading(
+        &engine,
+        &model,
+        "a second job of the same model must reuse the loaded components",
     );
-    finished(end);
 }
 
 #[test]
@@ -237,7 +248,10 @@ fn cancel_mid_run_then_a_new_job_succeeds() {
             sent = true;
         }
     });
-    assert!(end.cancelled, "the job must end as cancelled");
+    assert!(
+        matches!(end.outcome, Outcome::Cancelled),
+        "the job must end as cancelled"
+    );
     let steps_done = end
         .events
         .iter()
@@ -248,15 +262,7 @@ fn cancel_mid_run_then_a_new_job_succeeds() {
         "cancel must stop the loop early ({steps_done} steps ran)"
     );
 
-    let job = engine.generate(tiny_request(&model)).expect("send");
-    let end = wait_for(&engine, job);
-    assert!(
-        !end.events
-            .iter()
-            .any(|e| matches!(e, Event::Loading { .. })),
-        "a cancelled job leaves its model loaded"
-    );
-    finished(end);
+    assert_runs_without_loading(&engine, &model, "a cancelled job leaves its model loaded");
 }
 
 #[test]
@@ -274,12 +280,9 @@ fn a_panic_in_a_job_is_reported_and_the_engine_keeps_serving() {
     let model = common::model("sd15-tiny");
     let first = engine.generate(tiny_request(&model)).expect("send");
     assert_eq!(first, 1);
-    match wait_for(&engine, first).result {
-        Err(EngineError::Panicked(message)) => assert!(message.contains("injected fault")),
-        other => panic!(
-            "expected a caught panic, got {:?}",
-            other.map(|_| "a result")
-        ),
+    match failure(wait_for(&engine, first)) {
+        EngineError::Panicked(message) => assert!(message.contains("injected fault")),
+        other => panic!("expected a caught panic, got {other}"),
     }
     let second = engine.generate(tiny_request(&model)).expect("send");
     finished(wait_for(&engine, second));

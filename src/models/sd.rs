@@ -171,12 +171,8 @@ impl SdModel {
     /// The native output size in pixels (the UNet's sample size times the VAE's scale).
     pub fn native_size_px(&self) -> (u32, u32) {
         let scale = 1u32 << self.vae_config.block_out_channels.len().saturating_sub(1);
-        let side = self.unet_shape_sample_size().unwrap_or(64) as u32 * scale;
+        let side = self.unet_shape.sample_size().unwrap_or(64) as u32 * scale;
         (side, side)
-    }
-
-    fn unet_shape_sample_size(&self) -> Option<usize> {
-        self.unet_shape.sample_size()
     }
 
     /// The components every job of this model needs.

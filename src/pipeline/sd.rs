@@ -2,7 +2,7 @@
 //! bottom as diffusers' `__call__`: check inputs, encode the prompt, prepare latents, denoise,
 //! decode.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -341,14 +341,4 @@ fn encode_prompt(
         text_time,
         cut_off,
     })
-}
-
-/// Sums per-step durations for logs.
-pub fn total_steps_time(timings: &StageTimings) -> Duration {
-    timings
-        .stages
-        .iter()
-        .filter(|(name, _)| name.starts_with("step "))
-        .map(|(_, d)| *d)
-        .sum()
 }
