@@ -125,11 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Generate(args)) => generate(args),
         Some(Command::Replay(args)) => replay(args),
         None => {
-            eprintln!(
-                "The Easel window is not built yet. Headless commands:\n  \
-                 easel generate --model DIR --prompt TEXT --out OUT.png\n  \
-                 easel replay CASE.json --models DIR\nRun `easel --help` for more."
-            );
+            crate::ui::run_window(crate::ui::AppPaths::from_env(), EngineConfig::default())?;
             Ok(ExitCode::SUCCESS)
         }
     }

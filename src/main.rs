@@ -1,6 +1,7 @@
-//! The `easel` command: the window (later), `generate` and `replay` headless.
+//! The `easel` command: the window with no subcommand; `generate` and `replay` headless.
 
 mod cli;
+mod ui;
 
 use std::process::ExitCode;
 

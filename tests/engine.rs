@@ -168,6 +168,16 @@ fn txt2img_reports_progress_and_keeps_models_loaded() {
         })
         .collect();
     assert_eq!(steps, [(1, 3), (2, 3), (3, 3)]);
+    // Every step carries a live preview, one pixel per latent of the 64x64 result.
+    let preview_sizes: Vec<Option<(u32, u32)>> = end
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step { preview, .. } => Some(preview.as_ref().map(|p| p.dimensions())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(preview_sizes, [Some((8, 8)); 3]);
     assert!(matches!(
         end.events[0],
         Event::Memory(_) | Event::Queued { .. }

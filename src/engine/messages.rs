@@ -118,6 +118,9 @@ pub enum Event {
         of: usize,
         /// Time since the first step began.
         elapsed: Duration,
+        /// A cheap RGB approximation of the latents (one pixel per latent), when it could
+        /// be made.
+        preview: Option<RgbImage>,
     },
     /// The job finished.
     Finished {

@@ -60,6 +60,7 @@ pub struct Engine {
     events: Receiver<Event>,
     next_job: AtomicU64,
     device_name: String,
+    dtype: candle_core::DType,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -84,6 +85,7 @@ impl Engine {
             events: event_rx,
             next_job: AtomicU64::new(1),
             device_name,
+            dtype,
             thread: Some(thread),
         })
     }
@@ -91,6 +93,11 @@ impl Engine {
     /// "cpu", "cuda:0" or "metal:0".
     pub fn device_name(&self) -> &str {
         &self.device_name
+    }
+
+    /// The precision weights load in.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.dtype
     }
 
     /// Queues a generation and returns its id.

@@ -15,6 +15,7 @@ use super::messages::{Event, JobId, JobOutput, JobParameters, Request};
 use super::{FaultHook, FaultPoint, WakeUp};
 use crate::models::sd::SdModel;
 use crate::pipeline::noise::SeededNoise;
+use crate::pipeline::preview::latent_preview;
 use crate::pipeline::request::GenerateRequest;
 use crate::pipeline::sd::{check_inputs, generate, load_components};
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
@@ -275,7 +276,11 @@ impl Worker {
             ..self.memory_report()
         }));
         let mut noise = SeededNoise::new(request.seed);
-        let mut observer = JobObserver { worker: self, job };
+        let mut observer = JobObserver {
+            worker: self,
+            job,
+            family: model.family,
+        };
         let generated = generate(model, request, &mut noise, &mut observer, timings)?;
         Ok(JobOutput {
             image: generated.image,
@@ -290,6 +295,7 @@ impl Worker {
 struct JobObserver<'a> {
     worker: &'a mut Worker,
     job: JobId,
+    family: crate::models::sd::Family,
 }
 
 impl StepObserver for JobObserver<'_> {
@@ -307,12 +313,15 @@ impl StepObserver for JobObserver<'_> {
         }
     }
 
-    fn after_step(&mut self, done: usize, total: usize, _latents: &Tensor, elapsed: Duration) {
+    fn after_step(&mut self, done: usize, total: usize, latents: &Tensor, elapsed: Duration) {
+        // A preview that fails to compute is only a missing preview, never a failed job.
+        let preview = latent_preview(latents, self.family).ok();
         self.worker.outbox.send(Event::Step {
             job: self.job,
             step: done,
             of: total,
             elapsed,
+            preview,
         });
     }
 }

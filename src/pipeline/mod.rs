@@ -2,6 +2,7 @@
 
 pub mod image;
 pub mod noise;
+pub mod preview;
 pub mod request;
 pub mod sd;
 

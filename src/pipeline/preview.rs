@@ -1,0 +1,72 @@
+//! A cheap live preview: latents mapped to RGB by a fixed linear map per latent space, so the
+//! window can show every step without running the VAE.
+
+use candle_core::{DType, Result, Tensor};
+use image::RgbImage;
+
+use crate::models::sd::Family;
+
+/// Least-squares fits of RGB to SD 1.x/2.x latents (rows: latent channels; columns: R, G, B),
+/// as the community previewers use them.
+const SD_LATENT_TO_RGB: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];
+/// The same fit for SDXL's latent space, with its bias.
+const SDXL_LATENT_TO_RGB: [[f32; 3]; 4] = [
+    [0.3651, 0.4232, 0.4341],
+    [-0.2533, -0.0042, 0.1068],
+    [0.1076, 0.1111, -0.0362],
+    [-0.3165, -0.2492, -0.2188],
+];
+const SDXL_RGB_BIAS: [f32; 3] = [0.1084, -0.0175, -0.0011];
+
+/// An RGB approximation of `latents` (`1 x 4 x h x w`), one pixel per latent.
+pub fn latent_preview(latents: &Tensor, family: Family) -> Result<RgbImage> {
+    let (factors, bias) = match family {
+        Family::StableDiffusion => (SD_LATENT_TO_RGB, [0.0; 3]),
+        Family::StableDiffusionXl => (SDXL_LATENT_TO_RGB, SDXL_RGB_BIAS),
+    };
+    let (_, channels, height, width) = latents.dims4()?;
+    let latents = latents.get(0)?.to_dtype(DType::F32)?;
+    let used = channels.min(factors.len());
+    let factors = Tensor::new(&factors, latents.device())?.narrow(0, 0, used)?;
+    let bias = Tensor::new(&bias, latents.device())?;
+    // (h*w, c) x (c, 3) -> (h*w, 3), in -1..1.
+    let hwc = latents
+        .narrow(0, 0, used)?
+        .permute((1, 2, 0))?
+        .reshape((height * width, used))?;
+    let rgb = hwc.matmul(&factors)?.broadcast_add(&bias)?;
+    let bytes = ((rgb + 1.0)? * 127.5)?
+        .clamp(0.0, 255.0)?
+        .round()?
+        .to_dtype(DType::U8)?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
+    RgbImage::from_raw(width as u32, height as u32, bytes)
+        .ok_or_else(|| candle_core::Error::Msg("preview buffer has the wrong size".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn preview_has_one_pixel_per_latent_and_follows_the_latents() -> Result<()> {
+        let device = Device::Cpu;
+        let zeros = Tensor::zeros((1, 4, 3, 5), DType::F32, &device)?;
+        let grey = latent_preview(&zeros, Family::StableDiffusion)?;
+        assert_eq!(grey.dimensions(), (5, 3));
+        assert!(grey.pixels().all(|p| p.0 == [128, 128, 128]));
+        // Channel 0 alone pushes every colour up for SD.
+        let first = Tensor::ones((1, 1, 3, 5), DType::F32, &device)?;
+        let rest = Tensor::zeros((1, 3, 3, 5), DType::F32, &device)?;
+        let bright = latent_preview(&Tensor::cat(&[first, rest], 1)?, Family::StableDiffusion)?;
+        assert!(bright.pixels().all(|p| p.0.iter().all(|&c| c > 150)));
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! The canvas: the init image fitted to the panel with zoom and pan, and the mask painted on
+//! it with brush and eraser, shown as a translucent overlay.
+
+pub mod mask;
+pub mod view;
+
+use eframe::egui::{self, Color32, Key, Modifiers, Pos2, Sense, Vec2};
+use serde::{Deserialize, Serialize};
+
+use super::references::Reference;
+use mask::{BrushTip, MaskLayer, Tool};
+use view::CanvasView;
+
+/// The overlay colour (alpha is the mask value scaled by `OVERLAY_OPACITY`).
+const OVERLAY_RGB: [u8; 3] = [255, 48, 96];
+const OVERLAY_OPACITY: f32 = 0.55;
+
+/// Brush settings; saved with the session.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrushSettings {
+    /// Brush or eraser.
+    pub tool: Tool,
+    /// Brush radius in image pixels.
+    pub radius_px: f32,
+    /// 0 hard .. 1 soft.
+    pub softness: f32,
+    /// Feather radius applied to the mask a job gets, in image pixels.
+    pub feather_px: u32,
+    /// Whether the mask overlay is drawn.
+    pub overlay_visible: bool,
+}
+
+impl Default for BrushSettings {
+    fn default() -> Self {
+        Self {
+            tool: Tool::Brush,
+            radius_px: 24.0,
+            softness: 0.3,
+            feather_px: 0,
+            overlay_visible: true,
+        }
+    }
+}
+
+impl BrushSettings {
+    fn tip(&self) -> BrushTip {
+        BrushTip {
+            tool: self.tool,
+            radius_px: self.radius_px,
+            softness: self.softness,
+        }
+    }
+}
+
+/// What the canvas asks the app to do (file dialogs live in the app).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanvasAction {
+    /// Save the mask as PNG.
+    SaveMask,
+    /// Load a mask PNG.
+    LoadMask,
+}
+
+/// GPU copies of the init image and its overlay, kept while the same reference is shown.
+struct CanvasTextures {
+    reference: u64,
+    image: egui::TextureHandle,
+    overlay: egui::TextureHandle,
+    /// `(mask revision, feather)` the overlay shows when it shows the feathered mask.
+    feathered: Option<(u64, u32)>,
+}
+
+/// The canvas panel.
+#[derive(Default)]
+pub struct CanvasPanel {
+    /// Brush settings.
+    pub brush: BrushSettings,
+    /// Zoom and pan.
+    pub view: CanvasView,
+    textures: Option<CanvasTextures>,
+    panning: bool,
+}
+
+impl CanvasPanel {
+    /// A canvas with these brush settings, fitted view.
+    pub fn with_brush(brush: BrushSettings) -> Self {
+        Self {
+            brush,
+            ..Self::default()
+        }
+    }
+
+    /// Draws the tool bar and the canvas for `init` (the init image and its mask).
+    pub fn ui(&mut self, ui: &mut egui::Ui, init: Option<&mut Reference>) -> Option<CanvasAction> {
+        let mut action = None;
+        let Some(reference) = init else {
+            self.textures = None;
+            ui.centered_and_justified(|ui| {
+                ui.weak(
+                    "Add an image and choose it as init image to paint a mask (img2img, inpaint)",
+                );
+            });
+            return None;
+        };
+        self.toolbar(ui, &mut reference.mask, &mut action);
+        self.shortcuts(ui, &mut reference.mask);
+        self.canvas(ui, reference);
+        action
+    }
+
+    fn toolbar(
+        &mut self,
+        ui: &mut egui::Ui,
+        mask: &mut MaskLayer,
+        action: &mut Option<CanvasAction>,
+    ) {
+        let b = &mut self.brush;
+        ui.horizontal_wrapped(|ui| {
+            ui.selectable_value(&mut b.tool, Tool::Brush, "Brush");
+            ui.selectable_value(&mut b.tool, Tool::Eraser, "Eraser");
+            let label = ui.label("Size");
+            ui.add(
+                egui::DragValue::new(&mut b.radius_px)
+                    .range(1.0..=1024.0)
+                    .suffix(" px"),
+            )
+            .labelled_by(label.id)
+            .on_hover_text("[ and ] change it");
+            let label = ui.label("Softness");
+            ui.add(egui::Slider::new(&mut b.softness, 0.0..=1.0).show_value(false))
+                .labelled_by(label.id);
+            let label = ui.label("Feather");
+            ui.add(
+                egui::DragValue::new(&mut b.feather_px)
+                    .range(0..=256)
+                    .suffix(" px"),
+            )
+            .labelled_by(label.id)
+            .on_hover_text("Blur the mask edge so the repainted part blends in");
+            ui.checkbox(&mut b.overlay_visible, "Show mask");
+            ui.separator();
+            if ui
+                .add_enabled(mask.can_undo(), egui::Button::new("Undo"))
+                .clicked()
+            {
+                mask.undo();
+            }
+            if ui
+                .add_enabled(mask.can_redo(), egui::Button::new("Redo"))
+                .clicked()
+            {
+                mask.redo();
+            }
+            if ui.button("Clear").clicked() {
+                mask.clear();
+            }
+            if ui.button("Invert").clicked() {
+                mask.invert();
+            }
+            if ui.button("Fill").clicked() {
+                mask.fill();
+            }
+            ui.separator();
+            if ui.button("Save mask…").clicked() {
+                *action = Some(CanvasAction::SaveMask);
+            }
+            if ui.button("Load mask…").clicked() {
+                *action = Some(CanvasAction::LoadMask);
+            }
+            if ui
+                .button("Fit")
+                .on_hover_text("Fit the image to the panel (0)")
+                .clicked()
+            {
+                self.view.reset();
+            }
+        });
+    }
+
+    /// Keys that act on the canvas while no text field has the keyboard.
+    fn shortcuts(&mut self, ui: &mut egui::Ui, mask: &mut MaskLayer) {
+        if ui.ctx().egui_wants_keyboard_input() {
+            return;
+        }
+        let shift_command = Modifiers::COMMAND | Modifiers::SHIFT;
+        ui.input_mut(|i| {
+            if i.consume_key(shift_command, Key::Z) {
+                mask.redo();
+            } else if i.consume_key(Modifiers::COMMAND, Key::Z) {
+                mask.undo();
+            }
+            if i.consume_key(Modifiers::NONE, Key::OpenBracket) {
+                self.brush.radius_px = (self.brush.radius_px / 1.25).max(1.0);
+            }
+            if i.consume_key(Modifiers::NONE, Key::CloseBracket) {
+                self.brush.radius_px = (self.brush.radius_px * 1.25).min(1024.0);
+            }
+            if i.consume_key(Modifiers::NONE, Key::Num0) {
+                self.view.reset();
+            }
+        });
+    }
+
+    fn canvas(&mut self, ui: &mut egui::Ui, reference: &mut Reference) {
+        let (panel, response) =
+            ui.allocate_exact_size(ui.available_size(), Sense::click_and_drag());
+        response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, "Mask canvas"));
+        let image_px = Vec2::new(
+            reference.image.width() as f32,
+            reference.image.height() as f32,
+        );
+
+        // Zoom: wheel, pinch, keys; about the pointer when it is over the canvas.
+        let (scroll, pinch, space, middle, primary, zoom_keys) = ui.input(|i| {
+            let zoom_keys = if i.key_pressed(Key::Plus) || i.key_pressed(Key::Equals) {
+                1.25
+            } else if i.key_pressed(Key::Minus) {
+                0.8
+            } else {
+                1.0
+            };
+            (
+                i.smooth_scroll_delta.y,
+                i.zoom_delta(),
+                i.key_down(Key::Space),
+                i.pointer.middle_down(),
+                i.pointer.primary_down(),
+                zoom_keys,
+            )
+        });
+        let anchor = response.hover_pos().unwrap_or(panel.center());
+        if response.hovered() {
+            let factor = (scroll * 0.002).exp() * pinch;
+            if (factor - 1.0).abs() > 1e-4 {
+                self.view.zoom_about(panel, image_px, anchor, factor);
+            }
+        }
+        if zoom_keys != 1.0 && !ui.ctx().egui_wants_keyboard_input() {
+            self.view.zoom_about(panel, image_px, anchor, zoom_keys);
+        }
+
+        // Pan: middle-drag or space-drag. Paint: primary press and drag.
+        let pressed_here = response.is_pointer_button_down_on();
+        self.panning = pressed_here && (middle || (space && primary));
+        if self.panning {
+            self.view.pan += response.drag_delta();
+        }
+        let mask = &mut reference.mask;
+        let pointer_px = response
+            .interact_pointer_pos()
+            .map(|p| self.view.to_image_px(panel, image_px, p));
+        match pointer_px {
+            Some(p) if pressed_here && primary && !self.panning => {
+                if mask.is_painting() {
+                    mask.extend_stroke(self.brush.tip(), (p.x, p.y));
+                } else {
+                    mask.begin_stroke(self.brush.tip(), (p.x, p.y));
+                }
+            }
+            _ => mask.end_stroke(),
+        }
+
+        let image_rect = self.view.image_rect(panel, image_px);
+        let overlay_visible = self.brush.overlay_visible;
+        let textures = self.textures_for(ui.ctx(), reference);
+        let painter = ui.painter_at(panel);
+        painter.rect_filled(panel, 0.0, ui.visuals().extreme_bg_color);
+        let uv = egui::Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));
+        painter.image(textures.image.id(), image_rect, uv, Color32::WHITE);
+        if overlay_visible {
+            painter.image(textures.overlay.id(), image_rect, uv, Color32::WHITE);
+        }
+        // The brush outline, so the artist sees its size at this zoom.
+        if let Some(hover) = response.hover_pos() {
+            let radius = self.brush.radius_px * self.view.scale(panel, image_px);
+            painter.circle_stroke(hover, radius, (1.0, ui.visuals().strong_text_color()));
+        }
+    }
+
+    /// The textures for `reference`, made when it is first shown and updated where its
+    /// mask changed since.
+    fn textures_for(&mut self, ctx: &egui::Context, reference: &mut Reference) -> &CanvasTextures {
+        let stale = self
+            .textures
+            .as_ref()
+            .is_none_or(|t| t.reference != reference.id);
+        if stale {
+            let image = &reference.image;
+            let color = egui::ColorImage::from_rgb(
+                [image.width() as usize, image.height() as usize],
+                image.as_raw(),
+            );
+            let options = egui::TextureOptions::LINEAR;
+            let image_texture =
+                ctx.load_texture(format!("canvas-{}", reference.id), color, options);
+            let overlay = ctx.load_texture(
+                format!("overlay-{}", reference.id),
+                overlay_image(reference.mask.pixels(), None),
+                egui::TextureOptions::NEAREST,
+            );
+            reference.mask.take_changed();
+            self.textures = Some(CanvasTextures {
+                reference: reference.id,
+                image: image_texture,
+                overlay,
+                feathered: None,
+            });
+        }
+        let feather = self.brush.feather_px;
+        let mask = &mut reference.mask;
+        let Some(textures) = self.textures.as_mut() else {
+            unreachable!("textures were made above")
+        };
+        let options = egui::TextureOptions::NEAREST;
+        if feather > 0 && !mask.is_painting() {
+            // Live feather preview: the whole overlay from the blurred mask, redone only when
+            // the mask or the feather amount changed.
+            let key = (mask.revision(), feather);
+            if textures.feathered != Some(key) {
+                textures
+                    .overlay
+                    .set(overlay_image(&mask.feathered(feather), None), options);
+                textures.feathered = Some(key);
+                mask.take_changed();
+            }
+        } else {
+            if textures.feathered.take().is_some() {
+                textures
+                    .overlay
+                    .set(overlay_image(mask.pixels(), None), options);
+                mask.take_changed();
+            }
+            if let Some(rect) = mask.take_changed() {
+                // Only the changed pixels go to the GPU: painting on a 4096 px image stays
+                // cheap.
+                textures.overlay.set_partial(
+                    [rect.x0 as usize, rect.y0 as usize],
+                    overlay_image(mask.pixels(), Some(rect)),
+                    options,
+                );
+            }
+        }
+        textures
+    }
+}
+
+/// The overlay pixels for `rect` of `mask` (all of it when `None`).
+fn overlay_image(mask: &image::GrayImage, rect: Option<mask::PixelRect>) -> egui::ColorImage {
+    let rect = rect.unwrap_or(mask::PixelRect {
+        x0: 0,
+        y0: 0,
+        x1: mask.width(),
+        y1: mask.height(),
+    });
+    let mut pixels = Vec::with_capacity((rect.width() * rect.height()) as usize);
+    for y in rect.y0..rect.y1 {
+        for x in rect.x0..rect.x1 {
+            let alpha = (f32::from(mask.get_pixel(x, y).0[0]) * OVERLAY_OPACITY) as u8;
+            let [r, g, b] = OVERLAY_RGB;
+            pixels.push(Color32::from_rgba_unmultiplied(r, g, b, alpha));
+        }
+    }
+    egui::ColorImage::new([rect.width() as usize, rect.height() as usize], pixels)
+}

@@ -1,0 +1,67 @@
+//! The models the picker offers: diffusers folders under the models directory, and folders
+//! the user opened. Only their configs are read here; weights load in the engine.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use easel::models::sd::{Family, SdModel};
+
+/// A model folder the picker can offer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEntry {
+    /// Folder name, shown in the picker.
+    pub name: String,
+    /// The folder.
+    pub path: PathBuf,
+    /// The size it was trained at.
+    pub native_size_px: (u32, u32),
+    /// SD or SDXL.
+    pub family: Family,
+    /// Whether its UNet takes the mask as input (a dedicated inpainting model).
+    pub inpainting: bool,
+}
+
+impl ModelEntry {
+    /// Reads the configs in `path`; an error says which file is wrong.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let model = SdModel::open(path, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
+        Ok(Self {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+            path: path.to_path_buf(),
+            native_size_px: model.native_size_px(),
+            family: model.family,
+            inpainting: model.unet_shape.in_channels != model.vae_config.latent_channels,
+        })
+    }
+
+    /// Width x height presets for this model: square, portrait and landscape at its native
+    /// pixel count, in multiples of 64.
+    pub fn size_presets(&self) -> Vec<(u32, u32)> {
+        let side = self.native_size_px.0.max(64);
+        let round = |px: f32| ((px / 64.0).round() as u32).max(1) * 64;
+        let long = round(side as f32 * (4.0f32 / 3.0).sqrt());
+        let short = round(side as f32 * (3.0f32 / 4.0).sqrt());
+        let mut presets = vec![(side, side), (short, long), (long, short)];
+        presets.dedup();
+        presets
+    }
+}
+
+/// Every model folder found directly under `dir` (ones that fail to read are skipped: they
+/// are reported when picked by hand).
+pub fn scan_models_dir(dir: &Path) -> Vec<ModelEntry> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<ModelEntry> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("model_index.json").is_file())
+        .filter_map(|p| ModelEntry::read(&p).ok())
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}

@@ -1,0 +1,294 @@
+//! The prompt panel: model, prompts, sampler and numbers, Generate and Cancel.
+
+use std::path::PathBuf;
+
+use easel::engine::JobParameters;
+use easel::pipeline::request::Mode;
+use easel::schedulers::SamplerKind;
+use eframe::egui;
+use serde::{Deserialize, Serialize};
+
+use super::model_list::ModelEntry;
+
+/// Everything the panel edits; saved with the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PromptSettings {
+    /// The chosen model folder.
+    pub model: Option<PathBuf>,
+    /// What to draw.
+    pub prompt: String,
+    /// What to steer away from (empty: none).
+    pub negative_prompt: String,
+    /// The sampler.
+    pub sampler: SamplerKind,
+    /// Inference steps.
+    pub steps: usize,
+    /// Guidance scale.
+    pub guidance: f64,
+    /// The seed of the next job.
+    pub seed: u64,
+    /// Keep `seed` for the next job instead of drawing a new one.
+    pub seed_locked: bool,
+    /// Output width in pixels.
+    pub width_px: u32,
+    /// Output height in pixels.
+    pub height_px: u32,
+    /// img2img / inpaint strength.
+    pub strength: f64,
+    /// Jobs per press of Generate (seeds counting up).
+    pub batch_count: usize,
+}
+
+impl Default for PromptSettings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            sampler: SamplerKind::Euler,
+            steps: 20,
+            guidance: 7.5,
+            seed: 0,
+            seed_locked: false,
+            width_px: 512,
+            height_px: 512,
+            strength: 0.75,
+            batch_count: 1,
+        }
+    }
+}
+
+impl PromptSettings {
+    /// Takes the parameters of a result ("recall parameters"); the seed is locked so the
+    /// next job reproduces it.
+    pub fn recall(&mut self, parameters: &JobParameters) {
+        self.model = Some(parameters.model.clone());
+        self.prompt = parameters.prompt.clone();
+        self.negative_prompt = parameters.negative_prompt.clone().unwrap_or_default();
+        self.sampler = parameters.sampler;
+        self.steps = parameters.steps;
+        self.guidance = parameters.guidance;
+        self.seed = parameters.seed;
+        self.seed_locked = true;
+        self.width_px = parameters.width;
+        self.height_px = parameters.height;
+        if let Some(strength) = parameters.strength {
+            self.strength = strength;
+        }
+    }
+}
+
+/// What the user asked for in the panel this frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptAction {
+    /// Start a generation (a batch).
+    Generate,
+    /// Cancel the running and queued jobs.
+    Cancel,
+    /// Pick a model folder with a dialog.
+    OpenModelFolder,
+}
+
+/// What the panel shows but does not own.
+pub struct PromptContext<'a> {
+    /// Models to pick from.
+    pub models: &'a [ModelEntry],
+    /// The mode the references imply.
+    pub mode: Mode,
+    /// Whether jobs are running or queued.
+    pub busy: bool,
+    /// Text the last prompt lost at the 77-token limit.
+    pub prompt_cut_off: Option<&'a str>,
+}
+
+/// The prompt panel.
+#[derive(Debug, Default)]
+pub struct PromptPanel {
+    /// The values being edited.
+    pub settings: PromptSettings,
+}
+
+impl PromptPanel {
+    /// Draws the panel; returns the action the user took, if any.
+    pub fn ui(&mut self, ui: &mut egui::Ui, context: &PromptContext<'_>) -> Option<PromptAction> {
+        let mut action = None;
+        let s = &mut self.settings;
+        ui.heading("Prompt");
+        ui.horizontal(|ui| {
+            let label = ui.label("Model");
+            let selected = s
+                .model
+                .as_ref()
+                .and_then(|m| context.models.iter().find(|e| &e.path == m))
+                .map(|e| e.name.clone())
+                .or_else(|| s.model.as_ref().map(|m| m.display().to_string()))
+                .unwrap_or_else(|| "none: open a model folder".to_string());
+            egui::ComboBox::from_id_salt("model")
+                .selected_text(selected)
+                .show_ui(ui, |ui| {
+                    for entry in context.models {
+                        let chosen = s.model.as_ref() == Some(&entry.path);
+                        if ui.selectable_label(chosen, &entry.name).clicked() && !chosen {
+                            s.model = Some(entry.path.clone());
+                            (s.width_px, s.height_px) = entry.native_size_px;
+                        }
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+            if ui
+                .button("Open…")
+                .on_hover_text("Use a diffusers model folder")
+                .clicked()
+            {
+                action = Some(PromptAction::OpenModelFolder);
+            }
+        });
+        let label = ui.label("Prompt");
+        ui.add(
+            egui::TextEdit::multiline(&mut s.prompt)
+                .desired_rows(4)
+                .desired_width(f32::INFINITY)
+                .hint_text("what to draw"),
+        )
+        .labelled_by(label.id);
+        if let Some(cut) = context.prompt_cut_off {
+            ui.colored_label(
+                ui.visuals().warn_fg_color,
+                format!("Cut off at 77 tokens: \"{cut}\""),
+            );
+        }
+        let label = ui.label("Negative prompt");
+        ui.add(
+            egui::TextEdit::multiline(&mut s.negative_prompt)
+                .desired_rows(2)
+                .desired_width(f32::INFINITY)
+                .hint_text("what to avoid"),
+        )
+        .labelled_by(label.id);
+
+        egui::Grid::new("numbers").num_columns(2).show(ui, |ui| {
+            let label = ui.label("Sampler");
+            egui::ComboBox::from_id_salt("sampler")
+                .selected_text(s.sampler.name())
+                .show_ui(ui, |ui| {
+                    for kind in SamplerKind::ALL {
+                        ui.selectable_value(&mut s.sampler, kind, kind.name());
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+            ui.end_row();
+            labelled_drag(
+                ui,
+                "Steps",
+                egui::DragValue::new(&mut s.steps).range(1..=150),
+            );
+            labelled_drag(
+                ui,
+                "Guidance",
+                egui::DragValue::new(&mut s.guidance)
+                    .range(0.0..=30.0)
+                    .speed(0.1),
+            );
+            let label = ui.label("Seed");
+            ui.horizontal(|ui| {
+                ui.add(egui::DragValue::new(&mut s.seed))
+                    .labelled_by(label.id);
+                ui.checkbox(&mut s.seed_locked, "Lock")
+                    .on_hover_text("Unlocked: a new random seed for every Generate");
+                if ui
+                    .button("New")
+                    .on_hover_text("A new random seed")
+                    .clicked()
+                {
+                    s.seed = rand::random();
+                }
+            });
+            ui.end_row();
+            labelled_drag(
+                ui,
+                "Width",
+                egui::DragValue::new(&mut s.width_px)
+                    .range(64..=4096)
+                    .speed(8),
+            );
+            labelled_drag(
+                ui,
+                "Height",
+                egui::DragValue::new(&mut s.height_px)
+                    .range(64..=4096)
+                    .speed(8),
+            );
+            if let Some(entry) = s
+                .model
+                .as_ref()
+                .and_then(|m| context.models.iter().find(|e| &e.path == m))
+            {
+                ui.label("Presets");
+                ui.horizontal_wrapped(|ui| {
+                    for (w, h) in entry.size_presets() {
+                        if ui.small_button(format!("{w}×{h}")).clicked() {
+                            (s.width_px, s.height_px) = (w, h);
+                        }
+                    }
+                });
+                ui.end_row();
+            }
+            if context.mode != Mode::TextToImage {
+                labelled_drag(
+                    ui,
+                    "Strength",
+                    egui::DragValue::new(&mut s.strength)
+                        .range(0.0..=1.0)
+                        .speed(0.01),
+                );
+            }
+            labelled_drag(
+                ui,
+                "Batch",
+                egui::DragValue::new(&mut s.batch_count).range(1..=64),
+            );
+        });
+        // Sizes the model can take are multiples of 8.
+        s.width_px = s.width_px / 8 * 8;
+        s.height_px = s.height_px / 8 * 8;
+
+        ui.label(format!("Mode: {}", context.mode.name()));
+        ui.horizontal(|ui| {
+            let generate = ui
+                .add_enabled(s.model.is_some(), egui::Button::new("Generate"))
+                .on_hover_text("Ctrl/Cmd+Enter");
+            if generate.clicked() {
+                action = Some(PromptAction::Generate);
+            }
+            let cancel = ui
+                .add_enabled(context.busy, egui::Button::new("Cancel"))
+                .on_hover_text("Esc");
+            if cancel.clicked() {
+                action = Some(PromptAction::Cancel);
+            }
+        });
+        let (generate_keys, cancel_key) = ui.input_mut(|i| {
+            (
+                i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter),
+                i.consume_key(egui::Modifiers::NONE, egui::Key::Escape),
+            )
+        });
+        if generate_keys && s.model.is_some() {
+            action = Some(PromptAction::Generate);
+        }
+        if cancel_key && context.busy {
+            action = Some(PromptAction::Cancel);
+        }
+        action
+    }
+}
+
+/// A label and a drag value named by it, as one grid row.
+fn labelled_drag(ui: &mut egui::Ui, name: &str, drag: egui::DragValue<'_>) {
+    let label = ui.label(name);
+    ui.add(drag).labelled_by(label.id);
+    ui.end_row();
+}

@@ -1,0 +1,260 @@
+//! The references panel: images added by dialog, drop or paste, one of them the init image
+//! for img2img and inpaint. Each image owns its mask, so a mask stays with its image.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use easel::pipeline::request::Mode;
+use eframe::egui;
+use image::{GrayImage, RgbImage};
+
+use super::background::Background;
+use super::canvas::mask::MaskLayer;
+
+/// Largest side accepted, in pixels: past this, decoding and masking would exhaust memory.
+pub const MAX_IMAGE_SIDE_PX: u32 = 8192;
+/// Thumbnail height in points.
+const THUMBNAIL_PT: f32 = 72.0;
+
+/// One reference image and its mask.
+pub struct Reference {
+    /// Stable id (textures follow it).
+    pub id: u64,
+    /// What the panel calls it.
+    pub name: String,
+    /// The file it came from (pasted images have none and are not restored).
+    pub path: Option<PathBuf>,
+    /// The pixels.
+    pub image: Arc<RgbImage>,
+    /// The mask painted on it.
+    pub mask: MaskLayer,
+    thumbnail: Option<egui::TextureHandle>,
+}
+
+/// A decoded image (and its saved mask) from a background load.
+pub struct LoadedImage {
+    /// Where it came from; `None` for pasted pixels.
+    pub path: Option<PathBuf>,
+    /// The image, or why it could not be read.
+    pub image: Result<RgbImage, String>,
+    /// The mask saved with it last session, if asked for and readable.
+    pub mask: Option<GrayImage>,
+    /// Whether it becomes the init image.
+    pub make_init: bool,
+}
+
+/// Reads an image file for use as a reference; the error says what to do.
+pub fn read_image_file(path: &Path) -> Result<RgbImage, String> {
+    let reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| format!("could not open {}: {e}", path.display()))?;
+    let (width, height) = reader.into_dimensions().map_err(|e| {
+        format!(
+            "{} is not an image Easel can read (PNG, JPEG or WebP): {e}",
+            path.display()
+        )
+    })?;
+    if width.max(height) > MAX_IMAGE_SIDE_PX {
+        return Err(format!(
+            "{} is {width}x{height}; images up to {MAX_IMAGE_SIDE_PX} px a side can be used, so scale it down first",
+            path.display()
+        ));
+    }
+    image::open(path).map(|i| i.to_rgb8()).map_err(|e| {
+        format!(
+            "{} is not an image Easel can read (PNG, JPEG or WebP): {e}",
+            path.display()
+        )
+    })
+}
+
+/// What the user did in the panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferenceAction {
+    /// Open the file dialog.
+    Add,
+}
+
+/// The references panel.
+#[derive(Default)]
+pub struct References {
+    /// The images, in the order they were added.
+    pub items: Vec<Reference>,
+    /// Which one is the init image (its id).
+    pub init: Option<u64>,
+    next_id: u64,
+    loads: Background<LoadedImage>,
+}
+
+impl References {
+    /// Starts reading `path` in the background: the path every way of adding a file takes
+    /// (dialog, drop, pasted path, session restore).
+    pub fn load_file(
+        &mut self,
+        ctx: &egui::Context,
+        path: PathBuf,
+        mask_path: Option<PathBuf>,
+        make_init: bool,
+    ) -> Result<(), String> {
+        self.loads.spawn("image-load", ctx, move || {
+            let image = read_image_file(&path);
+            let mask = mask_path.and_then(|m| MaskLayer::read_png(&m).ok());
+            LoadedImage {
+                path: Some(path),
+                image,
+                mask,
+                make_init,
+            }
+        })
+    }
+
+    /// Whether images are still being read.
+    pub fn is_loading(&self) -> bool {
+        self.loads.is_busy()
+    }
+
+    /// Collects finished loads; returns the errors to show.
+    pub fn poll_loads(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for loaded in self.loads.poll() {
+            match loaded.image {
+                Ok(image) => {
+                    let id = self.add(image, loaded.path, loaded.make_init);
+                    if let (Some(mask), Some(item)) = (loaded.mask, self.get_mut(id)) {
+                        if mask.dimensions() == item.image.dimensions() {
+                            item.mask = MaskLayer::from_image(mask);
+                        }
+                    }
+                }
+                Err(message) => errors.push(message),
+            }
+        }
+        errors
+    }
+
+    /// Adds decoded pixels (a paste, a result used as init); returns the new id.
+    pub fn add(&mut self, image: RgbImage, path: Option<PathBuf>, make_init: bool) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let name = path
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("pasted {id}"));
+        let (width, height) = image.dimensions();
+        self.items.push(Reference {
+            id,
+            name,
+            path,
+            image: Arc::new(image),
+            mask: MaskLayer::new(width, height),
+            thumbnail: None,
+        });
+        // The first image added becomes the init image; later ones only when asked.
+        if make_init || self.init.is_none() {
+            self.init = Some(id);
+        }
+        id
+    }
+
+    /// The reference with `id`.
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Reference> {
+        self.items.iter_mut().find(|r| r.id == id)
+    }
+
+    /// The init image and its mask.
+    pub fn init(&self) -> Option<&Reference> {
+        self.init
+            .and_then(|id| self.items.iter().find(|r| r.id == id))
+    }
+
+    /// The init image and its mask, to paint on.
+    pub fn init_mut(&mut self) -> Option<&mut Reference> {
+        let id = self.init?;
+        self.get_mut(id)
+    }
+
+    /// The mode the references imply: no init image is txt2img; an init image with a
+    /// painted mask is inpaint; without one, img2img.
+    pub fn mode(&self) -> Mode {
+        match self.init() {
+            None => Mode::TextToImage,
+            Some(r) if r.mask.is_empty() => Mode::ImageToImage,
+            Some(_) => Mode::Inpaint,
+        }
+    }
+
+    /// Draws the panel.
+    pub fn ui(&mut self, ui: &mut egui::Ui) -> Option<ReferenceAction> {
+        let mut action = None;
+        let mut remove = None;
+        ui.horizontal(|ui| {
+            ui.strong("References");
+            if ui.button("Add image…").clicked() {
+                action = Some(ReferenceAction::Add);
+            }
+            ui.weak("or drop / paste an image");
+            if self.loads.is_busy() {
+                ui.spinner();
+            }
+        });
+        egui::ScrollArea::horizontal()
+            .id_salt("references")
+            .show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    ui.radio_value(&mut self.init, None, "No init image (txt2img)");
+                    for item in &mut self.items {
+                        ui.vertical(|ui| {
+                            let texture = item.thumbnail.get_or_insert_with(|| {
+                                ui.ctx().load_texture(
+                                    format!("reference-{}", item.id),
+                                    thumbnail(&item.image),
+                                    egui::TextureOptions::LINEAR,
+                                )
+                            });
+                            let size = texture.size_vec2();
+                            let scale = THUMBNAIL_PT / size.y.max(1.0);
+                            ui.add(egui::Image::new(&*texture).fit_to_exact_size(size * scale))
+                                .on_hover_text(&item.name);
+                            ui.horizontal(|ui| {
+                                ui.radio_value(&mut self.init, Some(item.id), "Init")
+                                    .on_hover_text(format!("Use {} as the init image", item.name));
+                                if ui
+                                    .small_button("✕")
+                                    .on_hover_text(format!("Remove {}", item.name))
+                                    .clicked()
+                                {
+                                    remove = Some(item.id);
+                                }
+                            });
+                        });
+                    }
+                });
+            });
+        if let Some(id) = remove {
+            self.items.retain(|r| r.id != id);
+            if self.init == Some(id) {
+                self.init = None;
+            }
+        }
+        action
+    }
+}
+
+/// A small copy of `image` for the panel.
+fn thumbnail(image: &RgbImage) -> egui::ColorImage {
+    let scale = 128.0 / image.width().max(image.height()).max(1) as f32;
+    let small = if scale < 1.0 {
+        image::imageops::thumbnail(
+            image,
+            ((image.width() as f32 * scale) as u32).max(1),
+            ((image.height() as f32 * scale) as u32).max(1),
+        )
+    } else {
+        image.clone()
+    };
+    egui::ColorImage::from_rgb(
+        [small.width() as usize, small.height() as usize],
+        small.as_raw(),
+    )
+}

@@ -1,0 +1,196 @@
+//! The status bar: device and precision, model state, memory, step progress, the last error.
+
+use std::time::Duration;
+
+use easel::engine::memory::MemoryReport;
+use easel::engine::Event;
+use eframe::egui;
+
+/// Where the models stand, as the engine last said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelState {
+    /// Nothing loaded yet.
+    NotLoaded,
+    /// A component is loading.
+    Loading {
+        /// `unet`, `vae`, ...
+        component: &'static str,
+        /// 0..=1.
+        progress: f32,
+    },
+    /// Loaded and running or waiting for a job.
+    Ready,
+    /// Unloaded on request.
+    Unloaded,
+}
+
+/// Denoising progress of the running job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepProgress {
+    /// Steps done.
+    pub step: usize,
+    /// Steps in the job.
+    pub of: usize,
+    /// Time since the first step began.
+    pub elapsed: Duration,
+}
+
+impl StepProgress {
+    /// Steps per second so far.
+    pub fn steps_per_sec(&self) -> f64 {
+        self.step as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Estimated time to the last step.
+    pub fn remaining(&self) -> Duration {
+        let per_step = self.elapsed.as_secs_f64() / self.step.max(1) as f64;
+        Duration::from_secs_f64(per_step * self.of.saturating_sub(self.step) as f64)
+    }
+}
+
+/// What the status bar shows.
+#[derive(Debug, Clone)]
+pub struct StatusBar {
+    /// "cpu", "cuda:0", ...
+    pub device: String,
+    /// "f32", "f16", ...
+    pub dtype: String,
+    /// Model state.
+    pub model_state: ModelState,
+    /// The last memory report.
+    pub memory: Option<MemoryReport>,
+    /// The running job's progress.
+    pub progress: Option<StepProgress>,
+    /// The last error; stays until dismissed.
+    pub last_error: Option<String>,
+}
+
+impl Default for StatusBar {
+    fn default() -> Self {
+        Self {
+            device: "starting".to_string(),
+            dtype: String::new(),
+            model_state: ModelState::NotLoaded,
+            memory: None,
+            progress: None,
+            last_error: None,
+        }
+    }
+}
+
+impl StatusBar {
+    /// Takes in what an engine event says about state, memory and progress.
+    pub fn on_event(&mut self, event: &Event) {
+        match event {
+            Event::Queued { .. } => {}
+            Event::Loading {
+                component,
+                progress,
+                ..
+            } => {
+                self.model_state = if *progress < 1.0 {
+                    ModelState::Loading {
+                        component,
+                        progress: *progress,
+                    }
+                } else {
+                    ModelState::Ready
+                };
+            }
+            Event::Step {
+                step, of, elapsed, ..
+            } => {
+                self.model_state = ModelState::Ready;
+                self.progress = Some(StepProgress {
+                    step: *step,
+                    of: *of,
+                    elapsed: *elapsed,
+                });
+            }
+            Event::Finished { .. } | Event::Cancelled { .. } => self.progress = None,
+            Event::Failed { error, .. } => {
+                self.progress = None;
+                self.last_error = Some(error.to_string());
+            }
+            Event::Memory(report) => {
+                if report.total_weights_bytes() > 0 {
+                    self.model_state = match &self.model_state {
+                        loading @ ModelState::Loading { .. } => loading.clone(),
+                        _ => ModelState::Ready,
+                    };
+                }
+                self.memory = Some(report.clone());
+            }
+            Event::Unloaded => self.model_state = ModelState::Unloaded,
+        }
+    }
+
+    /// Shows `message` as the last error.
+    pub fn show_error(&mut self, message: impl Into<String>) {
+        self.last_error = Some(message.into());
+    }
+
+    /// Draws the bar.
+    pub fn ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.label(format!("{} {}", self.device, self.dtype));
+            ui.separator();
+            ui.label(match &self.model_state {
+                ModelState::NotLoaded => "model: not loaded".to_string(),
+                ModelState::Loading {
+                    component,
+                    progress,
+                } => format!("loading {component} {:.0}%", progress * 100.0),
+                ModelState::Ready => "model: ready".to_string(),
+                ModelState::Unloaded => "model: unloaded".to_string(),
+            });
+            if let Some(memory) = &self.memory {
+                ui.separator();
+                let rss = memory
+                    .process_rss_bytes
+                    .map_or("?".to_string(), format_bytes);
+                ui.label(format!(
+                    "memory: {rss} in use, {} weights",
+                    format_bytes(memory.total_weights_bytes())
+                ))
+                .on_hover_text(
+                    memory
+                        .weights_bytes
+                        .iter()
+                        .map(|(c, b)| format!("{c}: {}", format_bytes(*b)))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+            }
+            if let Some(progress) = self.progress {
+                ui.separator();
+                ui.label(format!(
+                    "step {}/{}  {:.2} it/s  {:.0} s left",
+                    progress.step,
+                    progress.of,
+                    progress.steps_per_sec(),
+                    progress.remaining().as_secs_f64()
+                ));
+            }
+            if let Some(error) = self.last_error.clone() {
+                ui.separator();
+                ui.colored_label(ui.visuals().error_fg_color, format!("⚠ {error}"));
+                if ui.small_button("Dismiss").clicked() {
+                    self.last_error = None;
+                }
+            }
+        });
+    }
+}
+
+/// "1.2 GB", "340 MB", "12 KB".
+pub fn format_bytes(bytes: u64) -> String {
+    let bytes = bytes as f64;
+    if bytes >= 1e9 {
+        format!("{:.1} GB", bytes / 1e9)
+    } else if bytes >= 1e6 {
+        format!("{:.0} MB", bytes / 1e6)
+    } else {
+        format!("{:.0} KB", bytes / 1e3)
+    }
+}
