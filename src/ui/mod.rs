@@ -10,6 +10,8 @@ pub mod references;
 pub mod results;
 pub mod session;
 pub mod status_bar;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -190,7 +192,12 @@ impl EaselApp {
                     }
                 });
             }
-            self.status.ui(ui);
+            ui.horizontal(|ui| {
+                if self.has_background_work() {
+                    ui.spinner().on_hover_text("Saving results or reading images");
+                }
+                self.status.ui(ui);
+            });
         });
         egui::Panel::left("prompt")
             .resizable(true)

@@ -220,7 +220,7 @@ impl References {
                                 ui.radio_value(&mut self.init, Some(item.id), "Init")
                                     .on_hover_text(format!("Use {} as the init image", item.name));
                                 if ui
-                                    .small_button("✕")
+                                    .small_button("Remove")
                                     .on_hover_text(format!("Remove {}", item.name))
                                     .clicked()
                                 {

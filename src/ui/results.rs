@@ -110,11 +110,6 @@ impl ResultsPanel {
         }
     }
 
-    /// Whether a preview is showing.
-    pub fn has_preview(&self) -> bool {
-        self.preview.is_some()
-    }
-
     /// Adds a result and shows it.
     pub fn push(&mut self, entry: ResultEntry) {
         self.end_preview(entry.job);

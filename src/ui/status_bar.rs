@@ -174,7 +174,7 @@ impl StatusBar {
             }
             if let Some(error) = self.last_error.clone() {
                 ui.separator();
-                ui.colored_label(ui.visuals().error_fg_color, format!("⚠ {error}"));
+                ui.colored_label(ui.visuals().error_fg_color, format!("Error: {error}"));
                 if ui.small_button("Dismiss").clicked() {
                     self.last_error = None;
                 }

@@ -136,11 +136,6 @@ impl MaskLayer {
         &self.pixels
     }
 
-    /// `(width, height)` in pixels.
-    pub fn size_px(&self) -> (u32, u32) {
-        self.pixels.dimensions()
-    }
-
     /// Whether nothing is masked.
     pub fn is_empty(&self) -> bool {
         self.pixels.as_raw().iter().all(|&v| v == 0)

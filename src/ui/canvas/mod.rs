@@ -249,7 +249,7 @@ impl CanvasPanel {
         let mask = &mut reference.mask;
         let pointer_px = response
             .interact_pointer_pos()
-            .map(|p| self.view.to_image_px(panel, image_px, p));
+            .map(|p| self.view.image_px_at(panel, image_px, p));
         match pointer_px {
             Some(p) if pressed_here && primary && !self.panning => {
                 if mask.is_painting() {

@@ -39,7 +39,7 @@ impl CanvasView {
     }
 
     /// The image pixel under `screen` (may lie outside the image).
-    pub fn to_image_px(&self, panel: Rect, image_px: Vec2, screen: Pos2) -> Pos2 {
+    pub fn image_px_at(&self, panel: Rect, image_px: Vec2, screen: Pos2) -> Pos2 {
         let rect = self.image_rect(panel, image_px);
         let scale = self.scale(panel, image_px);
         Pos2::new(
@@ -50,7 +50,7 @@ impl CanvasView {
 
     /// Zooms by `factor`, keeping the image point under `anchor` where it is.
     pub fn zoom_about(&mut self, panel: Rect, image_px: Vec2, anchor: Pos2, factor: f32) {
-        let before = self.to_image_px(panel, image_px, anchor);
+        let before = self.image_px_at(panel, image_px, anchor);
         self.zoom = (self.zoom * factor).clamp(MIN_ZOOM, MAX_ZOOM);
         let rect = self.image_rect(panel, image_px);
         let scale = self.scale(panel, image_px);
@@ -76,19 +76,19 @@ mod tests {
         // Fitted: 800x600 into 400x300 is half scale, image fills the panel.
         assert_eq!(view.image_rect(panel, image), panel);
         assert_eq!(
-            view.to_image_px(panel, image, Pos2::new(300.0, 200.0)),
+            view.image_px_at(panel, image, Pos2::new(300.0, 200.0)),
             Pos2::new(400.0, 300.0)
         );
         let anchor = Pos2::new(150.0, 80.0);
-        let under = view.to_image_px(panel, image, anchor);
+        let under = view.image_px_at(panel, image, anchor);
         view.zoom_about(panel, image, anchor, 3.0);
-        let after = view.to_image_px(panel, image, anchor);
+        let after = view.image_px_at(panel, image, anchor);
         assert!((under - after).length() < 1e-3, "{under:?} {after:?}");
         // A bigger window keeps the same image point under the same relative spot.
         let wide = Rect::from_min_size(Pos2::ZERO, Vec2::new(1600.0, 1200.0));
         view.reset();
         assert_eq!(
-            view.to_image_px(wide, image, Pos2::new(800.0, 600.0)),
+            view.image_px_at(wide, image, Pos2::new(800.0, 600.0)),
             Pos2::new(400.0, 300.0)
         );
     }

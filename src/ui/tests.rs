@@ -1,0 +1,396 @@
+//! The window driven through its accessibility tree with egui_kittest, on the tiny parity
+//! models and a real engine thread on the CPU.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender};
+use easel::device::DeviceChoice;
+use easel::engine::{EngineConfig, FaultPoint};
+use eframe::egui::{self, accesskit::Role, Event, Key, Modifiers, PointerButton, Pos2, Vec2};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+
+use super::{AppPaths, EaselApp};
+
+/// A test's folders: models (just the tiny SD 1.5), outputs and the session.
+struct Folders {
+    root: tempfile::TempDir,
+}
+
+impl Folders {
+    fn new() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let parity =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parity/models/sd15-tiny");
+        assert!(
+            parity.is_dir(),
+            "the tiny parity model is not at {}: check out ../shared beside the repository",
+            parity.display()
+        );
+        let models = root.path().join("models");
+        std::fs::create_dir_all(&models).expect("models dir");
+        std::os::unix::fs::symlink(
+            parity.canonicalize().expect("canonical"),
+            models.join("sd15-tiny"),
+        )
+        .expect("link the model");
+        Self { root }
+    }
+
+    fn paths(&self) -> AppPaths {
+        AppPaths {
+            models_dir: self.root.path().join("models"),
+            outputs_dir: self.root.path().join("outputs"),
+            data_dir: self.root.path().join("data"),
+        }
+    }
+
+    /// A 64x64 test picture.
+    fn picture(&self, name: &str) -> PathBuf {
+        let path = self.root.path().join(name);
+        image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 4) as u8, 90])
+        })
+        .save(&path)
+        .expect("save picture");
+        path
+    }
+}
+
+/// An engine that stops before step `hold_at` of every job until the test releases it, so
+/// that progress and cancel can be seen at a known point whatever the machine's speed.
+fn held_engine(hold_at: usize) -> (EngineConfig, Sender<()>) {
+    let (release_tx, release_rx) = bounded::<()>(8);
+    let hook = Arc::new(move |point: FaultPoint| {
+        if let FaultPoint::BeforeStep { step, .. } = point {
+            if step == hold_at {
+                // A test that never releases fails on its own timeout; don't hang forever.
+                release_rx.recv_timeout(Duration::from_secs(30)).ok();
+            }
+        }
+    });
+    let config = EngineConfig {
+        device: DeviceChoice::Cpu,
+        fault_hook: Some(hook),
+        ..Default::default()
+    };
+    (config, release_tx)
+}
+
+fn plain_engine() -> EngineConfig {
+    EngineConfig {
+        device: DeviceChoice::Cpu,
+        ..Default::default()
+    }
+}
+
+fn window(paths: AppPaths, engine: EngineConfig) -> Harness<'static, EaselApp> {
+    Harness::builder()
+        .with_size(Vec2::new(1400.0, 900.0))
+        .build_ui_state(
+            |ui, app: &mut EaselApp| app.show(ui),
+            EaselApp::new(paths, engine),
+        )
+}
+
+/// Runs frames until `done` holds (the engine and loaders work on their own threads).
+fn run_until(harness: &mut Harness<'_, EaselApp>, what: &str, done: impl Fn(&EaselApp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(harness.state()) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        harness.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    harness.step();
+}
+
+/// A file dropped on the window, as winit hands it over.
+#[derive(Debug)]
+struct DroppedPath(PathBuf);
+
+impl egui::DroppedFile for DroppedPath {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn drop_file(harness: &mut Harness<'_, EaselApp>, path: PathBuf) {
+    harness
+        .input_mut()
+        .dropped_files
+        .push(Arc::new(DroppedPath(path)));
+    harness.step();
+}
+
+fn click(harness: &mut Harness<'_, EaselApp>, label: &str) {
+    harness.get_by_label(label).click();
+    harness.step();
+    harness.step();
+}
+
+#[test]
+fn typing_a_prompt_and_generating_shows_progress_a_preview_and_a_saved_result() {
+    let folders = Folders::new();
+    // Declared first so it drops last: the release channel closes before the engine's
+    // thread is joined.
+    let mut harness;
+    let (engine, release) = held_engine(3);
+    harness = window(folders.paths(), engine);
+    harness.step();
+    harness.state_mut().prompt.settings.steps = 4;
+    harness.state_mut().prompt.settings.width_px = 64;
+    harness.state_mut().prompt.settings.height_px = 64;
+
+    let prompt = harness.get_by_role_and_label(Role::MultilineTextInput, "Prompt");
+    prompt.focus();
+    harness.step();
+    harness
+        .get_by_role_and_label(Role::MultilineTextInput, "Prompt")
+        .type_text("a red boat");
+    harness.step();
+    assert_eq!(harness.state().prompt.settings.prompt, "a red boat");
+
+    click(&mut harness, "Generate");
+    assert!(harness.state().is_busy(), "Generate sent a job");
+    run_until(&mut harness, "step 2 of 4", |app| {
+        app.status.progress.is_some_and(|p| p.step == 2)
+    });
+    // The status bar and the preview show where the job is while it is held before step 3.
+    let status = harness.get_by_label_contains("it/s");
+    assert!(format!("{status:?}").contains("step 2/4"), "{status:?}");
+    harness.get_by_label("Preview: step 2/4");
+    harness.get_by_label_contains("cpu");
+
+    release.send(()).expect("release");
+    run_until(&mut harness, "the result", |app| {
+        !app.is_busy() && !app.has_background_work() && app.results.history.len() == 1
+    });
+    let entry = &harness.state().results.history[0];
+    assert_eq!(entry.parameters.prompt, "a red boat");
+    assert_eq!(entry.image.dimensions(), (64, 64));
+    let saved = entry.saved.clone().expect("saved to the outputs folder");
+    assert!(
+        saved.starts_with(folders.paths().outputs_dir),
+        "{}",
+        saved.display()
+    );
+    let bytes = std::fs::read(&saved).expect("the saved file");
+    assert!(
+        bytes.windows(10).any(|w| w == b"parameters"),
+        "the PNG carries its parameters"
+    );
+    harness.get_by_label("Result 1");
+    assert!(harness.state().status.last_error.is_none());
+}
+
+#[test]
+fn cancel_during_a_job_stops_it_and_keeps_everything_else() {
+    let folders = Folders::new();
+    let mut harness;
+    let (engine, release) = held_engine(2);
+    harness = window(folders.paths(), engine);
+    harness.step();
+    {
+        let settings = &mut harness.state_mut().prompt.settings;
+        settings.prompt = "a lighthouse".into();
+        settings.steps = 6;
+        settings.width_px = 64;
+        settings.height_px = 64;
+    }
+    click(&mut harness, "Generate");
+    run_until(&mut harness, "step 1", |app| {
+        app.status.progress.is_some_and(|p| p.step == 1)
+    });
+    click(&mut harness, "Cancel");
+    release.send(()).expect("release");
+    run_until(&mut harness, "the cancel", |app| !app.is_busy());
+    let app = harness.state();
+    assert!(
+        app.results.history.is_empty(),
+        "a cancelled job leaves no result"
+    );
+    assert!(
+        app.status.last_error.is_none(),
+        "{:?}",
+        app.status.last_error
+    );
+    assert!(app.engine_is_running());
+    assert_eq!(app.prompt.settings.prompt, "a lighthouse");
+}
+
+/// The canvas's screen point over image pixel `px`.
+fn screen_of(harness: &Harness<'_, EaselApp>, px: Pos2) -> Pos2 {
+    let panel = harness.get_by_label("Mask canvas").rect();
+    let app = harness.state();
+    let image_px = Vec2::new(64.0, 64.0);
+    let rect = app.canvas.view.image_rect(panel, image_px);
+    rect.min + px.to_vec2() * app.canvas.view.scale(panel, image_px)
+}
+
+fn mask_at(harness: &Harness<'_, EaselApp>, x: u32, y: u32) -> u8 {
+    harness
+        .state()
+        .references
+        .init()
+        .expect("init image")
+        .mask
+        .pixels()
+        .get_pixel(x, y)
+        .0[0]
+}
+
+#[test]
+fn a_dropped_image_takes_a_stroke_that_undo_redo_and_invert_act_on() {
+    let folders = Folders::new();
+    let mut harness = window(folders.paths(), plain_engine());
+    harness.step();
+    drop_file(&mut harness, folders.picture("street.png"));
+    run_until(&mut harness, "the dropped image", |app| {
+        app.references.init().is_some()
+    });
+    harness.get_by_label("Mode: img2img");
+    harness.state_mut().canvas.brush.radius_px = 3.0;
+    harness.state_mut().canvas.brush.softness = 0.0;
+    harness.step();
+
+    // A horizontal stroke along row 32, from x=10 to x=50.
+    let from = screen_of(&harness, Pos2::new(10.0, 32.0));
+    let to = screen_of(&harness, Pos2::new(50.0, 32.0));
+    harness.event(Event::PointerMoved(from));
+    harness.step();
+    harness.event(Event::PointerButton {
+        pos: from,
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::NONE,
+    });
+    harness.step();
+    for i in 1..=8 {
+        harness.event(Event::PointerMoved(from + (to - from) * (i as f32 / 8.0)));
+        harness.step();
+    }
+    harness.event(Event::PointerButton {
+        pos: to,
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::NONE,
+    });
+    harness.step();
+    harness.step();
+    assert_eq!(mask_at(&harness, 30, 32), 255, "the stroke masked its path");
+    assert_eq!(mask_at(&harness, 30, 50), 0, "and nothing far from it");
+    harness.get_by_label("Mode: inpaint");
+    let stroke = harness
+        .state()
+        .references
+        .init()
+        .expect("init")
+        .mask
+        .pixels()
+        .clone();
+
+    click(&mut harness, "Undo");
+    assert_eq!(
+        mask_at(&harness, 30, 32),
+        0,
+        "undo removes the whole stroke"
+    );
+    harness.get_by_label("Mode: img2img");
+    click(&mut harness, "Redo");
+    assert_eq!(
+        harness
+            .state()
+            .references
+            .init()
+            .expect("init")
+            .mask
+            .pixels(),
+        &stroke
+    );
+    click(&mut harness, "Invert");
+    assert_eq!(mask_at(&harness, 30, 32), 0);
+    assert_eq!(mask_at(&harness, 30, 50), 255);
+    // The keyboard undoes too.
+    harness.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    harness.step();
+    assert_eq!(
+        harness
+            .state()
+            .references
+            .init()
+            .expect("init")
+            .mask
+            .pixels(),
+        &stroke
+    );
+}
+
+#[test]
+fn a_bad_image_file_gives_a_visible_error_and_changes_nothing() {
+    let folders = Folders::new();
+    let mut harness = window(folders.paths(), plain_engine());
+    harness.step();
+    drop_file(&mut harness, folders.picture("good.png"));
+    run_until(&mut harness, "the good image", |app| {
+        app.references.items.len() == 1
+    });
+    harness.state_mut().prompt.settings.prompt = "kept".into();
+    let init_before = harness.state().references.init;
+
+    let broken = folders.root.path().join("broken.png");
+    std::fs::write(&broken, b"this is not a png").expect("write");
+    drop_file(&mut harness, broken);
+    run_until(&mut harness, "the failed load", |app| {
+        !app.references.is_loading() && app.status.last_error.is_some()
+    });
+    let error = harness.state().status.last_error.clone().expect("error");
+    assert!(
+        error.contains("broken.png") && error.contains("not an image"),
+        "{error}"
+    );
+    harness.get_by_label_contains("broken.png");
+    let app = harness.state();
+    assert_eq!(app.references.items.len(), 1);
+    assert_eq!(app.references.init, init_before);
+    assert_eq!(app.prompt.settings.prompt, "kept");
+    click(&mut harness, "Dismiss");
+    assert!(harness.state().status.last_error.is_none());
+}
+
+#[test]
+fn prompt_init_image_and_mask_survive_a_restart() {
+    let folders = Folders::new();
+    let picture = folders.picture("portrait.png");
+    {
+        let mut harness = window(folders.paths(), plain_engine());
+        harness.step();
+        drop_file(&mut harness, picture.clone());
+        run_until(&mut harness, "the image", |app| {
+            app.references.init().is_some()
+        });
+        harness.state_mut().prompt.settings.prompt = "a cat in a hat".into();
+        click(&mut harness, "Fill");
+        let ctx = harness.ctx.clone();
+        harness.state_mut().persist(&ctx, true);
+    }
+    let mut harness = window(folders.paths(), plain_engine());
+    run_until(&mut harness, "the restored image", |app| {
+        app.references.init().is_some()
+    });
+    let app = harness.state();
+    assert_eq!(app.prompt.settings.prompt, "a cat in a hat");
+    let init = app.references.init().expect("init");
+    assert_eq!(init.path.as_deref(), Some(picture.as_path()));
+    assert!(
+        init.mask.pixels().iter().all(|&v| v == 255),
+        "the filled mask came back"
+    );
+}
