@@ -209,6 +209,7 @@ impl EaselApp {
                         mode: self.references.mode(),
                         busy: self.is_busy(),
                         prompt_cut_off: self.prompt_cut_off.as_deref(),
+                        init_size_px: self.references.init().map(|r| r.image.dimensions()),
                     };
                     prompt_action = self.prompt.ui(ui, &context);
                 });

@@ -100,6 +100,8 @@ pub struct PromptContext<'a> {
     pub busy: bool,
     /// Text the last prompt lost at the 77-token limit.
     pub prompt_cut_off: Option<&'a str>,
+    /// The init image's size, which the output takes when there is one.
+    pub init_size_px: Option<(u32, u32)>,
 }
 
 /// The prompt panel.
@@ -207,34 +209,44 @@ impl PromptPanel {
                 }
             });
             ui.end_row();
-            labelled_drag(
-                ui,
-                "Width",
-                egui::DragValue::new(&mut s.width_px)
-                    .range(64..=4096)
-                    .speed(8),
-            );
-            labelled_drag(
-                ui,
-                "Height",
-                egui::DragValue::new(&mut s.height_px)
-                    .range(64..=4096)
-                    .speed(8),
-            );
-            if let Some(entry) = s
-                .model
-                .as_ref()
-                .and_then(|m| context.models.iter().find(|e| &e.path == m))
-            {
-                ui.label("Presets");
-                ui.horizontal_wrapped(|ui| {
-                    for (w, h) in entry.size_presets() {
-                        if ui.small_button(format!("{w}×{h}")).clicked() {
-                            (s.width_px, s.height_px) = (w, h);
-                        }
-                    }
-                });
+            if let Some((width, height)) = context.init_size_px {
+                ui.label("Size");
+                ui.label(format!(
+                    "{}×{} (the init image's)",
+                    width / 8 * 8,
+                    height / 8 * 8
+                ));
                 ui.end_row();
+            } else {
+                labelled_drag(
+                    ui,
+                    "Width",
+                    egui::DragValue::new(&mut s.width_px)
+                        .range(64..=4096)
+                        .speed(8),
+                );
+                labelled_drag(
+                    ui,
+                    "Height",
+                    egui::DragValue::new(&mut s.height_px)
+                        .range(64..=4096)
+                        .speed(8),
+                );
+                if let Some(entry) = s
+                    .model
+                    .as_ref()
+                    .and_then(|m| context.models.iter().find(|e| &e.path == m))
+                {
+                    ui.label("Presets");
+                    ui.horizontal_wrapped(|ui| {
+                        for (w, h) in entry.size_presets() {
+                            if ui.small_button(format!("{w}×{h}")).clicked() {
+                                (s.width_px, s.height_px) = (w, h);
+                            }
+                        }
+                    });
+                    ui.end_row();
+                }
             }
             if context.mode != Mode::TextToImage {
                 labelled_drag(
