@@ -24,6 +24,9 @@ pub type WakeUp = Arc<dyn Fn() + Send + Sync>;
 /// Where a fault hook is called, so that tests can inject failures a real run can't force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultPoint {
+    /// The engine thread took `job` off its queue, outside any job's panic guard: a panic
+    /// here ends the thread, as a bug in the engine itself would.
+    JobTaken(JobId),
     /// Before a component loads.
     BeforeLoad(Component),
     /// Before step `step` (1-based) of `job`.

@@ -104,6 +104,9 @@ impl Worker {
                     Err(_) => return,
                 },
             };
+            if let Some(hook) = &self.fault_hook {
+                hook(FaultPoint::JobTaken(job));
+            }
             let outcome = catch_unwind(AssertUnwindSafe(|| self.run_job(job, &request)));
             let event = match outcome {
                 Ok(Ok(output)) => Event::Finished {

@@ -205,25 +205,97 @@ fn cancel_during_a_job_stops_it_and_keeps_everything_else() {
         settings.width_px = 64;
         settings.height_px = 64;
     }
-    click(&mut harness, "Generate");
-    run_until(&mut harness, "step 1", |app| {
-        app.status.progress.is_some_and(|p| p.step == 1)
+    // The buttons, then the keys (Ctrl/Cmd+Enter generates, Esc cancels).
+    for by_keys in [false, true] {
+        if by_keys {
+            harness.key_press_modifiers(Modifiers::COMMAND, Key::Enter);
+            harness.step();
+        } else {
+            click(&mut harness, "Generate");
+        }
+        assert!(harness.state().is_busy(), "a job was sent");
+        run_until(&mut harness, "step 1", |app| {
+            app.status.progress.is_some_and(|p| p.step == 1)
+        });
+        if by_keys {
+            harness.key_press(Key::Escape);
+            harness.step();
+        } else {
+            click(&mut harness, "Cancel");
+        }
+        release.send(()).expect("release");
+        run_until(&mut harness, "the cancel", |app| !app.is_busy());
+        let app = harness.state();
+        assert!(
+            app.results.history.is_empty(),
+            "a cancelled job leaves no result"
+        );
+        assert!(
+            app.status.last_error.is_none(),
+            "{:?}",
+            app.status.last_error
+        );
+        assert!(app.engine_is_running());
+        assert_eq!(app.prompt.settings.prompt, "a lighthouse");
+    }
+}
+
+#[test]
+fn a_dead_engine_is_reported_and_restarts_with_the_inputs_kept() {
+    let folders = Folders::new();
+    let crashed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let crash_once = Arc::clone(&crashed);
+    let engine = EngineConfig {
+        device: DeviceChoice::Cpu,
+        fault_hook: Some(Arc::new(move |point| {
+            if matches!(point, FaultPoint::JobTaken(_))
+                && !crash_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("simulated engine crash");
+            }
+        })),
+        ..Default::default()
+    };
+    let mut harness = window(folders.paths(), engine);
+    harness.step();
+    drop_file(&mut harness, folders.picture("kept.png"));
+    run_until(&mut harness, "the image", |app| {
+        app.references.init().is_some()
     });
-    click(&mut harness, "Cancel");
-    release.send(()).expect("release");
-    run_until(&mut harness, "the cancel", |app| !app.is_busy());
+    {
+        let settings = &mut harness.state_mut().prompt.settings;
+        settings.prompt = "still here".into();
+        settings.steps = 2;
+    }
+    harness
+        .state_mut()
+        .references
+        .init_mut()
+        .expect("init")
+        .mask
+        .fill();
+    click(&mut harness, "Generate");
+    run_until(&mut harness, "the engine's death", |app| {
+        !app.engine_is_running()
+    });
+    harness.get_by_label_contains("The engine stopped");
+    assert!(
+        !harness.state().is_busy(),
+        "the lost job is not shown as running"
+    );
+
+    click(&mut harness, "Restart engine");
+    assert!(harness.state().engine_is_running());
     let app = harness.state();
+    assert_eq!(app.prompt.settings.prompt, "still here");
     assert!(
-        app.results.history.is_empty(),
-        "a cancelled job leaves no result"
+        !app.references.init().expect("init kept").mask.is_empty(),
+        "the mask is kept"
     );
-    assert!(
-        app.status.last_error.is_none(),
-        "{:?}",
-        app.status.last_error
-    );
-    assert!(app.engine_is_running());
-    assert_eq!(app.prompt.settings.prompt, "a lighthouse");
+    click(&mut harness, "Generate");
+    run_until(&mut harness, "a result after the restart", |app| {
+        !app.is_busy() && !app.has_background_work() && app.results.history.len() == 1
+    });
 }
 
 /// The canvas's screen point over image pixel `px`.

@@ -104,6 +104,9 @@ pub struct MaskLayer {
     changed: Option<PixelRect>,
     /// Bumped on every change, so views and savers know when to refresh.
     revision: u64,
+    /// `(revision, empty)`: the mode is asked every frame, and scanning a 4096 px mask that
+    /// often would cost more than painting it.
+    empty_at_revision: std::cell::Cell<Option<(u64, bool)>>,
 }
 
 impl MaskLayer {
@@ -128,6 +131,7 @@ impl MaskLayer {
                 y1: height,
             }),
             revision: 0,
+            empty_at_revision: std::cell::Cell::new(None),
         }
     }
 
@@ -138,7 +142,14 @@ impl MaskLayer {
 
     /// Whether nothing is masked.
     pub fn is_empty(&self) -> bool {
-        self.pixels.as_raw().iter().all(|&v| v == 0)
+        match self.empty_at_revision.get() {
+            Some((revision, empty)) if revision == self.revision => empty,
+            _ => {
+                let empty = self.pixels.as_raw().iter().all(|&v| v == 0);
+                self.empty_at_revision.set(Some((self.revision, empty)));
+                empty
+            }
+        }
     }
 
     /// Changes with every edit.
