@@ -30,6 +30,101 @@ fn a1111_sampler(sampler: SamplerKind) -> &'static str {
     }
 }
 
+/// Parameters read back from an A1111-style `parameters` text: what a result was made with.
+/// Fields the text lacks (or that Easel can't use) are `None`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RecalledParameters {
+    /// The prompt (may span lines).
+    pub prompt: String,
+    /// The negative prompt.
+    pub negative_prompt: Option<String>,
+    /// Steps.
+    pub steps: Option<usize>,
+    /// The sampler, when it is one Easel has.
+    pub sampler: Option<SamplerKind>,
+    /// CFG scale.
+    pub guidance: Option<f64>,
+    /// Seed.
+    pub seed: Option<u64>,
+    /// `(width, height)` in pixels.
+    pub size_px: Option<(u32, u32)>,
+    /// The model's name (a folder name for Easel's own results).
+    pub model_name: Option<String>,
+    /// img2img / inpaint strength.
+    pub strength: Option<f64>,
+}
+
+/// Reads A1111's format back: prompt lines, an optional `Negative prompt:` line, then a last
+/// line of `Key: value` pairs starting with `Steps:`.
+pub fn parse_a1111_parameters(text: &str) -> RecalledParameters {
+    let lines: Vec<&str> = text.lines().collect();
+    let settings_at = lines.iter().rposition(|l| l.starts_with("Steps: "));
+    let (text_lines, settings) = match settings_at {
+        Some(at) => (&lines[..at], Some(lines[at])),
+        None => (&lines[..], None),
+    };
+    let negative_at = text_lines
+        .iter()
+        .position(|l| l.starts_with("Negative prompt: "));
+    let (prompt_lines, negative_lines) = match negative_at {
+        Some(at) => (&text_lines[..at], Some(&text_lines[at..])),
+        None => (text_lines, None),
+    };
+    let mut recalled = RecalledParameters {
+        prompt: prompt_lines.join("\n"),
+        negative_prompt: negative_lines.map(|l| {
+            l.join("\n")
+                .trim_start_matches("Negative prompt: ")
+                .to_string()
+        }),
+        ..Default::default()
+    };
+    for pair in settings.into_iter().flat_map(|l| l.split(", ")) {
+        let Some((key, value)) = pair.split_once(": ") else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "Steps" => recalled.steps = value.parse().ok(),
+            "Sampler" => {
+                recalled.sampler = SamplerKind::ALL
+                    .into_iter()
+                    .find(|k| a1111_sampler(*k).eq_ignore_ascii_case(value))
+            }
+            "CFG scale" => recalled.guidance = value.parse().ok(),
+            "Seed" => recalled.seed = value.parse().ok(),
+            "Size" => {
+                recalled.size_px = value
+                    .split_once('x')
+                    .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            }
+            "Model" => recalled.model_name = Some(value.to_string()),
+            "Denoising strength" => recalled.strength = value.parse().ok(),
+            _ => {}
+        }
+    }
+    recalled
+}
+
+/// The `parameters` text of a PNG file, if it has one.
+pub fn read_png_parameters(path: &Path) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .ok()?;
+    let info = reader.info();
+    info.uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .map(|t| t.text.clone())
+        .or_else(|| {
+            info.utf8_text
+                .iter()
+                .find(|t| t.keyword == "parameters")
+                .and_then(|t| t.get_text().ok())
+        })
+}
+
 /// The parameters in A1111's format: prompt, `Negative prompt:` line, then `Key: value` pairs.
 pub fn a1111_parameters(parameters: &JobParameters) -> String {
     let mut text = parameters.prompt.clone();
@@ -147,6 +242,35 @@ mod tests {
         assert!(text[0].text.contains("Seed: 42"));
         assert_eq!(image::open(&path).expect("readable").to_rgb8(), image);
         assert!(!path.with_extension("png.tmp").exists());
+    }
+
+    #[test]
+    fn written_parameters_read_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("result.png");
+        let mut written = parameters();
+        written.prompt = "a lighthouse,\nat dusk".into();
+        save_png_with_parameters(&path, &RgbImage::new(8, 8), &written).expect("saved");
+        let text = read_png_parameters(&path).expect("a parameters chunk");
+        let recalled = parse_a1111_parameters(&text);
+        assert_eq!(
+            recalled,
+            RecalledParameters {
+                prompt: "a lighthouse,\nat dusk".into(),
+                negative_prompt: Some("blurry".into()),
+                steps: Some(20),
+                sampler: Some(SamplerKind::EulerA),
+                guidance: Some(7.5),
+                seed: Some(42),
+                size_px: Some((64, 48)),
+                model_name: Some("sd15".into()),
+                strength: Some(0.6),
+            }
+        );
+        assert_eq!(
+            parse_a1111_parameters("just a prompt").prompt,
+            "just a prompt"
+        );
     }
 
     #[test]

@@ -230,8 +230,20 @@ impl EaselApp {
             Some(PromptAction::OpenModelFolder) => self.open_model_folder(),
             None => {}
         }
-        if reference_action == Some(ReferenceAction::Add) {
-            self.add_images_by_dialog(&ctx);
+        match reference_action {
+            Some(ReferenceAction::Add) => self.add_images_by_dialog(&ctx),
+            Some(ReferenceAction::Recall(id)) => {
+                let recalled = self
+                    .references
+                    .items
+                    .iter()
+                    .find(|r| r.id == id)
+                    .and_then(|r| r.parameters.clone());
+                if let Some(recalled) = recalled {
+                    self.prompt.settings.recall_text(&recalled, &self.models);
+                }
+            }
+            None => {}
         }
         match canvas_action {
             Some(CanvasAction::SaveMask) => self.save_mask_by_dialog(),

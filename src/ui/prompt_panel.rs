@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use easel::engine::JobParameters;
+use easel::output::RecalledParameters;
 use easel::pipeline::request::Mode;
 use easel::schedulers::SamplerKind;
 use eframe::egui;
@@ -76,6 +77,33 @@ impl PromptSettings {
         if let Some(strength) = parameters.strength {
             self.strength = strength;
         }
+    }
+}
+
+impl PromptSettings {
+    /// Takes what a dropped result's `parameters` say; the model is matched by folder name
+    /// among `models`, and fields the text lacks stay as they are.
+    pub fn recall_text(&mut self, recalled: &RecalledParameters, models: &[ModelEntry]) {
+        self.prompt = recalled.prompt.clone();
+        self.negative_prompt = recalled.negative_prompt.clone().unwrap_or_default();
+        if let Some(model) = recalled
+            .model_name
+            .as_ref()
+            .and_then(|name| models.iter().find(|m| &m.name == name))
+        {
+            self.model = Some(model.path.clone());
+        }
+        self.sampler = recalled.sampler.unwrap_or(self.sampler);
+        self.steps = recalled.steps.unwrap_or(self.steps);
+        self.guidance = recalled.guidance.unwrap_or(self.guidance);
+        if let Some(seed) = recalled.seed {
+            self.seed = seed;
+            self.seed_locked = true;
+        }
+        if let Some((width, height)) = recalled.size_px {
+            (self.width_px, self.height_px) = (width, height);
+        }
+        self.strength = recalled.strength.unwrap_or(self.strength);
     }
 }
 

@@ -8,6 +8,8 @@ use easel::pipeline::request::Mode;
 use eframe::egui;
 use image::{GrayImage, RgbImage};
 
+use easel::output::{parse_a1111_parameters, read_png_parameters, RecalledParameters};
+
 use super::background::Background;
 use super::canvas::mask::MaskLayer;
 
@@ -28,6 +30,8 @@ pub struct Reference {
     pub image: Arc<RgbImage>,
     /// The mask painted on it.
     pub mask: MaskLayer,
+    /// What it was made with, when it is a result carrying A1111 `parameters`.
+    pub parameters: Option<RecalledParameters>,
     thumbnail: Option<egui::TextureHandle>,
 }
 
@@ -41,6 +45,8 @@ pub struct LoadedImage {
     pub mask: Option<GrayImage>,
     /// Whether it becomes the init image.
     pub make_init: bool,
+    /// Its A1111 `parameters`, when it is a PNG that carries them.
+    pub parameters: Option<RecalledParameters>,
 }
 
 /// Reads an image file for use as a reference; the error says what to do.
@@ -73,6 +79,8 @@ pub fn read_image_file(path: &Path) -> Result<RgbImage, String> {
 pub enum ReferenceAction {
     /// Open the file dialog.
     Add,
+    /// Put the parameters the image carries into the prompt panel.
+    Recall(u64),
 }
 
 /// The references panel.
@@ -99,11 +107,13 @@ impl References {
         self.loads.spawn("image-load", ctx, move || {
             let image = read_image_file(&path);
             let mask = mask_path.and_then(|m| MaskLayer::read_png(&m).ok());
+            let parameters = read_png_parameters(&path).map(|t| parse_a1111_parameters(&t));
             LoadedImage {
                 path: Some(path),
                 image,
                 mask,
                 make_init,
+                parameters,
             }
         })
     }
@@ -120,9 +130,12 @@ impl References {
             match loaded.image {
                 Ok(image) => {
                     let id = self.add(image, loaded.path, loaded.make_init);
-                    if let (Some(mask), Some(item)) = (loaded.mask, self.get_mut(id)) {
-                        if mask.dimensions() == item.image.dimensions() {
-                            item.mask = MaskLayer::from_image(mask);
+                    if let Some(item) = self.get_mut(id) {
+                        item.parameters = loaded.parameters;
+                        if let Some(mask) = loaded.mask {
+                            if mask.dimensions() == item.image.dimensions() {
+                                item.mask = MaskLayer::from_image(mask);
+                            }
                         }
                     }
                 }
@@ -148,6 +161,7 @@ impl References {
             path,
             image: Arc::new(image),
             mask: MaskLayer::new(width, height),
+            parameters: None,
             thumbnail: None,
         });
         // The first image added becomes the init image; later ones only when asked.
@@ -219,6 +233,16 @@ impl References {
                             ui.horizontal(|ui| {
                                 ui.radio_value(&mut self.init, Some(item.id), "Init")
                                     .on_hover_text(format!("Use {} as the init image", item.name));
+                                if item.parameters.is_some()
+                                    && ui
+                                        .small_button("Recall")
+                                        .on_hover_text(
+                                            "Use the parameters this image was made with",
+                                        )
+                                        .clicked()
+                                {
+                                    action = Some(ReferenceAction::Recall(item.id));
+                                }
                                 if ui
                                     .small_button("Remove")
                                     .on_hover_text(format!("Remove {}", item.name))

@@ -189,6 +189,26 @@ fn typing_a_prompt_and_generating_shows_progress_a_preview_and_a_saved_result() 
     );
     harness.get_by_label("Result 1");
     assert!(harness.state().status.last_error.is_none());
+
+    // Dropped back in, the saved result brings its parameters with it.
+    let seed = entry.parameters.seed;
+    {
+        let settings = &mut harness.state_mut().prompt.settings;
+        settings.prompt = "something else".into();
+        settings.seed = seed.wrapping_add(1);
+        settings.steps = 9;
+    }
+    drop_file(&mut harness, saved);
+    run_until(&mut harness, "the dropped result", |app| {
+        app.references.items.len() == 1
+    });
+    click(&mut harness, "Recall");
+    let settings = &harness.state().prompt.settings;
+    assert_eq!(settings.prompt, "a red boat");
+    assert_eq!(
+        (settings.seed, settings.seed_locked, settings.steps),
+        (seed, true, 4)
+    );
 }
 
 #[test]
