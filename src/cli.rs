@@ -48,6 +48,9 @@ struct GenerateArgs {
     /// Inpainting mask (white repaints), the init image's size.
     #[arg(long, requires = "init")]
     mask: Option<PathBuf>,
+    /// Blur of the mask's edge in pixels, so the repainted region blends in.
+    #[arg(long, default_value_t = 0)]
+    feather: u32,
     /// How much to change the init image, 0 to 1.
     #[arg(long, default_value_t = 0.75)]
     strength: f64,
@@ -156,6 +159,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 .as_deref()
                 .map(|m| load_rgb(m).map(|img| image::DynamicImage::ImageRgb8(img).to_luma8()))
                 .transpose()?,
+            feather_px: args.feather,
         }),
         None => None,
     };

@@ -172,6 +172,7 @@ impl ParityCase {
                     image,
                     strength: spec.strength.unwrap_or(1.0),
                     mask,
+                    feather_px: 0,
                 })
             }
             other => {

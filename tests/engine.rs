@@ -347,6 +347,7 @@ fn bad_requests_fail_at_once_with_typed_errors() {
                 image: common::test_image(64, 64),
                 strength: 1.5,
                 mask: None,
+                feather_px: 0,
             }),
             ..tiny_request(&model)
         }),
@@ -358,6 +359,7 @@ fn bad_requests_fail_at_once_with_typed_errors() {
                 image: common::test_image(64, 64),
                 strength: 0.5,
                 mask: Some(common::test_mask(64, 32)),
+                feather_px: 0,
             }),
             ..tiny_request(&model)
         }),
@@ -444,6 +446,7 @@ fn non_square_inpainting_keeps_unmasked_pixels() {
                 image: original.clone(),
                 strength: 0.8,
                 mask: Some(mask.clone()),
+                feather_px: 0,
             }),
             ..tiny_request(&model)
         })
@@ -474,6 +477,7 @@ fn non_square_inpainting_keeps_unmasked_pixels() {
                 image: original,
                 strength: 1.0,
                 mask: Some(mask),
+                feather_px: 0,
             }),
             sampler: SamplerKind::Ddim,
             width: None,

@@ -102,3 +102,92 @@ pub fn paste_back(original: &RgbImage, generated: &RgbImage, mask: &GrayImage) -
     }
     out
 }
+/// `mask` blurred by about `radius_px` (three box passes, close to a Gaussian), so that a
+/// repainted region blends into the kept pixels when pasted back. 0 returns it unchanged.
+pub fn feather_mask(mask: &GrayImage, radius_px: u32) -> GrayImage {
+    if radius_px == 0 {
+        return mask.clone();
+    }
+    let (width, height) = (mask.width() as usize, mask.height() as usize);
+    // Values scaled by 256 in u32 keep the sums exact and fast.
+    let mut values: Vec<u32> = mask.as_raw().iter().map(|&v| u32::from(v) << 8).collect();
+    let mut scratch = vec![0u32; values.len()];
+    let pass_radius = (radius_px / 3).max(1) as usize;
+    for _ in 0..3 {
+        box_blur(
+            &values,
+            &mut scratch,
+            width,
+            height,
+            pass_radius,
+            (1, width),
+        );
+        box_blur(
+            &scratch,
+            &mut values,
+            height,
+            width,
+            pass_radius,
+            (width, 1),
+        );
+    }
+    let bytes = values
+        .iter()
+        .map(|&v| ((v + 128) >> 8).min(255) as u8)
+        .collect();
+    GrayImage::from_raw(mask.width(), mask.height(), bytes).unwrap_or_else(|| mask.clone())
+}
+
+/// A running-sum box blur along lines of `length` pixels, `lines` of them, with edges
+/// clamped; `(step, line_stride)` walk along a line and from line to line.
+fn box_blur(
+    src: &[u32],
+    dst: &mut [u32],
+    length: usize,
+    lines: usize,
+    radius: usize,
+    (step, line_stride): (usize, usize),
+) {
+    let window = (2 * radius + 1) as u32;
+    let last = length - 1;
+    for line in 0..lines {
+        let base = line * line_stride;
+        let at = |i: usize| src[base + i.min(last) * step];
+        let mut sum: u32 = at(0) * (radius as u32 + 1) + (1..=radius).map(at).sum::<u32>();
+        for i in 0..length {
+            dst[base + i * step] = sum / window;
+            let leaving = at(i.saturating_sub(radius));
+            sum = sum + at(i + radius + 1) - leaving;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feathering_keeps_flat_regions_and_softens_an_edge_symmetrically() {
+        let edge = GrayImage::from_fn(40, 9, |x, _| image::Luma([if x < 20 { 0 } else { 255 }]));
+        assert_eq!(feather_mask(&edge, 0), edge);
+        let soft = feather_mask(&edge, 9);
+        let row: Vec<u8> = (0..40).map(|x| soft.get_pixel(x, 4).0[0]).collect();
+        assert_eq!(
+            (row[0], row[39]),
+            (0, 255),
+            "far from the edge nothing changes: {row:?}"
+        );
+        assert!(
+            row[18] > 0 && row[21] < 255,
+            "the edge is softened: {row:?}"
+        );
+        for offset in 0..8 {
+            let (inside, outside) = (u16::from(row[20 + offset]), u16::from(row[19 - offset]));
+            assert!(
+                (inside + outside).abs_diff(255) <= 2,
+                "symmetric about the edge: {row:?}"
+            );
+        }
+        assert!(row.windows(2).all(|w| w[0] <= w[1]), "monotonic: {row:?}");
+    }
+}

@@ -22,6 +22,9 @@ pub struct SourceImage {
     pub strength: f64,
     /// Where to repaint (white) and keep (black); `None` is img2img.
     pub mask: Option<GrayImage>,
+    /// Blur of the mask's edge in pixels (A1111's "mask blur"), applied by the pipeline so
+    /// the repainted region blends into the kept pixels; 0 keeps the mask as painted.
+    pub feather_px: u32,
 }
 
 /// Which of the three modes a request is, derived from what it carries.

@@ -8,8 +8,8 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 
 use super::image::{
-    binarize, decoded_to_unit_hwc, fit_mask, fit_rgb, image_to_tensor, mask_to_latent,
-    mask_to_unit, paste_back, unit_hwc_to_image,
+    binarize, decoded_to_unit_hwc, feather_mask, fit_mask, fit_rgb, image_to_tensor,
+    mask_to_latent, mask_to_unit, paste_back, unit_hwc_to_image,
 };
 use super::noise::{NoiseRole, NoiseSource};
 use super::request::{GenerateRequest, Mode, RequestError};
@@ -161,7 +161,10 @@ pub fn generate(
         _ => (&initial_noise * scheduler.init_noise_sigma())?,
     };
     let painted_mask = match (source.and_then(|s| s.mask.as_ref()), mode) {
-        (Some(mask), Mode::Inpaint) => Some(fit_mask(mask, width, height)),
+        (Some(mask), Mode::Inpaint) => Some(feather_mask(
+            &fit_mask(mask, width, height),
+            source.map_or(0, |s| s.feather_px),
+        )),
         _ => None,
     };
     let inpaint = match (&painted_mask, &source_tensor) {

@@ -434,7 +434,8 @@ impl EaselApp {
         let source = self.references.init().map(|reference| SourceImage {
             image: (*reference.image).clone(),
             strength: settings.strength,
-            mask: (!reference.mask.is_empty()).then(|| reference.mask.feathered(feather_px)),
+            mask: (!reference.mask.is_empty()).then(|| reference.mask.pixels().clone()),
+            feather_px,
         });
         // With an init image the output takes its size, so the mask lines up pixel for pixel.
         let size = match source {

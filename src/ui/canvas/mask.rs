@@ -381,39 +381,6 @@ impl MaskLayer {
         !self.redo.is_empty()
     }
 
-    /// The mask blurred by `radius_px` (three box passes, close to a Gaussian): what a job
-    /// gets, so that the result blends into the kept pixels.
-    pub fn feathered(&self, radius_px: u32) -> GrayImage {
-        if radius_px == 0 {
-            return self.pixels.clone();
-        }
-        let (width, height) = self.pixels.dimensions();
-        let mut values: Vec<f32> = self.pixels.iter().map(|&v| f32::from(v)).collect();
-        let mut scratch = vec![0.0; values.len()];
-        let pass_radius = (radius_px / 3).max(1) as usize;
-        for _ in 0..3 {
-            box_blur_rows(
-                &values,
-                &mut scratch,
-                width as usize,
-                height as usize,
-                pass_radius,
-            );
-            box_blur_columns(
-                &scratch,
-                &mut values,
-                width as usize,
-                height as usize,
-                pass_radius,
-            );
-        }
-        let bytes = values
-            .iter()
-            .map(|v| v.round().clamp(0.0, 255.0) as u8)
-            .collect();
-        GrayImage::from_raw(width, height, bytes).unwrap_or_else(|| self.pixels.clone())
-    }
-
     /// Writes the mask as a greyscale PNG.
     pub fn save_png(&self, path: &Path) -> Result<(), String> {
         self.pixels
@@ -446,33 +413,6 @@ fn paste(image: &mut GrayImage, rect: PixelRect, pixels: &[u8]) {
         let from = row * rect.width() as usize;
         buffer[start..start + rect.width() as usize]
             .copy_from_slice(&pixels[from..from + rect.width() as usize]);
-    }
-}
-
-/// Horizontal running-sum box blur with clamped edges.
-fn box_blur_rows(src: &[f32], dst: &mut [f32], width: usize, height: usize, radius: usize) {
-    let window = (2 * radius + 1) as f32;
-    for y in 0..height {
-        let row = &src[y * width..(y + 1) * width];
-        let at = |i: isize| row[i.clamp(0, width as isize - 1) as usize];
-        let mut sum: f32 = (-(radius as isize)..=radius as isize).map(at).sum();
-        for x in 0..width {
-            dst[y * width + x] = sum / window;
-            sum += at(x as isize + radius as isize + 1) - at(x as isize - radius as isize);
-        }
-    }
-}
-
-/// Vertical running-sum box blur with clamped edges.
-fn box_blur_columns(src: &[f32], dst: &mut [f32], width: usize, height: usize, radius: usize) {
-    let window = (2 * radius + 1) as f32;
-    for x in 0..width {
-        let at = |i: isize| src[i.clamp(0, height as isize - 1) as usize * width + x];
-        let mut sum: f32 = (-(radius as isize)..=radius as isize).map(at).sum();
-        for y in 0..height {
-            dst[y * width + x] = sum / window;
-            sum += at(y as isize + radius as isize + 1) - at(y as isize - radius as isize);
-        }
     }
 }
 
@@ -539,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn a_soft_brush_fades_and_feathering_blurs_the_edge() {
+    fn a_soft_brush_fades_and_feathering_spreads_the_edge() {
         let mut mask = MaskLayer::new(40, 40);
         let soft = BrushTip {
             softness: 1.0,
@@ -553,7 +493,7 @@ mod tests {
 
         let mut hard = MaskLayer::new(40, 40);
         stroke(&mut hard, HARD, (20.0, 20.0), (20.0, 20.0));
-        let feathered = hard.feathered(6);
+        let feathered = easel::pipeline::image::feather_mask(hard.pixels(), 6);
         let outside = feathered.get_pixel(20, 26).0[0];
         assert_eq!(hard.pixels().get_pixel(20, 26).0[0], 0);
         assert!(outside > 0, "feathering spreads the mask outwards");

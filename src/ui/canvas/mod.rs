@@ -7,6 +7,7 @@ pub mod view;
 use eframe::egui::{self, Color32, Key, Modifiers, Pos2, Sense, Vec2};
 use serde::{Deserialize, Serialize};
 
+use super::background::Background;
 use super::references::Reference;
 use mask::{BrushTip, MaskLayer, Tool};
 use view::CanvasView;
@@ -67,8 +68,16 @@ struct CanvasTextures {
     reference: u64,
     image: egui::TextureHandle,
     overlay: egui::TextureHandle,
-    /// `(mask revision, feather)` the overlay shows when it shows the feathered mask.
-    feathered: Option<(u64, u32)>,
+    /// What the overlay shows when it shows a feathered mask.
+    feathered: Option<FeatherKey>,
+}
+
+/// Which mask, at which edit, with how much feathering a preview shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FeatherKey {
+    reference: u64,
+    revision: u64,
+    feather_px: u32,
 }
 
 /// The canvas panel.
@@ -80,6 +89,8 @@ pub struct CanvasPanel {
     pub view: CanvasView,
     textures: Option<CanvasTextures>,
     panning: bool,
+    feather_previews: Background<(FeatherKey, egui::ColorImage)>,
+    feather_requested: Option<FeatherKey>,
 }
 
 impl CanvasPanel {
@@ -313,24 +324,44 @@ impl CanvasPanel {
             unreachable!("textures were made above")
         };
         let options = egui::TextureOptions::NEAREST;
+        let wanted = FeatherKey {
+            reference: reference.id,
+            revision: mask.revision(),
+            feather_px: feather,
+        };
+        let mut ready = None;
+        for (key, overlay) in self.feather_previews.poll() {
+            if key == wanted {
+                ready = Some(overlay);
+            }
+        }
         if feather > 0 && !mask.is_painting() {
-            // Live feather preview: the whole overlay from the blurred mask, redone only when
-            // the mask or the feather amount changed.
-            let key = (mask.revision(), feather);
-            if textures.feathered != Some(key) {
-                textures
-                    .overlay
-                    .set(overlay_image(&mask.feathered(feather), None), options);
-                textures.feathered = Some(key);
+            // Live feather preview: the blurred mask is computed off the UI thread (seconds
+            // on a 4096 px mask in a debug build) and shown when it arrives; the plain mask
+            // stays on screen meanwhile.
+            if let Some(overlay) = ready {
+                textures.overlay.set(overlay, options);
+                textures.feathered = Some(wanted);
                 mask.take_changed();
+            } else if textures.feathered != Some(wanted) && self.feather_requested != Some(wanted) {
+                let pixels = mask.pixels().clone();
+                let spawned = self
+                    .feather_previews
+                    .spawn("feather-preview", ctx, move || {
+                        let soft = easel::pipeline::image::feather_mask(&pixels, feather);
+                        (wanted, overlay_image(&soft, None))
+                    });
+                if spawned.is_ok() {
+                    self.feather_requested = Some(wanted);
+                }
             }
-        } else {
-            if textures.feathered.take().is_some() {
-                textures
-                    .overlay
-                    .set(overlay_image(mask.pixels(), None), options);
-                mask.take_changed();
-            }
+        } else if textures.feathered.take().is_some() {
+            textures
+                .overlay
+                .set(overlay_image(mask.pixels(), None), options);
+            mask.take_changed();
+        }
+        if textures.feathered.is_none() {
             if let Some(rect) = mask.take_changed() {
                 // Only the changed pixels go to the GPU: painting on a 4096 px image stays
                 // cheap.
