@@ -109,17 +109,7 @@ fn parse_sampler(name: &str) -> Result<SamplerKind, String> {
 }
 
 fn parse_device(text: &str) -> Result<DeviceChoice, String> {
-    match text {
-        "auto" => Ok(DeviceChoice::Auto),
-        "cpu" => Ok(DeviceChoice::Cpu),
-        "metal" => Ok(DeviceChoice::Metal),
-        "cuda" => Ok(DeviceChoice::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(DeviceChoice::Cuda)
-            .ok_or_else(|| format!("unknown device {other:?}; use cpu, cuda, cuda:N or metal")),
-    }
+    DeviceChoice::parse(text)
 }
 
 /// Runs the parsed command.

@@ -16,6 +16,36 @@ pub enum DeviceChoice {
     Metal,
 }
 
+impl DeviceChoice {
+    /// Parses `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "metal" => Ok(DeviceChoice::Metal),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| {
+                    format!("unknown device {other:?}; use auto, cpu, cuda, cuda:N or metal")
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceChoice::Metal => write!(f, "metal"),
+        }
+    }
+}
+
 /// A device that can't be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DeviceError {

@@ -8,3 +8,4 @@ pub mod output;
 pub mod pipeline;
 pub mod replay;
 pub mod schedulers;
+pub mod settings;
