@@ -49,7 +49,10 @@ fn flags_beat_env_beat_file_beat_defaults() {
     );
     assert_eq!(s.idle_minutes, 3);
     assert_eq!(s.models_dir, PathBuf::from("/file/models"));
-    assert_eq!(resolved.source_of("idle_minutes"), Some(&Source::File(file.clone())));
+    assert_eq!(
+        resolved.source_of("idle_minutes"),
+        Some(&Source::File(file.clone()))
+    );
     assert_eq!(s.guidance, Settings::default().guidance);
     assert_eq!(resolved.source_of("guidance"), Some(&Source::Default));
     // The shared machine's default: nothing kept loaded for long.
@@ -79,7 +82,9 @@ fn bad_values_fall_back_and_say_which_key_value_and_file() {
             "no problem names {key} = {value} in {file_name}: {messages:#?}"
         );
     }
-    assert!(messages.iter().any(|m| m.contains("unknown key \"colour\"")));
+    assert!(messages
+        .iter()
+        .any(|m| m.contains("unknown key \"colour\"")));
 }
 
 #[test]
@@ -94,7 +99,10 @@ fn a_bad_env_value_falls_back_to_the_file_and_a_malformed_file_to_defaults() {
     assert_eq!(resolved.settings, Settings::default());
     assert_eq!(resolved.problems.len(), 1);
     let message = resolved.problems[0].to_string();
-    assert!(message.contains("not valid TOML") && message.contains("easel.toml"), "{message}");
+    assert!(
+        message.contains("not valid TOML") && message.contains("easel.toml"),
+        "{message}"
+    );
 
     let missing = resolve_with(Path::new("/no/such/easel.toml"), &[], &[]);
     assert!(missing.problems.is_empty());
@@ -112,5 +120,8 @@ fn a_key_written_by_the_window_reads_back_and_keeps_the_others() {
     assert_eq!(resolved.settings.outputs_dir, PathBuf::from("/art/outputs"));
     let error = write_key(&file, "dtype", "f8").expect_err("refused");
     assert!(error.contains("dtype") && error.contains("f8"), "{error}");
-    assert_eq!(resolve_with(&file, &[], &[]).settings.dtype, DtypeChoice::Auto);
+    assert_eq!(
+        resolve_with(&file, &[], &[]).settings.dtype,
+        DtypeChoice::Auto
+    );
 }

@@ -16,14 +16,12 @@ pub fn config_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("easel.toml"))
 }
 
+/// One `key = value` of the file, as text, or why its value is of no usable kind.
+pub(super) type FileEntry = (String, Result<String, String>);
+
 /// The file's entries as text (`Err` for a value of a kind no key takes), and the problem
 /// that made the whole file unusable, if any. A missing file is no problem.
-pub(super) fn read_entries(
-    path: &Path,
-) -> (
-    Vec<(String, Result<String, String>)>,
-    Option<SettingsProblem>,
-) {
+pub(super) fn read_entries(path: &Path) -> (Vec<FileEntry>, Option<SettingsProblem>) {
     let unusable = |message: String| SettingsProblem {
         message,
         origin: Source::File(path.to_path_buf()),

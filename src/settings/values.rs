@@ -182,7 +182,7 @@ fn number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, String> {
 
 fn size_px(text: &str) -> Result<u32, String> {
     let px: u32 = number(text, "a whole number of pixels")?;
-    if px % 8 != 0 || !(64..=4096).contains(&px) {
+    if !px.is_multiple_of(8) || !(64..=4096).contains(&px) {
         return Err("expected a multiple of 8 from 64 to 4096".to_string());
     }
     Ok(px)
