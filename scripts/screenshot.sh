@@ -52,6 +52,8 @@ cat > "$work/data/session.json" <<JSON
 }
 JSON
 
+# A settings file of this machine's own must not change the picture.
+export EASEL_CONFIG="$work/easel.toml"
 export EASEL_DATA_DIR="$work/data" EASEL_MODELS_DIR="$parity/models" EASEL_OUTPUTS_DIR="$work/outputs"
 export XDG_RUNTIME_DIR="$work/xdg" OUT="$out"
 # shellcheck disable=SC2016 # expanded by the inner shell, from the exported variables

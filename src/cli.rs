@@ -8,12 +8,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use easel::device::DeviceChoice;
 use easel::engine::{Engine, EngineConfig, Event};
 use easel::output::save_png_with_parameters;
 use easel::pipeline::request::{GenerateRequest, SourceImage};
 use easel::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
 use easel::schedulers::SamplerKind;
+use easel::settings::{self, DtypeChoice};
 
 /// Easel: generate and edit images with local diffusion models.
 #[derive(Debug, Parser)]
@@ -21,6 +21,45 @@ use easel::schedulers::SamplerKind;
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Device: auto, cpu, cuda, cuda:N or metal (setting `device`).
+    #[arg(long, global = true)]
+    device: Option<String>,
+    /// Weight precision: auto, f32, f16 or bf16 (setting `dtype`).
+    #[arg(long, global = true)]
+    dtype: Option<String>,
+    /// Where models are found (setting `models_dir`).
+    #[arg(long, global = true)]
+    models_dir: Option<String>,
+    /// Where results are saved (setting `outputs_dir`).
+    #[arg(long, global = true)]
+    outputs_dir: Option<String>,
+    /// Any setting, as KEY=VALUE (repeatable); `easel config` lists the keys.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl Cli {
+    /// The settings given as flags, as `(key, value)`.
+    fn setting_flags(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut flags = Vec::new();
+        for (key, value) in [
+            ("device", &self.device),
+            ("dtype", &self.dtype),
+            ("models_dir", &self.models_dir),
+            ("outputs_dir", &self.outputs_dir),
+        ] {
+            if let Some(value) = value {
+                flags.push((key.to_string(), value.clone()));
+            }
+        }
+        for pair in &self.set {
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--set {pair:?}: write it as KEY=VALUE"))?;
+            flags.push((key.trim().to_string(), value.trim().to_string()));
+        }
+        Ok(flags)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +68,12 @@ enum Command {
     Generate(GenerateArgs),
     /// Replay a parity case and compare with its golden; exits 1 beyond tolerance.
     Replay(ReplayArgs),
+    /// Print every setting with where its value came from (flag, env, file, default).
+    Config {
+        /// Print only the settings file's path.
+        #[arg(long)]
+        path: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,8 +121,6 @@ struct GenerateArgs {
     #[arg(long)]
     no_paste_back: bool,
     /// cpu, cuda, cuda:N or metal (default: the best this build has).
-    #[arg(long, value_parser = parse_device)]
-    device: Option<DeviceChoice>,
     /// Print per-stage timings after the run.
     #[arg(long)]
     timings: bool,
@@ -108,20 +151,58 @@ fn parse_sampler(name: &str) -> Result<SamplerKind, String> {
     })
 }
 
-fn parse_device(text: &str) -> Result<DeviceChoice, String> {
-    DeviceChoice::parse(text)
-}
-
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let resolved = settings::resolve_from_process(&cli.setting_flags()?);
+    if let Some(Command::Config { path }) = &cli.command {
+        return Ok(print_config(&resolved, *path));
+    }
+    // Bad settings never stop Easel: each has fallen back; say so once.
+    for problem in &resolved.problems {
+        eprintln!("easel: settings: {problem}");
+    }
+    let engine = EngineConfig {
+        device: resolved.settings.device,
+        dtype: dtype_of(resolved.settings.dtype),
+        ..Default::default()
+    };
     match cli.command {
-        Some(Command::Generate(args)) => generate(args),
+        Some(Command::Generate(args)) => generate(args, engine),
         Some(Command::Replay(args)) => replay(args),
+        Some(Command::Config { .. }) => Ok(ExitCode::SUCCESS),
         None => {
-            crate::ui::run_window(crate::ui::AppPaths::from_env(), EngineConfig::default())?;
+            let paths = crate::ui::AppPaths::from_settings(&resolved.settings);
+            crate::ui::run_window(paths, engine, resolved)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The candle dtype a setting asks for (`None`: the device's default).
+fn dtype_of(choice: DtypeChoice) -> Option<candle_core::DType> {
+    match choice {
+        DtypeChoice::Auto => None,
+        DtypeChoice::F32 => Some(candle_core::DType::F32),
+        DtypeChoice::F16 => Some(candle_core::DType::F16),
+        DtypeChoice::Bf16 => Some(candle_core::DType::BF16),
+    }
+}
+
+/// `easel config`: every key, its value and its source; then the problems.
+fn print_config(resolved: &settings::Resolved, path_only: bool) -> ExitCode {
+    if path_only {
+        println!("{}", resolved.file.display());
+        return ExitCode::SUCCESS;
+    }
+    println!("# settings file: {}", resolved.file.display());
+    for (key, source) in &resolved.sources {
+        let value = resolved.settings.get(key);
+        println!("{key:<18} = {:<28} # {source}", format!("{value:?}"));
+    }
+    for problem in &resolved.problems {
+        println!("# problem: {problem}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn load_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
@@ -139,7 +220,7 @@ fn load_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
     Ok(image.to_rgb8())
 }
 
-fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+fn generate(args: GenerateArgs, config: EngineConfig) -> anyhow::Result<ExitCode> {
     let source = match &args.init {
         Some(init) => Some(SourceImage {
             image: load_rgb(init)?,
@@ -167,11 +248,10 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         paste_back: !args.no_paste_back,
     };
     request.validate()?;
-    let config = EngineConfig {
-        device: args.device.unwrap_or_default(),
-        ..Default::default()
-    };
     let engine = Engine::spawn(config, Arc::new(|| {}))?;
+    if let Some(warning) = engine.dtype_warning() {
+        eprintln!("easel: {warning}");
+    }
     let job = engine.generate(request)?;
     let mut stderr = std::io::stderr();
     loop {

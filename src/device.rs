@@ -111,6 +111,34 @@ pub fn default_dtype(device: &Device) -> DType {
     }
 }
 
+/// The precision to load weights in on `device` when `asked` (or the default), and a
+/// warning when the ask can't be honoured there and another precision is used instead.
+pub fn usable_dtype(device: &Device, asked: Option<DType>) -> (DType, Option<String>) {
+    let Some(asked) = asked else {
+        return (default_dtype(device), None);
+    };
+    let name = |dtype: DType| format!("{dtype:?}").to_lowercase();
+    let fallback = match asked {
+        DType::F16 | DType::BF16 if device.is_cpu() => Some(DType::F32),
+        // bf16 kernels are missing on some Macs (candle #2406); f16 is as fast there.
+        DType::BF16 if device.is_metal() => Some(DType::F16),
+        DType::F32 | DType::F16 | DType::BF16 => None,
+        _ => Some(default_dtype(device)),
+    };
+    match fallback {
+        Some(used) => (
+            used,
+            Some(format!(
+                "{} is not usable for weights on {}; using {} instead",
+                name(asked),
+                describe(device),
+                name(used)
+            )),
+        ),
+        None => (asked, None),
+    }
+}
+
 /// A short description for the status bar and logs: "cpu", "cuda:0", "metal".
 pub fn describe(device: &Device) -> String {
     match device.location() {

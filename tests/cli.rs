@@ -9,7 +9,9 @@ mod common;
 use std::process::{Command, Output};
 
 fn easel(args: &[&str]) -> Output {
+    // No settings file of the machine's own may change what the tests see.
     Command::new(env!("CARGO_BIN_EXE_easel"))
+        .env("EASEL_CONFIG", "/nonexistent/easel.toml")
         .args(args)
         .output()
         .expect("run easel")
@@ -108,4 +110,50 @@ fn bad_input_exits_non_zero_with_a_message() {
         );
     }
     assert!(!std::path::Path::new(out).exists(), "no output on failure");
+}
+
+#[test]
+fn config_lists_every_value_with_its_source() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let file = temp.path().join("easel.toml");
+    std::fs::write(&file, "steps = 30\nsampler = \"ddim\"\ndtype = \"f8\"\n").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_easel"))
+        .env("EASEL_CONFIG", &file)
+        .env("EASEL_SAMPLER", "euler_a")
+        .env_remove("EASEL_DEVICE")
+        .env_remove("EASEL_GUIDANCE")
+        .args(["config", "--device", "cpu", "--set", "guidance=4"])
+        .output()
+        .expect("run easel");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+    let line = |key: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no line for {key} in:\n{listing}"))
+            .to_string()
+    };
+    let file_name = file.display().to_string();
+    assert!(
+        line("steps").contains("\"30\"") && line("steps").contains(&format!("# file {file_name}"))
+    );
+    assert!(
+        line("sampler").contains("\"euler_a\"") && line("sampler").ends_with("# env EASEL_SAMPLER")
+    );
+    assert!(line("guidance").contains("\"4\"") && line("guidance").ends_with("# flag"));
+    assert!(line("device").contains("\"cpu\"") && line("device").ends_with("# flag"));
+    assert!(line("width").contains("\"512\"") && line("width").ends_with("# default"));
+    assert!(line("dtype").contains("\"auto\"") && line("dtype").ends_with("# default"));
+    assert!(
+        listing.contains("# problem: dtype = \"f8\" is not valid") && listing.contains(&file_name),
+        "{listing}"
+    );
+
+    let path = Command::new(env!("CARGO_BIN_EXE_easel"))
+        .env("EASEL_CONFIG", &file)
+        .args(["config", "--path"])
+        .output()
+        .expect("run easel");
+    assert_eq!(String::from_utf8_lossy(&path.stdout).trim(), file_name);
 }

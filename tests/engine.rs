@@ -527,3 +527,22 @@ fn a_long_prompt_is_cut_at_77_tokens_and_says_where() {
     assert!(cut.ends_with("zebra"), "{cut}");
     assert_eq!(cut.matches("red").count(), 15, "75 of 90 words fit: {cut}");
 }
+
+#[test]
+fn a_precision_the_device_cannot_use_falls_back_with_a_warning() {
+    let engine = Engine::spawn(
+        EngineConfig {
+            device: DeviceChoice::Cpu,
+            dtype: Some(candle_core::DType::F16),
+            ..Default::default()
+        },
+        Arc::new(|| {}),
+    )
+    .expect("engine");
+    assert_eq!(engine.dtype(), candle_core::DType::F32);
+    let warning = engine.dtype_warning().expect("a warning");
+    assert!(
+        warning.contains("f16") && warning.contains("f32") && warning.contains("cpu"),
+        "{warning}"
+    );
+}

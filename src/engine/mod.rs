@@ -46,7 +46,8 @@ pub type FaultHook = Arc<dyn Fn(FaultPoint) + Send + Sync>;
 pub struct EngineConfig {
     /// The device to run on.
     pub device: DeviceChoice,
-    /// Weight precision; `None` picks the device's default.
+    /// Weight precision; `None` picks the device's default. One the device can't use is
+    /// replaced (see `Engine::dtype_warning`).
     pub dtype: Option<candle_core::DType>,
     /// Test-only failure injection.
     pub fault_hook: Option<FaultHook>,
@@ -64,6 +65,7 @@ pub struct Engine {
     next_job: AtomicU64,
     device_name: String,
     dtype: candle_core::DType,
+    dtype_warning: Option<String>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -71,9 +73,7 @@ impl Engine {
     /// Starts the engine thread; nothing is loaded until a job needs it.
     pub fn spawn(config: EngineConfig, wake: WakeUp) -> Result<Self, EngineError> {
         let device = device::open(config.device)?;
-        let dtype = config
-            .dtype
-            .unwrap_or_else(|| device::default_dtype(&device));
+        let (dtype, dtype_warning) = device::usable_dtype(&device, config.dtype);
         let device_name = device::describe(&device);
         let (request_tx, request_rx) = bounded(REQUEST_CAPACITY);
         let (event_tx, event_rx) = bounded(EVENT_CAPACITY);
@@ -89,6 +89,7 @@ impl Engine {
             next_job: AtomicU64::new(1),
             device_name,
             dtype,
+            dtype_warning,
             thread: Some(thread),
         })
     }
@@ -101,6 +102,11 @@ impl Engine {
     /// The precision weights load in.
     pub fn dtype(&self) -> candle_core::DType {
         self.dtype
+    }
+
+    /// Why the precision asked for was replaced by `dtype()`, if it was.
+    pub fn dtype_warning(&self) -> Option<&str> {
+        self.dtype_warning.as_deref()
     }
 
     /// Queues a generation and returns its id.

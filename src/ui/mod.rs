@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use easel::engine::{EngineConfig, Event, JobId, JobOutput};
 use easel::output::save_png_with_parameters;
 use easel::pipeline::request::{GenerateRequest, SourceImage};
+use easel::settings::{Resolved, Settings};
 use eframe::egui;
 
 use background::Background;
@@ -49,13 +50,14 @@ pub struct AppPaths {
 }
 
 impl AppPaths {
-    /// The folders from the environment, with their defaults.
-    pub fn from_env() -> Self {
-        let from_env = |key: &str| std::env::var_os(key).map(PathBuf::from);
+    /// The models and outputs folders of `settings`; the session in `EASEL_DATA_DIR`, else
+    /// the platform's data folder.
+    pub fn from_settings(settings: &Settings) -> Self {
         Self {
-            models_dir: from_env("EASEL_MODELS_DIR").unwrap_or_else(|| PathBuf::from("models")),
-            outputs_dir: from_env("EASEL_OUTPUTS_DIR").unwrap_or_else(|| PathBuf::from("outputs")),
-            data_dir: from_env("EASEL_DATA_DIR")
+            models_dir: settings.models_dir.clone(),
+            outputs_dir: settings.outputs_dir.clone(),
+            data_dir: std::env::var_os("EASEL_DATA_DIR")
+                .map(PathBuf::from)
                 .or_else(|| eframe::storage_dir("Easel"))
                 .unwrap_or_else(|| PathBuf::from(".easel")),
         }
@@ -143,6 +145,37 @@ impl EaselApp {
             mask_writes: Background::default(),
             last_persist: Instant::now(),
             paths,
+        }
+    }
+
+    /// Takes in the resolved settings: their problems are shown, and a fresh session starts
+    /// from their defaults (model, sampler, steps, guidance, size).
+    pub fn apply_settings(&mut self, resolved: &Resolved, fresh_session: bool) {
+        if let Some(problem) = resolved.problems.first() {
+            let more = resolved.problems.len() - 1;
+            let more = if more > 0 {
+                format!(" (and {more} more: see `easel config`)")
+            } else {
+                String::new()
+            };
+            self.status.show_error(format!("Settings: {problem}{more}"));
+        }
+        let defaults = &resolved.settings;
+        let settings = &mut self.prompt.settings;
+        if let Some(entry) = defaults
+            .default_model
+            .as_ref()
+            .and_then(|name| self.models.iter().find(|m| &m.name == name))
+        {
+            if fresh_session || settings.model.is_none() {
+                settings.model = Some(entry.path.clone());
+            }
+        }
+        if fresh_session {
+            settings.sampler = defaults.sampler;
+            settings.steps = defaults.steps;
+            settings.guidance = defaults.guidance;
+            (settings.width_px, settings.height_px) = (defaults.width, defaults.height);
         }
     }
 
@@ -265,6 +298,9 @@ impl EaselApp {
             Ok(engine) => {
                 self.status.device = engine.device_name().to_string();
                 self.status.dtype = format!("{:?}", engine.dtype()).to_lowercase();
+                if let Some(warning) = engine.dtype_warning() {
+                    self.status.show_error(warning.to_string());
+                }
             }
             Err(_) => self.status.device = "engine stopped".to_string(),
         }
@@ -704,7 +740,12 @@ fn next_output_path(dir: &Path, seed: u64) -> Result<PathBuf, String> {
 }
 
 /// Opens the window; returns when it closes.
-pub fn run_window(paths: AppPaths, engine_config: EngineConfig) -> anyhow::Result<()> {
+pub fn run_window(
+    paths: AppPaths,
+    engine_config: EngineConfig,
+    settings: Resolved,
+) -> anyhow::Result<()> {
+    let fresh_session = !paths.data_dir.join(session::SESSION_FILE).exists();
     let icon = eframe::icon_data::from_png_bytes(include_bytes!("../../assets/icon.png")).ok();
     let mut viewport = egui::ViewportBuilder::default()
         .with_title("Easel")
@@ -721,7 +762,11 @@ pub fn run_window(paths: AppPaths, engine_config: EngineConfig) -> anyhow::Resul
     eframe::run_native(
         "Easel",
         options,
-        Box::new(move |_cc| Ok(Box::new(EaselApp::new(paths, engine_config)))),
+        Box::new(move |_cc| {
+            let mut app = EaselApp::new(paths, engine_config);
+            app.apply_settings(&settings, fresh_session);
+            Ok(Box::new(app))
+        }),
     )
     .map_err(|e| anyhow::anyhow!("could not open the window: {e}"))
 }

@@ -486,3 +486,28 @@ fn prompt_init_image_and_mask_survive_a_restart() {
         "the filled mask came back"
     );
 }
+
+#[test]
+fn settings_problems_show_in_the_status_bar_and_defaults_seed_a_fresh_session() {
+    let folders = Folders::new();
+    let file = folders.root.path().join("easel.toml");
+    std::fs::write(
+        &file,
+        "dtype = \"f8\"\nsteps = 33\ndefault_model = \"sd15-tiny\"\n",
+    )
+    .expect("write settings");
+    let resolved = easel::settings::resolve(&file, &|_| None, &[]);
+    let mut app = EaselApp::new(folders.paths(), plain_engine());
+    app.apply_settings(&resolved, true);
+    let mut harness = Harness::builder()
+        .with_size(Vec2::new(1400.0, 900.0))
+        .build_ui_state(|ui, app: &mut EaselApp| app.show(ui), app);
+    harness.step();
+    harness.get_by_label_contains("Settings: dtype = \"f8\" is not valid");
+    let settings = &harness.state().prompt.settings;
+    assert_eq!(settings.steps, 33);
+    assert!(settings
+        .model
+        .as_ref()
+        .is_some_and(|m| m.ends_with("sd15-tiny")));
+}
