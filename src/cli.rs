@@ -13,7 +13,7 @@ use easel::output::save_png_with_parameters;
 use easel::pipeline::request::{GenerateRequest, SourceImage};
 use easel::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
 use easel::schedulers::SamplerKind;
-use easel::settings::{self, DtypeChoice};
+use easel::settings;
 
 /// Easel: generate and edit images with local diffusion models.
 #[derive(Debug, Parser)]
@@ -153,7 +153,8 @@ fn parse_sampler(name: &str) -> Result<SamplerKind, String> {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let resolved = settings::resolve_from_process(&cli.setting_flags()?);
+    let flags = cli.setting_flags()?;
+    let resolved = settings::resolve_from_process(&flags);
     if let Some(Command::Config { path }) = &cli.command {
         return Ok(print_config(&resolved, *path));
     }
@@ -163,7 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let engine = EngineConfig {
         device: resolved.settings.device,
-        dtype: dtype_of(resolved.settings.dtype),
+        dtype: settings::dtype_of(resolved.settings.dtype),
         ..Default::default()
     };
     match cli.command {
@@ -172,19 +173,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Config { .. }) => Ok(ExitCode::SUCCESS),
         None => {
             let paths = crate::ui::AppPaths::from_settings(&resolved.settings);
-            crate::ui::run_window(paths, engine, resolved)?;
+            let resolve = Box::new(move || settings::resolve_from_process(&flags));
+            crate::ui::run_window(paths, engine, resolve)?;
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// The candle dtype a setting asks for (`None`: the device's default).
-fn dtype_of(choice: DtypeChoice) -> Option<candle_core::DType> {
-    match choice {
-        DtypeChoice::Auto => None,
-        DtypeChoice::F32 => Some(candle_core::DType::F32),
-        DtypeChoice::F16 => Some(candle_core::DType::F16),
-        DtypeChoice::Bf16 => Some(candle_core::DType::BF16),
     }
 }
 

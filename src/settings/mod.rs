@@ -155,6 +155,16 @@ impl Resolver {
     }
 }
 
+/// The candle dtype a setting asks for (`None`: the device's default).
+pub fn dtype_of(choice: DtypeChoice) -> Option<candle_core::DType> {
+    match choice {
+        DtypeChoice::Auto => None,
+        DtypeChoice::F32 => Some(candle_core::DType::F32),
+        DtypeChoice::F16 => Some(candle_core::DType::F16),
+        DtypeChoice::Bf16 => Some(candle_core::DType::BF16),
+    }
+}
+
 /// Resolves with the real environment and the config file `config_path` names.
 pub fn resolve_from_process(flags: &[(String, String)]) -> Resolved {
     resolve(&config_path(), &|name| std::env::var(name).ok(), flags)

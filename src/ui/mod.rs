@@ -9,6 +9,7 @@ pub mod prompt_panel;
 pub mod references;
 pub mod results;
 pub mod session;
+pub mod settings_panel;
 pub mod status_bar;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ use prompt_panel::{PromptAction, PromptContext, PromptPanel};
 use references::{ReferenceAction, References};
 use results::{ResultAction, ResultEntry, ResultsPanel};
 use session::{SavedReference, Session, MASKS_DIR};
+use settings_panel::SettingsPanel;
 use status_bar::StatusBar;
 
 /// How often the session is written when something changed.
@@ -98,6 +100,12 @@ pub struct EaselApp {
     saved_masks: HashMap<String, (u64, u64)>,
     mask_writes: Background<Result<(), String>>,
     last_persist: Instant,
+    /// The settings in force and where they came from.
+    settings: Resolved,
+    /// Resolves the settings again after the window wrote the file (same flags and env).
+    resolve_settings: Box<dyn Fn() -> Resolved>,
+    /// The settings window.
+    pub settings_panel: SettingsPanel,
 }
 
 impl EaselApp {
@@ -122,6 +130,8 @@ impl EaselApp {
                 (prompt.settings.width_px, prompt.settings.height_px) = first.native_size_px;
             }
         }
+        // Until `with_settings` says otherwise: a file beside the session, no environment.
+        let default_settings_file = paths.data_dir.join("easel.toml");
         let mut status = StatusBar::default();
         if let Some(problem) = problem {
             status.show_error(problem);
@@ -144,7 +154,53 @@ impl EaselApp {
             saved_masks: HashMap::new(),
             mask_writes: Background::default(),
             last_persist: Instant::now(),
+            settings: easel::settings::resolve(&default_settings_file, &|_| None, &[]),
+            resolve_settings: Box::new(move || {
+                easel::settings::resolve(&default_settings_file, &|_| None, &[])
+            }),
+            settings_panel: SettingsPanel::default(),
             paths,
+        }
+    }
+
+    /// Where the settings come from: `resolve` is called again whenever the window writes the
+    /// settings file, so flags and environment keep their precedence.
+    pub fn with_settings(
+        mut self,
+        resolve: Box<dyn Fn() -> Resolved>,
+        fresh_session: bool,
+    ) -> Self {
+        let resolved = resolve();
+        self.apply_settings(&resolved, fresh_session);
+        self.settings = resolved;
+        self.resolve_settings = resolve;
+        self
+    }
+
+    /// Writes one setting to the file, then takes in what it changes: folders at once, the
+    /// device and precision by restarting the engine when no job runs.
+    fn change_setting(&mut self, ctx: &egui::Context, key: &str, value: &str) {
+        if let Err(error) = easel::settings::write_key(&self.settings.file, key, value) {
+            self.status.show_error(error);
+            return;
+        }
+        let before = self.settings.settings.clone();
+        self.settings = (self.resolve_settings)();
+        let now = &self.settings.settings;
+        if now.models_dir != before.models_dir {
+            self.paths.models_dir = now.models_dir.clone();
+            self.models = scan_models_dir(&self.paths.models_dir);
+        }
+        self.paths.outputs_dir = now.outputs_dir.clone();
+        if now.device != before.device || now.dtype != before.dtype {
+            self.engine_config.device = now.device;
+            self.engine_config.dtype = easel::settings::dtype_of(now.dtype);
+            if self.is_busy() {
+                self.status.show_error("The new device or precision applies after the running jobs: restart the engine then");
+            } else {
+                self.engine = EngineLink::NotStarted;
+                self.start_engine(ctx);
+            }
         }
     }
 
@@ -226,6 +282,9 @@ impl EaselApp {
                 });
             }
             ui.horizontal(|ui| {
+                if ui.button("Settings").clicked() {
+                    self.settings_panel.open = !self.settings_panel.open;
+                }
                 if self.has_background_work() {
                     ui.spinner().on_hover_text("Saving results or reading images");
                 }
@@ -257,6 +316,9 @@ impl EaselApp {
             canvas_action = self.canvas.ui(ui, self.references.init_mut());
         });
 
+        if let Some((key, value)) = self.settings_panel.ui(&ctx, &self.settings) {
+            self.change_setting(&ctx, key, &value);
+        }
         match prompt_action {
             Some(PromptAction::Generate) => self.generate(),
             Some(PromptAction::Cancel) => self.cancel_all(),
@@ -743,7 +805,7 @@ fn next_output_path(dir: &Path, seed: u64) -> Result<PathBuf, String> {
 pub fn run_window(
     paths: AppPaths,
     engine_config: EngineConfig,
-    settings: Resolved,
+    resolve: Box<dyn Fn() -> Resolved>,
 ) -> anyhow::Result<()> {
     let fresh_session = !paths.data_dir.join(session::SESSION_FILE).exists();
     let icon = eframe::icon_data::from_png_bytes(include_bytes!("../../assets/icon.png")).ok();
@@ -763,9 +825,9 @@ pub fn run_window(
         "Easel",
         options,
         Box::new(move |_cc| {
-            let mut app = EaselApp::new(paths, engine_config);
-            app.apply_settings(&settings, fresh_session);
-            Ok(Box::new(app))
+            Ok(Box::new(
+                EaselApp::new(paths, engine_config).with_settings(resolve, fresh_session),
+            ))
         }),
     )
     .map_err(|e| anyhow::anyhow!("could not open the window: {e}"))

@@ -511,3 +511,46 @@ fn settings_problems_show_in_the_status_bar_and_defaults_seed_a_fresh_session() 
         .as_ref()
         .is_some_and(|m| m.ends_with("sd15-tiny")));
 }
+
+/// Replaces the text of the field labelled `label` and presses Enter.
+fn enter_text(harness: &mut Harness<'_, EaselApp>, label: &str, text: &str) {
+    harness.get_by_label(label).focus();
+    harness.step();
+    harness.key_press_modifiers(Modifiers::COMMAND, Key::A);
+    harness.step();
+    harness.get_by_label(label).type_text(text);
+    harness.step();
+    harness.key_press(Key::Enter);
+    harness.step();
+    harness.step();
+}
+
+#[test]
+fn a_setting_changed_in_the_window_is_saved_at_once_and_a_bad_one_is_refused() {
+    let folders = Folders::new();
+    let file = folders.root.path().join("config/easel.toml");
+    let resolve_file = file.clone();
+    let app = EaselApp::new(folders.paths(), plain_engine()).with_settings(
+        Box::new(move || easel::settings::resolve(&resolve_file, &|_| None, &[])),
+        true,
+    );
+    let mut harness = Harness::builder()
+        .with_size(Vec2::new(1400.0, 900.0))
+        .build_ui_state(|ui, app: &mut EaselApp| app.show(ui), app);
+    harness.step();
+    click(&mut harness, "Settings");
+    let outputs = folders.root.path().join("art");
+    enter_text(&mut harness, "outputs_dir", &outputs.display().to_string());
+    let written = std::fs::read_to_string(&file).expect("the settings file was written");
+    assert!(
+        written.contains("outputs_dir") && written.contains("art"),
+        "{written}"
+    );
+
+    enter_text(&mut harness, "dtype", "f8");
+    let error = harness.state().status.last_error.clone().expect("refused");
+    assert!(error.contains("dtype") && error.contains("f8"), "{error}");
+    let unchanged = std::fs::read_to_string(&file).expect("file");
+    assert!(!unchanged.contains("dtype"), "{unchanged}");
+    assert!(harness.state().engine_is_running());
+}
