@@ -158,9 +158,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(Command::Config { path }) = &cli.command {
         return Ok(print_config(&resolved, *path));
     }
+    let data_dir = crate::ui::AppPaths::from_settings(&resolved.settings).data_dir;
+    crate::logging::init(&resolved.settings, &data_dir);
     // Bad settings never stop Easel: each has fallen back; say so once.
     for problem in &resolved.problems {
-        eprintln!("easel: settings: {problem}");
+        tracing::warn!("settings: {problem}");
     }
     let engine = EngineConfig {
         device: resolved.settings.device,
@@ -241,9 +243,7 @@ fn generate(args: GenerateArgs, config: EngineConfig) -> anyhow::Result<ExitCode
     };
     request.validate()?;
     let engine = Engine::spawn(config, Arc::new(|| {}))?;
-    if let Some(warning) = engine.dtype_warning() {
-        eprintln!("easel: {warning}");
-    }
+
     let job = engine.generate(request)?;
     let mut stderr = std::io::stderr();
     loop {

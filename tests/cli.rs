@@ -12,6 +12,10 @@ fn easel(args: &[&str]) -> Output {
     // No settings file of the machine's own may change what the tests see.
     Command::new(env!("CARGO_BIN_EXE_easel"))
         .env("EASEL_CONFIG", "/nonexistent/easel.toml")
+        .env(
+            "EASEL_DATA_DIR",
+            std::env::temp_dir().join("easel-cli-tests"),
+        )
         .args(args)
         .output()
         .expect("run easel")
@@ -156,4 +160,58 @@ fn config_lists_every_value_with_its_source() {
         .output()
         .expect("run easel");
     assert_eq!(String::from_utf8_lossy(&path.stdout).trim(), file_name);
+}
+
+#[test]
+fn json_log_lines_carry_the_job_and_its_stage_timings() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let model = common::model("sd15-tiny");
+    let out = temp.path().join("out.png");
+    let output = Command::new(env!("CARGO_BIN_EXE_easel"))
+        .env("EASEL_CONFIG", "/nonexistent/easel.toml")
+        .env("EASEL_DATA_DIR", temp.path())
+        .env("EASEL_LOG_FORMAT", "json")
+        .env_remove("EASEL_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("EASEL_LOG_LEVEL")
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args([
+            "--prompt", "a cat", "--steps", "2", "--width", "64", "--height", "64",
+        ])
+        .args(["--device", "cpu", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run easel");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<serde_json::Value> = stderr(&output)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "job finished")
+        .unwrap_or_else(|| panic!("no 'job finished' line in {lines:#?}"));
+    assert_eq!(finished["fields"]["job"], 1);
+    let stages: serde_json::Value = serde_json::from_str(
+        finished["fields"]["stages"]
+            .as_str()
+            .expect("stages as JSON text"),
+    )
+    .expect("stages parse");
+    let names: Vec<&str> = stages
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["stage"].as_str().expect("a name"))
+        .collect();
+    for stage in ["load unet", "encode prompt", "step 2", "decode"] {
+        assert!(names.contains(&stage), "{stage} missing from {names:?}");
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["message"] == "engine starting"));
+    let file = std::fs::read_to_string(temp.path().join("easel.log")).expect("the log file");
+    assert!(file.contains("job finished"), "{file}");
 }

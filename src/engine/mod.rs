@@ -75,6 +75,10 @@ impl Engine {
         let device = device::open(config.device)?;
         let (dtype, dtype_warning) = device::usable_dtype(&device, config.dtype);
         let device_name = device::describe(&device);
+        tracing::info!(device = %device_name, dtype = ?dtype, "engine starting");
+        if let Some(warning) = &dtype_warning {
+            tracing::warn!("{warning}");
+        }
         let (request_tx, request_rx) = bounded(REQUEST_CAPACITY);
         let (event_tx, event_rx) = bounded(EVENT_CAPACITY);
         let outbox = worker::Outbox::new(event_tx, wake);

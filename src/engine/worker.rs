@@ -108,6 +108,7 @@ impl Worker {
                 hook(FaultPoint::JobTaken(job));
             }
             let outcome = catch_unwind(AssertUnwindSafe(|| self.run_job(job, &request)));
+            log_outcome(job, &outcome);
             let event = match outcome {
                 Ok(Ok(output)) => Event::Finished {
                     job,
@@ -326,6 +327,34 @@ impl StepObserver for JobObserver<'_> {
             elapsed,
             preview,
         });
+    }
+}
+
+/// One log line per job: its id, mode, and every stage's duration when it finished.
+fn log_outcome(job: JobId, outcome: &std::thread::Result<Result<JobOutput, PipelineError>>) {
+    match outcome {
+        Ok(Ok(output)) => {
+            let stages: Vec<serde_json::Value> = output
+                .timings
+                .stages
+                .iter()
+                .map(
+                    |(stage, took)| serde_json::json!({"stage": stage, "secs": took.as_secs_f64()}),
+                )
+                .collect();
+            tracing::info!(
+                job,
+                mode = output.parameters.mode.name(),
+                total_secs = output.timings.total().as_secs_f64(),
+                stages = %serde_json::Value::Array(stages),
+                "job finished"
+            );
+        }
+        Ok(Err(PipelineError::Cancelled)) => tracing::info!(job, "job cancelled"),
+        Ok(Err(error)) => tracing::warn!(job, %error, "job failed"),
+        Err(panic) => {
+            tracing::error!(job, panic = panic_message(panic.as_ref()), "job panicked")
+        }
     }
 }
 

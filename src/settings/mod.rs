@@ -106,9 +106,15 @@ pub fn resolve(
             names.insert(1, "EASEL_LOG".to_string());
         }
         for name in names {
-            if let Some(value) = env(&name).filter(|v| !v.is_empty()) {
-                resolver.apply(key, &value, Source::Env(name));
+            let Some(value) = env(&name).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            // RUST_LOG often holds per-crate filters meant for other tools: use it only when
+            // it is a plain level.
+            if name == "RUST_LOG" && Settings::default().set(key, &value).is_err() {
+                continue;
             }
+            resolver.apply(key, &value, Source::Env(name));
         }
     }
     for (key, value) in flags {
