@@ -99,15 +99,15 @@ struct GenerateArgs {
     /// How much to change the init image, 0 to 1.
     #[arg(long, default_value_t = 0.75)]
     strength: f64,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Classifier-free guidance scale (0 or 1 disables it).
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f64,
-    /// euler, euler_a, ddim, dpmpp_2m or dpmpp_2m_karras.
-    #[arg(long, default_value = "euler", value_parser = parse_sampler)]
-    scheduler: SamplerKind,
+    /// Denoising steps (default: setting `steps`).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale, 0 or 1 disables it (default: setting `guidance`).
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// euler, euler_a, ddim, dpmpp_2m or dpmpp_2m_karras (default: setting `sampler`).
+    #[arg(long, value_parser = parse_sampler)]
+    scheduler: Option<SamplerKind>,
     /// Noise seed; the same seed and parameters give the same image.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -120,7 +120,6 @@ struct GenerateArgs {
     /// Keep the raw decode outside the mask instead of pasting the original back.
     #[arg(long)]
     no_paste_back: bool,
-    /// cpu, cuda, cuda:N or metal (default: the best this build has).
     /// Print per-stage timings after the run.
     #[arg(long)]
     timings: bool,
@@ -167,10 +166,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let engine = EngineConfig {
         device: resolved.settings.device,
         dtype: settings::dtype_of(resolved.settings.dtype),
+        warm_up: resolved.settings.warm_up,
         ..Default::default()
     };
     match cli.command {
-        Some(Command::Generate(args)) => generate(args, engine),
+        Some(Command::Generate(args)) => generate(args, engine, &resolved.settings),
         Some(Command::Replay(args)) => replay(args),
         Some(Command::Config { .. }) => Ok(ExitCode::SUCCESS),
         None => {
@@ -214,7 +214,11 @@ fn load_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
     Ok(image.to_rgb8())
 }
 
-fn generate(args: GenerateArgs, config: EngineConfig) -> anyhow::Result<ExitCode> {
+fn generate(
+    args: GenerateArgs,
+    config: EngineConfig,
+    defaults: &settings::Settings,
+) -> anyhow::Result<ExitCode> {
     let source = match &args.init {
         Some(init) => Some(SourceImage {
             image: load_rgb(init)?,
@@ -232,9 +236,9 @@ fn generate(args: GenerateArgs, config: EngineConfig) -> anyhow::Result<ExitCode
         model: args.model.clone(),
         prompt: args.prompt.clone(),
         negative_prompt: args.negative.clone(),
-        sampler: args.scheduler,
-        steps: args.steps,
-        guidance: args.guidance,
+        sampler: args.scheduler.unwrap_or(defaults.sampler),
+        steps: args.steps.unwrap_or(defaults.steps),
+        guidance: args.guidance.unwrap_or(defaults.guidance),
         seed: args.seed,
         width: args.width,
         height: args.height,
@@ -276,11 +280,16 @@ fn generate(args: GenerateArgs, config: EngineConfig) -> anyhow::Result<ExitCode
                     writeln!(stderr).ok();
                 }
             }
-            Event::Finished { job: done, output } if done == job => {
+            Event::Finished {
+                job: done,
+                mut output,
+            } if done == job => {
                 if let Some(cut) = &output.prompt_cut_off {
                     eprintln!("note: the prompt was cut at 77 tokens; ignored: {cut:?}");
                 }
+                let started = std::time::Instant::now();
                 save_png_with_parameters(&args.out, &output.image, &output.parameters)?;
+                output.timings.push("save", started.elapsed());
                 eprintln!("wrote {}", args.out.display());
                 if args.timings {
                     for (stage, took) in &output.timings.stages {

@@ -546,3 +546,48 @@ fn a_precision_the_device_cannot_use_falls_back_with_a_warning() {
         "{warning}"
     );
 }
+
+#[test]
+fn warm_up_runs_once_after_loading_and_changes_no_result() {
+    let model = common::model("sd15-tiny");
+    let warm = engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        warm_up: true,
+        ..Default::default()
+    });
+    let stages = |output: &JobOutput| -> Vec<String> {
+        output
+            .timings
+            .stages
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect()
+    };
+    let first = finished(wait_for(
+        &warm,
+        warm.generate(tiny_request(&model)).expect("send"),
+    ));
+    assert!(
+        stages(&first).contains(&"warm-up".to_string()),
+        "{:?}",
+        stages(&first)
+    );
+    let second = finished(wait_for(
+        &warm,
+        warm.generate(tiny_request(&model)).expect("send"),
+    ));
+    assert!(
+        !stages(&second).contains(&"warm-up".to_string()),
+        "loaded already: no warm-up"
+    );
+
+    let cold = engine();
+    let plain = finished(wait_for(
+        &cold,
+        cold.generate(tiny_request(&model)).expect("send"),
+    ));
+    assert_eq!(
+        plain.image, first.image,
+        "the warm-up step leaves the result as it was"
+    );
+}

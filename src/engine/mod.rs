@@ -49,6 +49,9 @@ pub struct EngineConfig {
     /// Weight precision; `None` picks the device's default. One the device can't use is
     /// replaced (see `Engine::dtype_warning`).
     pub dtype: Option<candle_core::DType>,
+    /// After a job loads components, run one tiny step at 64x64 first so device kernels are
+    /// compiled before the real job (its duration is the `warm-up` stage).
+    pub warm_up: bool,
     /// Test-only failure injection.
     pub fault_hook: Option<FaultHook>,
 }
@@ -82,7 +85,8 @@ impl Engine {
         let (request_tx, request_rx) = bounded(REQUEST_CAPACITY);
         let (event_tx, event_rx) = bounded(EVENT_CAPACITY);
         let outbox = worker::Outbox::new(event_tx, wake);
-        let worker = worker::Worker::new(request_rx, outbox, device, dtype, config.fault_hook);
+        let mut worker = worker::Worker::new(request_rx, outbox, device, dtype, config.fault_hook);
+        worker.warm_up = config.warm_up;
         let thread = std::thread::Builder::new()
             .name("engine".to_string())
             .spawn(move || worker.run())

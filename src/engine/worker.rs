@@ -61,6 +61,8 @@ pub(super) struct Worker {
     pub(super) device: Device,
     pub(super) dtype: DType,
     pub(super) fault_hook: Option<FaultHook>,
+    /// Run a tiny step after loads (see `EngineConfig::warm_up`).
+    pub(super) warm_up: bool,
     model: Option<SdModel>,
     pending: VecDeque<(JobId, Box<GenerateRequest>)>,
     shutting_down: bool,
@@ -81,6 +83,7 @@ impl Worker {
             device,
             dtype,
             fault_hook,
+            warm_up: false,
             model: None,
             pending: VecDeque::new(),
             shutting_down: false,
@@ -268,6 +271,20 @@ impl Worker {
             };
             load_components(model, &mut timings, &mut on_load)?;
         }
+        let loaded_now = !timings.stages.is_empty();
+        if self.warm_up && loaded_now {
+            let started = std::time::Instant::now();
+            generate(
+                model,
+                &warm_up_request(request),
+                &mut SeededNoise::new(0),
+                &mut Unobserved,
+                StageTimings::default(),
+            )?;
+            let took = started.elapsed();
+            tracing::info!(job, secs = took.as_secs_f64(), "warm-up");
+            timings.push("warm-up", took);
+        }
         if self.poll(job) {
             return Err(PipelineError::Cancelled);
         }
@@ -293,6 +310,29 @@ impl Worker {
             prompt_cut_off: generated.prompt_cut_off,
         })
     }
+}
+
+/// The job's request cut to one step at 64x64 (the whole schedule, so any strength runs).
+fn warm_up_request(request: &GenerateRequest) -> GenerateRequest {
+    let mut tiny = request.clone();
+    tiny.steps = 1;
+    tiny.width = Some(64);
+    tiny.height = Some(64);
+    if let Some(source) = &mut tiny.source {
+        source.strength = 1.0;
+    }
+    tiny
+}
+
+/// Watches nothing: the warm-up step reports no progress.
+struct Unobserved;
+
+impl StepObserver for Unobserved {
+    fn before_step(&mut self, _done: usize, _total: usize) -> StepControl {
+        StepControl::Continue
+    }
+
+    fn after_step(&mut self, _done: usize, _total: usize, _latents: &Tensor, _elapsed: Duration) {}
 }
 
 /// Reports steps and checks for cancel between them.

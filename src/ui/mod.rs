@@ -192,6 +192,7 @@ impl EaselApp {
             self.models = scan_models_dir(&self.paths.models_dir);
         }
         self.paths.outputs_dir = now.outputs_dir.clone();
+        self.engine_config.warm_up = now.warm_up;
         if now.device != before.device || now.dtype != before.dtype {
             self.engine_config.device = now.device;
             self.engine_config.dtype = easel::settings::dtype_of(now.dtype);
