@@ -199,6 +199,7 @@ impl Worker {
 
     fn unload(&mut self) {
         self.model = None;
+        tracing::info!("models unloaded");
         self.outbox.send(Event::Unloaded);
         self.outbox.send(Event::Memory(self.memory_report()));
     }
@@ -262,6 +263,8 @@ impl Worker {
                     if let Some(hook) = &self.fault_hook {
                         hook(FaultPoint::BeforeLoad(component));
                     }
+                } else {
+                    tracing::info!(job, component = component.name(), "component loaded");
                 }
                 self.outbox.send(Event::Loading {
                     job,
