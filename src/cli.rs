@@ -167,6 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         device: resolved.settings.device,
         dtype: settings::dtype_of(resolved.settings.dtype),
         warm_up: resolved.settings.warm_up,
+        residency: resolved.settings.residency_policy(),
         ..Default::default()
     };
     match cli.command {

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use easel::device::DeviceChoice;
-use easel::engine::{Engine, EngineConfig, EngineError, Event, FaultPoint, JobId, JobOutput};
+use easel::engine::{
+    Engine, EngineConfig, EngineError, Event, FaultPoint, JobId, JobOutput, Request,
+    ResidencyPolicy,
+};
 use easel::models::error::ModelError;
 use easel::pipeline::request::{GenerateRequest, RequestError, SourceImage};
 use easel::pipeline::PipelineError;
@@ -590,4 +593,69 @@ fn warm_up_runs_once_after_loading_and_changes_no_result() {
         plain.image, first.image,
         "the warm-up step leaves the result as it was"
     );
+}
+
+/// Events until `Unloaded`, or panics after `WAIT`.
+fn wait_for_unload(engine: &Engine) -> Vec<Event> {
+    let mut seen = Vec::new();
+    loop {
+        let event = engine
+            .events()
+            .recv_timeout(WAIT)
+            .expect("an Unloaded event");
+        let done = matches!(event, Event::Unloaded);
+        seen.push(event);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn residency_policies_give_memory_back_after_each_job_or_when_idle() {
+    let model = common::model("sd15-tiny");
+    let after_job = engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        residency: ResidencyPolicy::UnloadAfterJob,
+        ..Default::default()
+    });
+    let end = wait_for(
+        &after_job,
+        after_job.generate(tiny_request(&model)).expect("send"),
+    );
+    assert!(
+        end.events.iter().any(|e| matches!(e, Event::Unloaded)),
+        "unloaded as the job ended"
+    );
+    finished(end);
+    let report = after_job
+        .events()
+        .recv_timeout(WAIT)
+        .expect("a memory report");
+    assert!(
+        matches!(&report, Event::Memory(m) if m.total_weights_bytes() == 0),
+        "{report:?}"
+    );
+    if cfg!(target_os = "linux") {
+        assert!(
+            matches!(&report, Event::Memory(m)
+                if m.system_bytes.is_some_and(|(total, free)| total >= free && free > 0)),
+            "the machine's memory is reported: {report:?}"
+        );
+    }
+
+    let idle = engine();
+    idle.send(Request::SetResidency(ResidencyPolicy::UnloadWhenIdle(
+        Duration::from_millis(200),
+    )))
+    .expect("send");
+    let end = wait_for(&idle, idle.generate(tiny_request(&model)).expect("send"));
+    assert!(!end.events.iter().any(|e| matches!(e, Event::Unloaded)));
+    finished(end);
+    wait_for_unload(&idle);
+    // Loaded again on demand.
+    finished(wait_for(
+        &idle,
+        idle.generate(tiny_request(&model)).expect("send"),
+    ));
 }

@@ -9,6 +9,9 @@ pub struct MemoryReport {
     pub process_rss_bytes: Option<u64>,
     /// Bytes of weights held per loaded component, `(component, bytes)`.
     pub weights_bytes: Vec<(&'static str, u64)>,
+    /// The machine's memory, `(total, available)` bytes, where the OS tells it (on the CPU
+    /// this is what the weights and activations compete for).
+    pub system_bytes: Option<(u64, u64)>,
 }
 
 impl MemoryReport {
@@ -23,4 +26,15 @@ pub fn process_rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(resident_pages * 4096)
+}
+
+/// The machine's `(total, available)` memory, read from `/proc/meminfo` on Linux.
+pub fn system_memory_bytes() -> Option<(u64, u64)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("MemTotal:")?, field("MemAvailable:")?))
 }

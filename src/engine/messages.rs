@@ -28,8 +28,28 @@ pub enum Request {
     Cancel(JobId),
     /// Drop every loaded model.
     Unload,
+    /// From now on, drop models as `ResidencyPolicy` says.
+    SetResidency(ResidencyPolicy),
     /// Cancel what runs and end the thread.
     Shutdown,
+}
+
+/// When the engine drops loaded models by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResidencyPolicy {
+    /// Keep them until asked to unload.
+    KeepLoaded,
+    /// Drop them after every job.
+    UnloadAfterJob,
+    /// Drop them after this long without a job.
+    UnloadWhenIdle(Duration),
+}
+
+impl Default for ResidencyPolicy {
+    /// A shared machine's default: give memory back after 10 idle minutes.
+    fn default() -> Self {
+        ResidencyPolicy::UnloadWhenIdle(Duration::from_secs(600))
+    }
 }
 
 /// The parameters a result was made with, enough to reproduce it.

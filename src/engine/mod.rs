@@ -16,7 +16,7 @@ use crate::device::{self, DeviceChoice};
 use crate::models::sd::Component;
 use crate::pipeline::request::GenerateRequest;
 pub use error::{EngineError, EngineStopped};
-pub use messages::{Event, JobId, JobOutput, JobParameters, Request};
+pub use messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy};
 
 /// Called after every event; the window passes one that requests a repaint.
 pub type WakeUp = Arc<dyn Fn() + Send + Sync>;
@@ -52,6 +52,8 @@ pub struct EngineConfig {
     /// After a job loads components, run one tiny step at 64x64 first so device kernels are
     /// compiled before the real job (its duration is the `warm-up` stage).
     pub warm_up: bool,
+    /// When loaded models are dropped.
+    pub residency: ResidencyPolicy,
     /// Test-only failure injection.
     pub fault_hook: Option<FaultHook>,
 }
@@ -87,6 +89,7 @@ impl Engine {
         let outbox = worker::Outbox::new(event_tx, wake);
         let mut worker = worker::Worker::new(request_rx, outbox, device, dtype, config.fault_hook);
         worker.warm_up = config.warm_up;
+        worker.residency = config.residency;
         let thread = std::thread::Builder::new()
             .name("engine".to_string())
             .spawn(move || worker.run())

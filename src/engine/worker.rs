@@ -4,14 +4,14 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::error::EngineError;
-use super::memory::{process_rss_bytes, MemoryReport};
-use super::messages::{Event, JobId, JobOutput, JobParameters, Request};
+use super::memory::{process_rss_bytes, system_memory_bytes, MemoryReport};
+use super::messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy};
 use super::{FaultHook, FaultPoint, WakeUp};
 use crate::models::sd::SdModel;
 use crate::pipeline::noise::SeededNoise;
@@ -63,6 +63,10 @@ pub(super) struct Worker {
     pub(super) fault_hook: Option<FaultHook>,
     /// Run a tiny step after loads (see `EngineConfig::warm_up`).
     pub(super) warm_up: bool,
+    /// When loaded models are dropped.
+    pub(super) residency: ResidencyPolicy,
+    /// When the last job ended (or the engine started).
+    idle_since: Instant,
     model: Option<SdModel>,
     pending: VecDeque<(JobId, Box<GenerateRequest>)>,
     shutting_down: bool,
@@ -84,6 +88,8 @@ impl Worker {
             dtype,
             fault_hook,
             warm_up: false,
+            residency: ResidencyPolicy::default(),
+            idle_since: Instant::now(),
             model: None,
             pending: VecDeque::new(),
             shutting_down: false,
@@ -99,11 +105,16 @@ impl Worker {
         while !self.shutting_down && !self.outbox.listener_gone() {
             let (job, request) = match self.pending.pop_front() {
                 Some(next) => next,
-                None => match self.requests.recv() {
-                    Ok(request) => match self.accept(request) {
+                None => match self.next_request() {
+                    Ok(Some(request)) => match self.accept(request) {
                         Some(next) => next,
                         None => continue,
                     },
+                    Ok(None) => {
+                        // Idle long enough: give the memory back.
+                        self.unload();
+                        continue;
+                    }
                     Err(_) => return,
                 },
             };
@@ -130,6 +141,25 @@ impl Worker {
             if !self.outbox.send(event) || !self.outbox.send(Event::Memory(self.memory_report())) {
                 return;
             }
+            self.idle_since = Instant::now();
+        }
+    }
+
+    /// Waits for the next request; `Ok(None)` when the idle time of `UnloadWhenIdle` ran out
+    /// with models loaded.
+    fn next_request(&self) -> Result<Option<Request>, crossbeam_channel::RecvError> {
+        match (self.residency, &self.model) {
+            (ResidencyPolicy::UnloadWhenIdle(idle), Some(_)) => {
+                let left = idle.saturating_sub(self.idle_since.elapsed());
+                match self.requests.recv_timeout(left) {
+                    Ok(request) => Ok(Some(request)),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        Err(crossbeam_channel::RecvError)
+                    }
+                }
+            }
+            _ => self.requests.recv().map(Some),
         }
     }
 
@@ -146,6 +176,11 @@ impl Worker {
             }
             Request::Unload => {
                 self.unload();
+                None
+            }
+            Request::SetResidency(policy) => {
+                self.residency = policy;
+                self.idle_since = Instant::now();
                 None
             }
             Request::Shutdown => {
@@ -171,6 +206,10 @@ impl Worker {
             Request::Unload => {
                 // Honoured when the running job, which needs its model, ends.
                 self.unload_after_job = true;
+                false
+            }
+            Request::SetResidency(policy) => {
+                self.residency = policy;
                 false
             }
             Request::Shutdown => {
@@ -208,6 +247,7 @@ impl Worker {
         MemoryReport {
             device: crate::device::describe(&self.device),
             process_rss_bytes: process_rss_bytes(),
+            system_bytes: system_memory_bytes(),
             weights_bytes: self
                 .model
                 .as_ref()
@@ -238,8 +278,9 @@ impl Worker {
         request.validate()?;
         let mut model = self.model_for(&request.model)?;
         let result = self.run_with_model(job, request, &mut model);
-        // The model stays loaded for the next job, unless an unload or shutdown came meanwhile.
-        if self.unload_after_job {
+        // The model stays loaded for the next job, unless an unload or shutdown came meanwhile
+        // or the policy drops it after every job.
+        if self.unload_after_job || self.residency == ResidencyPolicy::UnloadAfterJob {
             self.unload_after_job = false;
             drop(model);
             self.unload();

@@ -189,6 +189,19 @@ fn size_px(text: &str) -> Result<u32, String> {
 }
 
 impl Settings {
+    /// The engine's residency policy for these settings. The memory budget is not enforced
+    /// yet (the engine holds one model at a time): it keeps the model loaded.
+    pub fn residency_policy(&self) -> crate::engine::ResidencyPolicy {
+        use crate::engine::ResidencyPolicy;
+        match self.residency {
+            Residency::KeepLoaded | Residency::MemoryBudget => ResidencyPolicy::KeepLoaded,
+            Residency::UnloadAfterJob => ResidencyPolicy::UnloadAfterJob,
+            Residency::UnloadWhenIdle => ResidencyPolicy::UnloadWhenIdle(
+                std::time::Duration::from_secs(u64::from(self.idle_minutes) * 60),
+            ),
+        }
+    }
+
     /// Sets `key` from its text form; the error says what would be valid.
     pub fn set(&mut self, key: &str, text: &str) -> Result<(), String> {
         let text = text.trim();

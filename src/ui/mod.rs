@@ -193,6 +193,15 @@ impl EaselApp {
         }
         self.paths.outputs_dir = now.outputs_dir.clone();
         self.engine_config.warm_up = now.warm_up;
+        let policy = now.residency_policy();
+        if policy != self.engine_config.residency {
+            self.engine_config.residency = policy;
+            if let Ok(engine) = self.engine.engine() {
+                if let Err(error) = engine.send(easel::engine::Request::SetResidency(policy)) {
+                    self.status.show_error(error.to_string());
+                }
+            }
+        }
         if now.device != before.device || now.dtype != before.dtype {
             self.engine_config.device = now.device;
             self.engine_config.dtype = easel::settings::dtype_of(now.dtype);
@@ -282,7 +291,7 @@ impl EaselApp {
                     }
                 });
             }
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 if ui.button("Settings").clicked() {
                     self.settings_panel.open = !self.settings_panel.open;
                 }

@@ -132,7 +132,7 @@ impl StatusBar {
 
     /// Draws the bar.
     pub fn ui(&mut self, ui: &mut egui::Ui) {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.label(format!("{} {}", self.device, self.dtype));
             ui.separator();
             ui.label(match &self.model_state {
@@ -149,8 +149,11 @@ impl StatusBar {
                 let rss = memory
                     .process_rss_bytes
                     .map_or("?".to_string(), format_bytes);
+                let machine = memory.system_bytes.map_or(String::new(), |(total, free)| {
+                    format!(" of {} ({} free)", format_bytes(total), format_bytes(free))
+                });
                 ui.label(format!(
-                    "memory: {rss} in use, {} weights",
+                    "memory: {rss} in use{machine}, {} weights",
                     format_bytes(memory.total_weights_bytes())
                 ))
                 .on_hover_text(
