@@ -34,6 +34,7 @@ pub struct Generated {
 }
 
 /// The prompt as the UNet sees it.
+#[derive(Debug)]
 struct Conditioning {
     /// `[batch, tokens, width]`: `[uncond, cond]` with guidance, `[cond]` without.
     text: Tensor,
@@ -94,8 +95,54 @@ pub fn generate(
     observer: &mut dyn StepObserver,
     mut timings: StageTimings,
 ) -> Result<Generated, PipelineError> {
+    let prompt = encode(model, request, &mut timings)?;
+    let denoised = denoise(model, request, &prompt, noise, observer, timings)?;
+    decode(model, request, denoised)
+}
+
+/// The encoded prompt, ready for `denoise`; the text encoders can be dropped once it is made.
+#[derive(Debug)]
+pub struct EncodedPrompt(Conditioning);
+
+/// Steps 1 and 2: checks the request and encodes the prompt (text encoders loaded).
+pub fn encode(
+    model: &SdModel,
+    request: &GenerateRequest,
+    timings: &mut StageTimings,
+) -> Result<EncodedPrompt, PipelineError> {
     // 1. Check inputs.
+    let size = check_inputs(model, request)?;
+    let guided = request.guidance > 1.0;
+
+    // 2. Encode the prompt.
+    let started = Instant::now();
+    let cond = encode_prompt(model, request, guided, size, model.device())?;
+    timings.push("encode prompt", started.elapsed());
+    Ok(EncodedPrompt(cond))
+}
+
+/// Denoised latents and what decoding needs; the UNet can be dropped once they are made.
+#[derive(Debug)]
+pub struct Denoised {
+    latents: Tensor,
+    painted_mask: Option<image::GrayImage>,
+    source_image: Option<RgbImage>,
+    size_px: (u32, u32),
+    timings: StageTimings,
+    prompt_cut_off: Option<String>,
+}
+
+/// Steps 3 and 4: prepares the latents and denoises them (UNet and VAE loaded).
+pub fn denoise(
+    model: &SdModel,
+    request: &GenerateRequest,
+    prompt: &EncodedPrompt,
+    noise: &mut dyn NoiseSource,
+    observer: &mut dyn StepObserver,
+    mut timings: StageTimings,
+) -> Result<Denoised, PipelineError> {
     let (width, height) = check_inputs(model, request)?;
+    let cond = &prompt.0;
     let device = model.device().clone();
     let unet = model
         .unet()
@@ -105,11 +152,6 @@ pub fn generate(
         .ok_or(PipelineError::NotLoaded(Component::Vae))?;
     let guided = request.guidance > 1.0;
     let mode = request.mode();
-
-    // 2. Encode the prompt.
-    let started = Instant::now();
-    let cond = encode_prompt(model, request, guided, (width, height), &device)?;
-    timings.push("encode prompt", started.elapsed());
 
     // 3. Prepare the schedule and the latents.
     let started = Instant::now();
@@ -246,7 +288,33 @@ pub fn generate(
         observer.after_step(done + 1, total, &latents, loop_started.elapsed());
     }
 
-    // 5. Decode.
+    Ok(Denoised {
+        latents,
+        painted_mask,
+        source_image,
+        size_px: (width, height),
+        timings,
+        prompt_cut_off: cond.cut_off.clone(),
+    })
+}
+
+/// Step 5: decodes the latents and pastes the kept pixels back (VAE loaded).
+pub fn decode(
+    model: &SdModel,
+    request: &GenerateRequest,
+    denoised: Denoised,
+) -> Result<Generated, PipelineError> {
+    let vae = model
+        .vae()
+        .ok_or(PipelineError::NotLoaded(Component::Vae))?;
+    let Denoised {
+        latents,
+        painted_mask,
+        source_image,
+        size_px,
+        mut timings,
+        prompt_cut_off,
+    } = denoised;
     let started = Instant::now();
     let decoded = decoded_to_unit_hwc(&vae.decode(&latents)?)?;
     let raw = unit_hwc_to_image(&decoded)?;
@@ -258,9 +326,9 @@ pub fn generate(
     Ok(Generated {
         image,
         decoded,
-        size_px: (width, height),
+        size_px,
         timings,
-        prompt_cut_off: cond.cut_off,
+        prompt_cut_off,
     })
 }
 
