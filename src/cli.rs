@@ -168,6 +168,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         dtype: settings::dtype_of(resolved.settings.dtype),
         warm_up: resolved.settings.warm_up,
         residency: resolved.settings.residency_policy(),
+        staged: resolved.settings.low_memory,
         ..Default::default()
     };
     match cli.command {

@@ -659,3 +659,55 @@ fn residency_policies_give_memory_back_after_each_job_or_when_idle() {
         idle.generate(tiny_request(&model)).expect("send"),
     ));
 }
+
+#[test]
+fn staged_mode_never_holds_text_encoders_and_unet_together_and_gives_the_same_image() {
+    let model = common::model("sdxl-tiny");
+    let staged = engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        staged: true,
+        ..Default::default()
+    });
+    let end = wait_for(
+        &staged,
+        staged.generate(tiny_request(&model)).expect("send"),
+    );
+    let held: Vec<Vec<&str>> = end
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Memory(m) => Some(m.weights_bytes.iter().map(|(c, _)| *c).collect()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        held.iter().any(|c| c.contains(&"text_encoder_2")),
+        "{held:?}"
+    );
+    assert!(held.iter().any(|c| c.contains(&"unet")), "{held:?}");
+    for components in &held {
+        let encoders = components.iter().any(|c| c.starts_with("text_encoder"));
+        assert!(
+            !(encoders && components.contains(&"unet")),
+            "text encoders and UNet held together: {held:?}"
+        );
+    }
+    let staged_output = finished(end);
+    let after = staged.events().recv_timeout(WAIT).expect("a memory report");
+    assert!(
+        matches!(&after, Event::Memory(m) if m.weights_bytes.iter().all(|(c, _)| *c == "vae")),
+        "only the VAE stays: {after:?}"
+    );
+
+    let full = engine();
+    let full_output = finished(wait_for(
+        &full,
+        full.generate(tiny_request(&model)).expect("send"),
+    ));
+    assert_eq!(staged_output.image, full_output.image);
+    // A second staged job reloads what it dropped and still works.
+    finished(wait_for(
+        &staged,
+        staged.generate(tiny_request(&model)).expect("send"),
+    ));
+}

@@ -54,6 +54,9 @@ pub struct EngineConfig {
     pub warm_up: bool,
     /// When loaded models are dropped.
     pub residency: ResidencyPolicy,
+    /// Low-memory mode: text encoders are dropped after encoding and the UNet before
+    /// decoding, so peak memory is one stage's weights (reloads are cheap: weights are mapped).
+    pub staged: bool,
     /// Test-only failure injection.
     pub fault_hook: Option<FaultHook>,
 }
@@ -90,6 +93,7 @@ impl Engine {
         let mut worker = worker::Worker::new(request_rx, outbox, device, dtype, config.fault_hook);
         worker.warm_up = config.warm_up;
         worker.residency = config.residency;
+        worker.staged = config.staged;
         let thread = std::thread::Builder::new()
             .name("engine".to_string())
             .spawn(move || worker.run())

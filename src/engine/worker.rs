@@ -13,11 +13,12 @@ use super::error::EngineError;
 use super::memory::{process_rss_bytes, system_memory_bytes, MemoryReport};
 use super::messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy};
 use super::{FaultHook, FaultPoint, WakeUp};
+use crate::models::sd::Component;
 use crate::models::sd::SdModel;
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::preview::latent_preview;
 use crate::pipeline::request::GenerateRequest;
-use crate::pipeline::sd::{check_inputs, generate, load_components};
+use crate::pipeline::sd::{check_inputs, decode, denoise, encode, generate, load_these};
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 
 /// Sends events and wakes the listener; remembers whether the listener is gone.
@@ -65,6 +66,8 @@ pub(super) struct Worker {
     pub(super) warm_up: bool,
     /// When loaded models are dropped.
     pub(super) residency: ResidencyPolicy,
+    /// Low-memory mode: load, use and drop components one stage at a time.
+    pub(super) staged: bool,
     /// When the last job ended (or the engine started).
     idle_since: Instant,
     model: Option<SdModel>,
@@ -89,6 +92,7 @@ impl Worker {
             fault_hook,
             warm_up: false,
             residency: ResidencyPolicy::default(),
+            staged: false,
             idle_since: Instant::now(),
             model: None,
             pending: VecDeque::new(),
@@ -290,6 +294,87 @@ impl Worker {
         result
     }
 
+    /// Loads `components` for `job`, reporting progress (and calling the fault hook).
+    fn load(
+        &mut self,
+        job: JobId,
+        model: &mut SdModel,
+        components: &[Component],
+        timings: &mut StageTimings,
+    ) -> Result<(), PipelineError> {
+        let mut on_load = |component: Component, progress: f32| {
+            if progress == 0.0 {
+                if let Some(hook) = &self.fault_hook {
+                    hook(FaultPoint::BeforeLoad(component));
+                }
+            } else {
+                tracing::info!(job, component = component.name(), "component loaded");
+            }
+            self.outbox.send(Event::Loading {
+                job,
+                component: component.name(),
+                progress,
+            });
+        };
+        load_these(model, components, timings, &mut on_load)
+    }
+
+    /// Reports memory with the weights `model` holds now.
+    fn report_model_memory(&self, model: &SdModel) {
+        self.outbox.send(Event::Memory(MemoryReport {
+            weights_bytes: model
+                .loaded_bytes()
+                .iter()
+                .map(|(c, b)| (c.name(), *b))
+                .collect(),
+            ..self.memory_report()
+        }));
+    }
+
+    /// Low-memory mode: text encoders load, encode and go; then the UNet and VAE denoise; the
+    /// UNet goes before the decode. Peak memory is the larger of the two stages.
+    fn run_staged(
+        &mut self,
+        job: JobId,
+        request: &GenerateRequest,
+        model: &mut SdModel,
+        mut timings: StageTimings,
+    ) -> Result<JobOutput, PipelineError> {
+        let encoders: Vec<Component> = model
+            .components()
+            .into_iter()
+            .filter(|c| matches!(c, Component::TextEncoder | Component::TextEncoder2))
+            .collect();
+        self.load(job, model, &encoders, &mut timings)?;
+        self.report_model_memory(model);
+        let prompt = encode(model, request, &mut timings)?;
+        for &encoder in &encoders {
+            model.unload(encoder);
+        }
+        if self.poll(job) {
+            return Err(PipelineError::Cancelled);
+        }
+        self.load(job, model, &[Component::Unet, Component::Vae], &mut timings)?;
+        self.report_model_memory(model);
+        let mut noise = SeededNoise::new(request.seed);
+        let family = model.family;
+        let mut observer = JobObserver {
+            worker: self,
+            job,
+            family,
+        };
+        let denoised = denoise(model, request, &prompt, &mut noise, &mut observer, timings)?;
+        model.unload(Component::Unet);
+        self.report_model_memory(model);
+        let generated = decode(model, request, denoised)?;
+        Ok(JobOutput {
+            image: generated.image,
+            parameters: JobParameters::of(request, generated.size_px),
+            timings: generated.timings,
+            prompt_cut_off: generated.prompt_cut_off,
+        })
+    }
+
     fn run_with_model(
         &mut self,
         job: JobId,
@@ -298,23 +383,11 @@ impl Worker {
     ) -> Result<JobOutput, PipelineError> {
         check_inputs(model, request)?;
         let mut timings = StageTimings::default();
-        {
-            let mut on_load = |component: crate::models::sd::Component, progress: f32| {
-                if progress == 0.0 {
-                    if let Some(hook) = &self.fault_hook {
-                        hook(FaultPoint::BeforeLoad(component));
-                    }
-                } else {
-                    tracing::info!(job, component = component.name(), "component loaded");
-                }
-                self.outbox.send(Event::Loading {
-                    job,
-                    component: component.name(),
-                    progress,
-                });
-            };
-            load_components(model, &mut timings, &mut on_load)?;
+        if self.staged {
+            return self.run_staged(job, request, model, timings);
         }
+        let all = model.components();
+        self.load(job, model, &all, &mut timings)?;
         let loaded_now = !timings.stages.is_empty();
         if self.warm_up && loaded_now {
             let started = std::time::Instant::now();
@@ -332,14 +405,7 @@ impl Worker {
         if self.poll(job) {
             return Err(PipelineError::Cancelled);
         }
-        self.outbox.send(Event::Memory(MemoryReport {
-            weights_bytes: model
-                .loaded_bytes()
-                .iter()
-                .map(|(c, b)| (c.name(), *b))
-                .collect(),
-            ..self.memory_report()
-        }));
+        self.report_model_memory(model);
         let mut noise = SeededNoise::new(request.seed);
         let mut observer = JobObserver {
             worker: self,

@@ -76,7 +76,18 @@ pub fn load_components(
     timings: &mut StageTimings,
     on_load: &mut dyn FnMut(Component, f32),
 ) -> Result<(), PipelineError> {
-    for component in model.components() {
+    let all = model.components();
+    load_these(model, &all, timings, on_load)
+}
+
+/// Loads those of `components` not yet loaded, in order, reporting as `load_components` does.
+pub fn load_these(
+    model: &mut SdModel,
+    components: &[Component],
+    timings: &mut StageTimings,
+    on_load: &mut dyn FnMut(Component, f32),
+) -> Result<(), PipelineError> {
+    for &component in components {
         if !model.is_loaded(component) {
             on_load(component, 0.0);
             let took = model.load(component)?;

@@ -6,7 +6,7 @@ use crate::device::DeviceChoice;
 use crate::schedulers::SamplerKind;
 
 /// Every key, in the order `easel config` lists them.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "models_dir",
     "outputs_dir",
     "device",
@@ -14,6 +14,7 @@ pub const KEYS: [&str; 16] = [
     "residency",
     "idle_minutes",
     "memory_budget_gb",
+    "low_memory",
     "default_model",
     "sampler",
     "steps",
@@ -92,6 +93,8 @@ pub struct Settings {
     pub idle_minutes: u32,
     /// Memory budget for `MemoryBudget`, in GB; `None` is no budget.
     pub memory_budget_gb: Option<f64>,
+    /// Staged loading: text encoders dropped after encoding, the UNet before decoding.
+    pub low_memory: bool,
     /// The model picked at start, by folder name.
     pub default_model: Option<String>,
     /// Default sampler.
@@ -122,6 +125,7 @@ impl Default for Settings {
             residency: Residency::UnloadWhenIdle,
             idle_minutes: 10,
             memory_budget_gb: None,
+            low_memory: false,
             default_model: None,
             sampler: SamplerKind::Euler,
             steps: 20,
@@ -178,6 +182,14 @@ const LOG_FORMATS: [(&str, LogFormat); 2] =
 
 fn number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, String> {
     text.trim().parse().map_err(|_| format!("expected {what}"))
+}
+
+fn boolean(text: &str) -> Result<bool, String> {
+    match text {
+        "true" | "on" | "1" => Ok(true),
+        "false" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false".to_string()),
+    }
 }
 
 fn size_px(text: &str) -> Result<u32, String> {
@@ -250,13 +262,8 @@ impl Settings {
             }
             "width" => self.width = size_px(text)?,
             "height" => self.height = size_px(text)?,
-            "warm_up" => {
-                self.warm_up = match text {
-                    "true" | "on" | "1" => true,
-                    "false" | "off" | "0" => false,
-                    _ => return Err("expected true or false".to_string()),
-                }
-            }
+            "warm_up" => self.warm_up = boolean(text)?,
+            "low_memory" => self.low_memory = boolean(text)?,
             "log_level" => self.log_level = one_of(text, &LOG_LEVELS)?,
             "log_format" => self.log_format = one_of(text, &LOG_FORMATS)?,
             other => return Err(format!("unknown key {other:?}")),
@@ -283,6 +290,7 @@ impl Settings {
             "width" => self.width.to_string(),
             "height" => self.height.to_string(),
             "warm_up" => self.warm_up.to_string(),
+            "low_memory" => self.low_memory.to_string(),
             "log_level" => name_of(&self.log_level, &LOG_LEVELS).to_string(),
             "log_format" => name_of(&self.log_format, &LOG_FORMATS).to_string(),
             _ => String::new(),

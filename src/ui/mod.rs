@@ -202,11 +202,15 @@ impl EaselApp {
                 }
             }
         }
-        if now.device != before.device || now.dtype != before.dtype {
+        if now.device != before.device
+            || now.dtype != before.dtype
+            || now.low_memory != before.low_memory
+        {
             self.engine_config.device = now.device;
             self.engine_config.dtype = easel::settings::dtype_of(now.dtype);
+            self.engine_config.staged = now.low_memory;
             if self.is_busy() {
-                self.status.show_error("The new device or precision applies after the running jobs: restart the engine then");
+                self.status.show_error("The new device, precision or low-memory mode applies after the running jobs: restart the engine then");
             } else {
                 self.engine = EngineLink::NotStarted;
                 self.start_engine(ctx);
