@@ -32,6 +32,8 @@ pub struct Reference {
     pub mask: MaskLayer,
     /// What it was made with, when it is a result carrying A1111 `parameters`.
     pub parameters: Option<RecalledParameters>,
+    /// Thumbnail pixels made off the UI thread, waiting to become a texture.
+    thumbnail_pixels: Option<egui::ColorImage>,
     thumbnail: Option<egui::TextureHandle>,
 }
 
@@ -47,6 +49,8 @@ pub struct LoadedImage {
     pub make_init: bool,
     /// Its A1111 `parameters`, when it is a PNG that carries them.
     pub parameters: Option<RecalledParameters>,
+    /// Its thumbnail, made on the loading thread.
+    pub thumbnail: Option<egui::ColorImage>,
 }
 
 /// Reads an image file for use as a reference; the error says what to do.
@@ -108,12 +112,14 @@ impl References {
             let image = read_image_file(&path);
             let mask = mask_path.and_then(|m| MaskLayer::read_png(&m).ok());
             let parameters = read_png_parameters(&path).map(|t| parse_a1111_parameters(&t));
+            let thumbnail = image.as_ref().ok().map(thumbnail);
             LoadedImage {
                 path: Some(path),
                 image,
                 mask,
                 make_init,
                 parameters,
+                thumbnail,
             }
         })
     }
@@ -132,6 +138,7 @@ impl References {
                     let id = self.add(image, loaded.path, loaded.make_init);
                     if let Some(item) = self.get_mut(id) {
                         item.parameters = loaded.parameters;
+                        item.thumbnail_pixels = loaded.thumbnail;
                         if let Some(mask) = loaded.mask {
                             if mask.dimensions() == item.image.dimensions() {
                                 item.mask = MaskLayer::from_image(mask);
@@ -162,6 +169,7 @@ impl References {
             image: Arc::new(image),
             mask: MaskLayer::new(width, height),
             parameters: None,
+            thumbnail_pixels: None,
             thumbnail: None,
         });
         // The first image added becomes the init image; later ones only when asked.
@@ -220,9 +228,13 @@ impl References {
                     for item in &mut self.items {
                         ui.vertical(|ui| {
                             let texture = item.thumbnail.get_or_insert_with(|| {
+                                let pixels = item
+                                    .thumbnail_pixels
+                                    .take()
+                                    .unwrap_or_else(|| thumbnail(&item.image));
                                 ui.ctx().load_texture(
                                     format!("reference-{}", item.id),
-                                    thumbnail(&item.image),
+                                    pixels,
                                     egui::TextureOptions::LINEAR,
                                 )
                             });

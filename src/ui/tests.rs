@@ -89,12 +89,13 @@ fn plain_engine() -> EngineConfig {
 }
 
 fn window(paths: AppPaths, engine: EngineConfig) -> Harness<'static, EaselApp> {
+    window_of(EaselApp::new(paths, engine))
+}
+
+fn window_of(app: EaselApp) -> Harness<'static, EaselApp> {
     Harness::builder()
         .with_size(Vec2::new(1400.0, 900.0))
-        .build_ui_state(
-            |ui, app: &mut EaselApp| app.show(ui),
-            EaselApp::new(paths, engine),
-        )
+        .build_ui_state(|ui, app: &mut EaselApp| app.show(ui), app)
 }
 
 /// Runs frames until `done` holds (the engine and loaders work on their own threads).
@@ -499,9 +500,7 @@ fn settings_problems_show_in_the_status_bar_and_defaults_seed_a_fresh_session() 
     let resolved = easel::settings::resolve(&file, &|_| None, &[]);
     let mut app = EaselApp::new(folders.paths(), plain_engine());
     app.apply_settings(&resolved, true);
-    let mut harness = Harness::builder()
-        .with_size(Vec2::new(1400.0, 900.0))
-        .build_ui_state(|ui, app: &mut EaselApp| app.show(ui), app);
+    let mut harness = window_of(app);
     harness.step();
     harness.get_by_label_contains("Settings: dtype = \"f8\" is not valid");
     let settings = &harness.state().prompt.settings;
@@ -534,9 +533,7 @@ fn a_setting_changed_in_the_window_is_saved_at_once_and_a_bad_one_is_refused() {
         Box::new(move || easel::settings::resolve(&resolve_file, &|_| None, &[])),
         true,
     );
-    let mut harness = Harness::builder()
-        .with_size(Vec2::new(1400.0, 900.0))
-        .build_ui_state(|ui, app: &mut EaselApp| app.show(ui), app);
+    let mut harness = window_of(app);
     harness.step();
     click(&mut harness, "Settings");
     let outputs = folders.root.path().join("art");
