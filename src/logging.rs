@@ -78,7 +78,12 @@ pub fn init(settings: &Settings, data_dir: &Path) {
             None
         }
     };
-    let registry = tracing_subscriber::registry().with(level);
+    // Easel's own events at the chosen level; the libraries' (winit, wgpu) only when they
+    // warn, unless the chosen level is quieter still.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(level.min(tracing_subscriber::filter::LevelFilter::WARN))
+        .with_target("easel", level);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match settings.log_format {
         LogFormat::Json => registry
             .with(
