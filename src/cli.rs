@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use easel::engine::{Engine, EngineConfig, Event};
+use easel::image_file::read_image_file;
 use easel::output::save_png_with_parameters;
 use easel::pipeline::request::{GenerateRequest, SourceImage};
 use easel::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
@@ -202,18 +203,7 @@ fn print_config(resolved: &settings::Resolved, path_only: bool) -> ExitCode {
 }
 
 fn load_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
-    let image = image::ImageReader::open(path)
-        .with_context(|| format!("could not open the image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("could not read the image {}", path.display()))?
-        .decode()
-        .with_context(|| {
-            format!(
-                "{} is not an image Easel can read (PNG, JPEG, WebP)",
-                path.display()
-            )
-        })?;
-    Ok(image.to_rgb8())
+    read_image_file(path).map_err(anyhow::Error::msg)
 }
 
 fn generate(

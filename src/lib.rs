@@ -3,6 +3,7 @@
 
 pub mod device;
 pub mod engine;
+pub mod image_file;
 pub mod models;
 pub mod output;
 pub mod pipeline;

@@ -54,6 +54,26 @@ pub struct RecalledParameters {
     pub strength: Option<f64>,
 }
 
+impl RecalledParameters {
+    /// What Easel's own result parameters say, in the same form as parameters read back.
+    pub fn of(parameters: &JobParameters) -> Self {
+        Self {
+            prompt: parameters.prompt.clone(),
+            negative_prompt: parameters.negative_prompt.clone(),
+            steps: Some(parameters.steps),
+            sampler: Some(parameters.sampler),
+            guidance: Some(parameters.guidance),
+            seed: Some(parameters.seed),
+            size_px: Some((parameters.width, parameters.height)),
+            model_name: parameters
+                .model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+            strength: parameters.strength,
+        }
+    }
+}
+
 /// Reads A1111's format back: prompt lines, an optional `Negative prompt:` line, then a last
 /// line of `Key: value` pairs starting with `Steps:`.
 pub fn parse_a1111_parameters(text: &str) -> RecalledParameters {

@@ -90,10 +90,7 @@ impl Engine {
         let (request_tx, request_rx) = bounded(REQUEST_CAPACITY);
         let (event_tx, event_rx) = bounded(EVENT_CAPACITY);
         let outbox = worker::Outbox::new(event_tx, wake);
-        let mut worker = worker::Worker::new(request_rx, outbox, device, dtype, config.fault_hook);
-        worker.warm_up = config.warm_up;
-        worker.residency = config.residency;
-        worker.staged = config.staged;
+        let worker = worker::Worker::new(request_rx, outbox, device, dtype, config);
         let thread = std::thread::Builder::new()
             .name("engine".to_string())
             .spawn(move || worker.run())

@@ -12,13 +12,13 @@ use crossbeam_channel::{Receiver, Sender};
 use super::error::EngineError;
 use super::memory::{process_rss_bytes, system_memory_bytes, MemoryReport};
 use super::messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy};
-use super::{FaultHook, FaultPoint, WakeUp};
+use super::{EngineConfig, FaultHook, FaultPoint, WakeUp};
 use crate::models::sd::Component;
 use crate::models::sd::SdModel;
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::preview::latent_preview;
 use crate::pipeline::request::GenerateRequest;
-use crate::pipeline::sd::{check_inputs, decode, denoise, encode, generate, load_these};
+use crate::pipeline::sd::{check_inputs, decode, denoise, encode, generate, load_these, Generated};
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 
 /// Sends events and wakes the listener; remembers whether the listener is gone.
@@ -77,22 +77,23 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// A worker for `device` at `dtype`, with the policies of `config`.
     pub(super) fn new(
         requests: Receiver<Request>,
         outbox: Outbox,
         device: Device,
         dtype: DType,
-        fault_hook: Option<FaultHook>,
+        config: EngineConfig,
     ) -> Self {
         Self {
             requests,
             outbox,
             device,
             dtype,
-            fault_hook,
-            warm_up: false,
-            residency: ResidencyPolicy::default(),
-            staged: false,
+            fault_hook: config.fault_hook,
+            warm_up: config.warm_up,
+            residency: config.residency,
+            staged: config.staged,
             idle_since: Instant::now(),
             model: None,
             pending: VecDeque::new(),
@@ -367,12 +368,7 @@ impl Worker {
         model.unload(Component::Unet);
         self.report_model_memory(model);
         let generated = decode(model, request, denoised)?;
-        Ok(JobOutput {
-            image: generated.image,
-            parameters: JobParameters::of(request, generated.size_px),
-            timings: generated.timings,
-            prompt_cut_off: generated.prompt_cut_off,
-        })
+        Ok(job_output(request, generated))
     }
 
     fn run_with_model(
@@ -413,12 +409,17 @@ impl Worker {
             family: model.family,
         };
         let generated = generate(model, request, &mut noise, &mut observer, timings)?;
-        Ok(JobOutput {
-            image: generated.image,
-            parameters: JobParameters::of(request, generated.size_px),
-            timings: generated.timings,
-            prompt_cut_off: generated.prompt_cut_off,
-        })
+        Ok(job_output(request, generated))
+    }
+}
+
+/// What a finished job reports.
+fn job_output(request: &GenerateRequest, generated: Generated) -> JobOutput {
+    JobOutput {
+        image: generated.image,
+        parameters: JobParameters::of(request, generated.size_px),
+        timings: generated.timings,
+        prompt_cut_off: generated.prompt_cut_off,
     }
 }
 

@@ -158,7 +158,9 @@ impl EaselApp {
             }
             ResultAction::Recall(index) => {
                 if let Some(entry) = self.results.history.get(index) {
-                    self.prompt.settings.recall(&entry.parameters);
+                    let recalled = RecalledParameters::of(&entry.parameters);
+                    let model = Some(entry.parameters.model.clone());
+                    self.prompt.settings.recall(&recalled, model, &self.models);
                 }
             }
             ResultAction::SaveAs(index) => {

@@ -114,9 +114,10 @@ impl EaselApp {
     }
 
     /// Writes the session and any mask changed since it was last written. Masks are encoded
-    /// on background threads (a 4096 px mask takes a while) unless `wait` is set, as at exit;
+    /// on background threads woken through `background` (a 4096 px mask takes a while), or here
+    /// and now when it is `None`, as at exit;
     /// the session file is small.
-    pub fn persist(&mut self, ctx: &egui::Context, wait: bool) {
+    pub fn persist(&mut self, background: Option<&egui::Context>) {
         self.last_persist = Instant::now();
         // Mid-stroke, or while the last session's images are still being read back, what is
         // on screen is not yet the whole session: keep the file as it is.
@@ -144,10 +145,9 @@ impl EaselApp {
             let pixels = reference.mask.pixels().clone();
             let path = masks_dir.join(&name);
             let write = move || write_mask_atomically(&path, &pixels);
-            let outcome = if wait {
-                write()
-            } else {
-                self.mask_writes.spawn("save-mask", ctx, write)
+            let outcome = match background {
+                Some(ctx) => self.mask_writes.spawn("save-mask", ctx, write),
+                None => write(),
             };
             match outcome {
                 Ok(()) => {

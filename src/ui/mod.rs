@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easel::engine::{EngineConfig, Event, JobId, JobOutput};
-use easel::output::save_png_with_parameters;
+use easel::output::{save_png_with_parameters, RecalledParameters};
 use easel::pipeline::request::{GenerateRequest, SourceImage};
 use easel::settings::{Resolved, Settings};
 use eframe::egui;
@@ -266,7 +266,7 @@ impl EaselApp {
                     .find(|r| r.id == id)
                     .and_then(|r| r.parameters.clone());
                 if let Some(recalled) = recalled {
-                    self.prompt.settings.recall_text(&recalled, &self.models);
+                    self.prompt.settings.recall(&recalled, None, &self.models);
                 }
             }
             None => {}
@@ -280,7 +280,7 @@ impl EaselApp {
             self.act_on_result(action);
         }
         if self.last_persist.elapsed() >= PERSIST_INTERVAL {
-            self.persist(&ctx, false);
+            self.persist(Some(&ctx));
         }
     }
 }
@@ -292,7 +292,7 @@ impl eframe::App for EaselApp {
 
     /// Called by eframe on exit (and periodically): write everything before returning.
     fn save(&mut self, _storage: &mut dyn eframe::Storage) {
-        self.persist(&egui::Context::default(), true);
+        self.persist(None);
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use easel::engine::JobParameters;
 use easel::output::RecalledParameters;
 use easel::pipeline::request::Mode;
 use easel::schedulers::SamplerKind;
@@ -61,37 +60,24 @@ impl Default for PromptSettings {
 }
 
 impl PromptSettings {
-    /// Takes the parameters of a result ("recall parameters"); the seed is locked so the
-    /// next job reproduces it.
-    pub fn recall(&mut self, parameters: &JobParameters) {
-        self.model = Some(parameters.model.clone());
-        self.prompt = parameters.prompt.clone();
-        self.negative_prompt = parameters.negative_prompt.clone().unwrap_or_default();
-        self.sampler = parameters.sampler;
-        self.steps = parameters.steps;
-        self.guidance = parameters.guidance;
-        self.seed = parameters.seed;
-        self.seed_locked = true;
-        self.width_px = parameters.width;
-        self.height_px = parameters.height;
-        if let Some(strength) = parameters.strength {
-            self.strength = strength;
-        }
-    }
-}
-
-impl PromptSettings {
-    /// Takes what a dropped result's `parameters` say; the model is matched by folder name
-    /// among `models`, and fields the text lacks stay as they are.
-    pub fn recall_text(&mut self, recalled: &RecalledParameters, models: &[ModelEntry]) {
+    /// Takes the parameters a result was made with ("recall parameters"): `model` when the
+    /// caller knows the folder, else the one of `models` named in them; fields they lack stay
+    /// as they are. The seed is locked so the next job reproduces the result.
+    pub fn recall(
+        &mut self,
+        recalled: &RecalledParameters,
+        model: Option<PathBuf>,
+        models: &[ModelEntry],
+    ) {
         self.prompt = recalled.prompt.clone();
         self.negative_prompt = recalled.negative_prompt.clone().unwrap_or_default();
-        if let Some(model) = recalled
+        let named = recalled
             .model_name
             .as_ref()
             .and_then(|name| models.iter().find(|m| &m.name == name))
-        {
-            self.model = Some(model.path.clone());
+            .map(|m| m.path.clone());
+        if let Some(model) = model.or(named) {
+            self.model = Some(model);
         }
         self.sampler = recalled.sampler.unwrap_or(self.sampler);
         self.steps = recalled.steps.unwrap_or(self.steps);

@@ -1,20 +1,19 @@
 //! The references panel: images added by dialog, drop or paste, one of them the init image
 //! for img2img and inpaint. Each image owns its mask, so a mask stays with its image.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use easel::pipeline::request::Mode;
 use eframe::egui;
 use image::{GrayImage, RgbImage};
 
+use easel::image_file::read_image_file;
 use easel::output::{parse_a1111_parameters, read_png_parameters, RecalledParameters};
 
 use super::background::Background;
 use super::canvas::mask::MaskLayer;
 
-/// Largest side accepted, in pixels: past this, decoding and masking would exhaust memory.
-pub const MAX_IMAGE_SIDE_PX: u32 = 8192;
 /// Thumbnail height in points.
 const THUMBNAIL_PT: f32 = 72.0;
 
@@ -51,31 +50,6 @@ pub struct LoadedImage {
     pub parameters: Option<RecalledParameters>,
     /// Its thumbnail, made on the loading thread.
     pub thumbnail: Option<egui::ColorImage>,
-}
-
-/// Reads an image file for use as a reference; the error says what to do.
-pub fn read_image_file(path: &Path) -> Result<RgbImage, String> {
-    let reader = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| format!("could not open {}: {e}", path.display()))?;
-    let (width, height) = reader.into_dimensions().map_err(|e| {
-        format!(
-            "{} is not an image Easel can read (PNG, JPEG or WebP): {e}",
-            path.display()
-        )
-    })?;
-    if width.max(height) > MAX_IMAGE_SIDE_PX {
-        return Err(format!(
-            "{} is {width}x{height}; images up to {MAX_IMAGE_SIDE_PX} px a side can be used, so scale it down first",
-            path.display()
-        ));
-    }
-    image::open(path).map(|i| i.to_rgb8()).map_err(|e| {
-        format!(
-            "{} is not an image Easel can read (PNG, JPEG or WebP): {e}",
-            path.display()
-        )
-    })
 }
 
 /// What the user did in the panel.

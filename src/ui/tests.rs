@@ -81,6 +81,17 @@ fn held_engine(hold_at: usize) -> (EngineConfig, Sender<()>) {
     (config, release_tx)
 }
 
+/// A window whose engine holds before step `hold_at` (see `held_engine`), after one frame.
+/// Bound as `let (folders, harness, release) = ...`, the release channel drops first, so the
+/// engine's thread is free before the harness joins it.
+fn held_window(hold_at: usize) -> (Folders, Harness<'static, EaselApp>, Sender<()>) {
+    let folders = Folders::new();
+    let (engine, release) = held_engine(hold_at);
+    let mut harness = window(folders.paths(), engine);
+    harness.step();
+    (folders, harness, release)
+}
+
 fn plain_engine() -> EngineConfig {
     EngineConfig {
         device: DeviceChoice::Cpu,
@@ -139,13 +150,7 @@ fn click(harness: &mut Harness<'_, EaselApp>, label: &str) {
 
 #[test]
 fn typing_a_prompt_and_generating_shows_progress_a_preview_and_a_saved_result() {
-    let folders = Folders::new();
-    // Declared first so it drops last: the release channel closes before the engine's
-    // thread is joined.
-    let mut harness;
-    let (engine, release) = held_engine(3);
-    harness = window(folders.paths(), engine);
-    harness.step();
+    let (folders, mut harness, release) = held_window(3);
     harness.state_mut().prompt.settings.steps = 4;
     harness.state_mut().prompt.settings.width_px = 64;
     harness.state_mut().prompt.settings.height_px = 64;
@@ -214,11 +219,7 @@ fn typing_a_prompt_and_generating_shows_progress_a_preview_and_a_saved_result() 
 
 #[test]
 fn cancel_during_a_job_stops_it_and_keeps_everything_else() {
-    let folders = Folders::new();
-    let mut harness;
-    let (engine, release) = held_engine(2);
-    harness = window(folders.paths(), engine);
-    harness.step();
+    let (_folders, mut harness, release) = held_window(2);
     {
         let settings = &mut harness.state_mut().prompt.settings;
         settings.prompt = "a lighthouse".into();
@@ -471,8 +472,7 @@ fn prompt_init_image_and_mask_survive_a_restart() {
         });
         harness.state_mut().prompt.settings.prompt = "a cat in a hat".into();
         click(&mut harness, "Fill");
-        let ctx = harness.ctx.clone();
-        harness.state_mut().persist(&ctx, true);
+        harness.state_mut().persist(None);
     }
     let mut harness = window(folders.paths(), plain_engine());
     run_until(&mut harness, "the restored image", |app| {

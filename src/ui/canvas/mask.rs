@@ -89,6 +89,13 @@ struct OpenStroke {
     last_point: (f32, f32),
 }
 
+/// Which way through the history.
+#[derive(Debug, Clone, Copy)]
+enum HistoryStep {
+    Undo,
+    Redo,
+}
+
 /// Undo steps kept per mask; older strokes fall off.
 const UNDO_LIMIT: usize = 100;
 
@@ -297,6 +304,12 @@ impl MaskLayer {
         for value in self.pixels.iter_mut() {
             *value = f(*value);
         }
+        self.commit_whole_mask(before);
+    }
+
+    /// Records a change of the whole mask from `before` as one undo step (none when nothing
+    /// changed).
+    fn commit_whole_mask(&mut self, before: Vec<u8>) {
         if before != *self.pixels.as_raw() {
             let rect = self.full_rect();
             self.push_edit(MaskEdit {
@@ -337,37 +350,38 @@ impl MaskLayer {
         self.end_stroke();
         let before = self.pixels.as_raw().clone();
         self.pixels.copy_from_slice(pixels.as_raw());
-        let rect = self.full_rect();
-        self.push_edit(MaskEdit {
-            rect,
-            before,
-            after: pixels.as_raw().clone(),
-        });
-        self.mark_changed(rect);
+        self.commit_whole_mask(before);
         Ok(())
     }
 
     /// Undoes the last stroke or whole-mask edit; false when there is none.
     pub fn undo(&mut self) -> bool {
-        self.end_stroke();
-        let Some(edit) = self.undo.pop() else {
-            return false;
-        };
-        paste(&mut self.pixels, edit.rect, &edit.before);
-        self.mark_changed(edit.rect);
-        self.redo.push(edit);
-        true
+        self.step_history(HistoryStep::Undo)
     }
 
     /// Redoes the last undone edit; false when there is none.
     pub fn redo(&mut self) -> bool {
+        self.step_history(HistoryStep::Redo)
+    }
+
+    /// Moves one edit from one history stack to the other, putting back its pixels.
+    fn step_history(&mut self, step: HistoryStep) -> bool {
         self.end_stroke();
-        let Some(edit) = self.redo.pop() else {
+        let (from, to) = match step {
+            HistoryStep::Undo => (&mut self.undo, &mut self.redo),
+            HistoryStep::Redo => (&mut self.redo, &mut self.undo),
+        };
+        let Some(edit) = from.pop() else {
             return false;
         };
-        paste(&mut self.pixels, edit.rect, &edit.after);
-        self.mark_changed(edit.rect);
-        self.undo.push(edit);
+        let pixels = match step {
+            HistoryStep::Undo => &edit.before,
+            HistoryStep::Redo => &edit.after,
+        };
+        paste(&mut self.pixels, edit.rect, pixels);
+        let rect = edit.rect;
+        to.push(edit);
+        self.mark_changed(rect);
         true
     }
 
