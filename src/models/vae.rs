@@ -3,30 +3,13 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{self as nn, VarBuilder};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
-    UpDecoderBlock2D, UpDecoderBlock2DConfig,
-};
 
 use super::config::VaeConfig;
+use super::tiles::{GroupNorm, TileLayout, Tiles};
+use super::vae_blocks::{DownBlock, MidBlock, UpBlock};
 
 /// The VAE's GroupNorm epsilon, fixed in diffusers' encoder and decoder.
-const VAE_NORM_EPS: f64 = 1e-6;
-
-fn mid_block(vb: VarBuilder, channels: usize, groups: usize) -> Result<UNetMidBlock2D> {
-    UNetMidBlock2D::new(
-        vb,
-        channels,
-        None,
-        UNetMidBlock2DConfig {
-            resnet_eps: VAE_NORM_EPS,
-            output_scale_factor: 1.,
-            attn_num_head_channels: None,
-            resnet_groups: Some(groups),
-            ..Default::default()
-        },
-    )
-}
+pub(super) const VAE_NORM_EPS: f64 = 1e-6;
 
 fn conv3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<nn::Conv2d> {
     let cfg = nn::Conv2dConfig {
@@ -39,9 +22,9 @@ fn conv3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<nn::
 #[derive(Debug)]
 struct Encoder {
     conv_in: nn::Conv2d,
-    down_blocks: Vec<DownEncoderBlock2D>,
-    mid_block: UNetMidBlock2D,
-    conv_norm_out: nn::GroupNorm,
+    down_blocks: Vec<DownBlock>,
+    mid_block: MidBlock,
+    conv_norm_out: GroupNorm,
     conv_out: nn::Conv2d,
 }
 
@@ -49,46 +32,71 @@ impl Encoder {
     fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let channels = &cfg.block_out_channels;
         let last = *channels.last().unwrap_or(&0);
+        let groups = cfg.norm_num_groups;
         let down_blocks = channels
             .iter()
             .enumerate()
             .map(|(i, &out_channels)| {
                 let in_channels = if i == 0 { channels[0] } else { channels[i - 1] };
-                DownEncoderBlock2D::new(
+                DownBlock::new(
                     vb.pp(format!("down_blocks.{i}")),
                     in_channels,
                     out_channels,
-                    DownEncoderBlock2DConfig {
-                        num_layers: cfg.layers_per_block,
-                        resnet_eps: VAE_NORM_EPS,
-                        resnet_groups: cfg.norm_num_groups,
-                        add_downsample: i + 1 < channels.len(),
-                        downsample_padding: 0,
-                        ..Default::default()
-                    },
+                    cfg.layers_per_block,
+                    groups,
+                    i + 1 < channels.len(),
                 )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv_in: conv3(cfg.in_channels, channels[0], vb.pp("conv_in"))?,
             down_blocks,
-            mid_block: mid_block(vb.pp("mid_block"), last, cfg.norm_num_groups)?,
-            conv_norm_out: nn::group_norm(
-                cfg.norm_num_groups,
-                last,
-                VAE_NORM_EPS,
-                vb.pp("conv_norm_out"),
-            )?,
+            mid_block: MidBlock::new(vb.pp("mid_block"), last, groups, VAE_NORM_EPS)?,
+            conv_norm_out: GroupNorm::new(groups, last, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3(last, 2 * cfg.latent_channels, vb.pp("conv_out"))?,
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.conv_in.forward(xs)?;
+    /// Pixels per latent.
+    fn factor(&self) -> usize {
+        1 << self.down_blocks.iter().filter(|b| b.downsamples()).count()
+    }
+
+    /// How far (in image pixels) a wrong value at a tile's inner edge can travel before the
+    /// tiles are stitched: one pixel per 3x3 convolution at each level, two per downsample.
+    fn reach_px(&self) -> usize {
+        let mut reach = 1; // conv_in
+        let mut scale = 1;
         for block in &self.down_blocks {
-            xs = block.forward(&xs)?;
+            reach += block.convolutions() * scale;
+            if block.downsamples() {
+                reach += 2 * scale;
+                scale *= 2;
+            }
         }
-        let xs = self.mid_block.forward(&xs, None)?;
+        reach
+    }
+
+    /// Encodes images; with `tile_core` (in latents) the full-resolution blocks run tile by
+    /// tile and only the latent-sized mid block sees the whole map.
+    fn forward(&self, xs: &Tensor, tile_core: Option<usize>) -> Result<Tensor> {
+        let factor = self.factor();
+        let tiles = match tile_core {
+            Some(core) => Tiles::split(
+                xs,
+                TileLayout {
+                    core: core * factor,
+                    halo: self.reach_px() + factor,
+                },
+                factor,
+            )?,
+            None => Tiles::whole(xs.clone())?,
+        };
+        let mut tiles = tiles.map(|x| self.conv_in.forward(x))?;
+        for block in &self.down_blocks {
+            tiles = block.forward(tiles)?;
+        }
+        let xs = self.mid_block.forward(&tiles.stitch()?)?;
         let xs = nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
         self.conv_out.forward(&xs)
     }
@@ -97,9 +105,9 @@ impl Encoder {
 #[derive(Debug)]
 struct Decoder {
     conv_in: nn::Conv2d,
-    mid_block: UNetMidBlock2D,
-    up_blocks: Vec<UpDecoderBlock2D>,
-    conv_norm_out: nn::GroupNorm,
+    mid_block: MidBlock,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
     conv_out: nn::Conv2d,
 }
 
@@ -107,47 +115,104 @@ impl Decoder {
     fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let reversed: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let last = reversed[0];
+        let groups = cfg.norm_num_groups;
         let up_blocks = reversed
             .iter()
             .enumerate()
             .map(|(i, &out_channels)| {
                 let in_channels = if i == 0 { reversed[0] } else { reversed[i - 1] };
-                UpDecoderBlock2D::new(
+                UpBlock::new(
                     vb.pp(format!("up_blocks.{i}")),
                     in_channels,
                     out_channels,
-                    UpDecoderBlock2DConfig {
-                        num_layers: cfg.layers_per_block + 1,
-                        resnet_eps: VAE_NORM_EPS,
-                        resnet_groups: cfg.norm_num_groups,
-                        add_upsample: i + 1 < reversed.len(),
-                        ..Default::default()
-                    },
+                    cfg.layers_per_block + 1,
+                    groups,
+                    i + 1 < reversed.len(),
                 )
             })
             .collect::<Result<Vec<_>>>()?;
         let first = cfg.block_out_channels[0];
         Ok(Self {
             conv_in: conv3(cfg.latent_channels, last, vb.pp("conv_in"))?,
-            mid_block: mid_block(vb.pp("mid_block"), last, cfg.norm_num_groups)?,
+            mid_block: MidBlock::new(vb.pp("mid_block"), last, groups, VAE_NORM_EPS)?,
             up_blocks,
-            conv_norm_out: nn::group_norm(
-                cfg.norm_num_groups,
-                first,
-                VAE_NORM_EPS,
-                vb.pp("conv_norm_out"),
-            )?,
+            conv_norm_out: GroupNorm::new(groups, first, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3(first, cfg.out_channels, vb.pp("conv_out"))?,
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.mid_block.forward(&self.conv_in.forward(xs)?, None)?;
+    /// How far (in latents) a wrong value at a tile's inner edge can travel through the up
+    /// blocks and the output convolution: one pixel of each level per 3x3 convolution.
+    fn reach_latents(&self) -> usize {
+        let mut reach = 0.0;
+        let mut scale = 1.0;
         for block in &self.up_blocks {
-            xs = block.forward(&xs)?;
+            reach += block.convolutions() as f64 / scale;
+            if block.upsamples() {
+                scale *= 2.0;
+                reach += 1.0 / scale;
+            }
         }
-        let xs = nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        reach += 1.0 / scale; // conv_out
+        reach.ceil() as usize
+    }
+
+    /// Decodes latents; with `tile_core` (in latents) the latent-sized mid block sees the
+    /// whole map and the up blocks run tile by tile.
+    fn forward(&self, xs: &Tensor, tile_core: Option<usize>) -> Result<Tensor> {
+        let xs = self.mid_block.forward(&self.conv_in.forward(xs)?)?;
+        let mut tiles = match tile_core {
+            Some(core) => Tiles::split(
+                &xs,
+                TileLayout {
+                    core,
+                    halo: self.reach_latents() + 1,
+                },
+                1,
+            )?,
+            None => Tiles::whole(xs)?,
+        };
+        for block in &self.up_blocks {
+            tiles = block.forward(tiles)?;
+        }
+        tiles
+            .group_norm_then(&self.conv_norm_out, |x| {
+                self.conv_out.forward(&nn::ops::silu(x)?)
+            })?
+            .stitch()
+    }
+}
+
+/// Whether the VAE runs an image tile by tile. Tiled results equal untiled ones up to float
+/// rounding (see `tiles`); tiling bounds the memory of the full-resolution layers at the
+/// cost of recomputing each tile's halo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaeTiling {
+    /// Tile images above `AUTO_TILE_ABOVE_LATENTS` latents in area.
+    #[default]
+    Auto,
+    /// Never tile.
+    Off,
+    /// Always tile, with cores of this many latents on a side.
+    Cores(usize),
+}
+
+/// Latent area above which `VaeTiling::Auto` tiles: 2 megapixels of image (e.g. above
+/// 1448x1448), where an untiled decode's convolution buffers pass several gigabytes.
+pub const AUTO_TILE_ABOVE_LATENTS: usize = (2 << 20) / 64;
+/// Core side of automatic tiles in latents (768 pixels): large enough that the halo
+/// recomputed around each tile costs well under the tile itself.
+pub const AUTO_TILE_CORE_LATENTS: usize = 96;
+
+impl VaeTiling {
+    /// The tile core for a map of `h` x `w` latents, or `None` to run it whole.
+    fn core_latents(self, h: usize, w: usize) -> Option<usize> {
+        match self {
+            VaeTiling::Off => None,
+            VaeTiling::Cores(core) => Some(core.max(1)),
+            VaeTiling::Auto if h * w > AUTO_TILE_ABOVE_LATENTS => Some(AUTO_TILE_CORE_LATENTS),
+            VaeTiling::Auto => None,
+        }
     }
 }
 
@@ -228,9 +293,20 @@ impl Vae {
         1 << self.config.block_out_channels.len().saturating_sub(1)
     }
 
-    /// Encodes images in -1..1 `[batch, 3, h, w]` to the latent distribution (unscaled, f32).
+    /// Encodes images in -1..1 `[batch, 3, h, w]` to the latent distribution (unscaled, f32),
+    /// tiled when they are large (`VaeTiling::Auto`).
     pub fn encode(&self, images: &Tensor) -> Result<LatentDistribution> {
-        let moments = self.encoder.forward(&images.to_dtype(self.dtype)?)?;
+        self.encode_with(images, VaeTiling::Auto)
+    }
+
+    /// `encode` with the tiling chosen.
+    pub fn encode_with(&self, images: &Tensor, tiling: VaeTiling) -> Result<LatentDistribution> {
+        let (_, _, h, w) = images.dims4()?;
+        let factor = self.scale_factor();
+        let tile_core = tiling.core_latents(h / factor, w / factor);
+        let moments = self
+            .encoder
+            .forward(&images.to_dtype(self.dtype)?, tile_core)?;
         let moments = match &self.quant_conv {
             Some(conv) => conv.forward(&moments)?,
             None => moments,
@@ -253,8 +329,16 @@ impl Vae {
         shifted * self.config.scaling_factor
     }
 
-    /// Decodes model latents to images in -1..1 `[batch, 3, h, w]` (f32).
+    /// Decodes model latents to images in -1..1 `[batch, 3, h, w]` (f32), tiled when they
+    /// are large (`VaeTiling::Auto`).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        self.decode_with(latents, VaeTiling::Auto)
+    }
+
+    /// `decode` with the tiling chosen.
+    pub fn decode_with(&self, latents: &Tensor, tiling: VaeTiling) -> Result<Tensor> {
+        let (_, _, h, w) = latents.dims4()?;
+        let tile_core = tiling.core_latents(h, w);
         let xs = (latents / self.config.scaling_factor)?;
         let xs = match self.config.shift_factor {
             Some(shift) => (xs + shift)?,
@@ -265,6 +349,6 @@ impl Vae {
             Some(conv) => conv.forward(&xs)?,
             None => xs,
         };
-        self.decoder.forward(&xs)?.to_dtype(DType::F32)
+        self.decoder.forward(&xs, tile_core)?.to_dtype(DType::F32)
     }
 }
