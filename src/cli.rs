@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+use easel::bench::{Architecture, BenchModel, BenchOptions};
 use easel::engine::{Engine, EngineConfig, Event};
 use easel::image_file::read_image_file;
 use easel::output::save_png_with_parameters;
@@ -69,6 +70,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Replay a parity case and compare with its golden; exits 1 beyond tolerance.
     Replay(ReplayArgs),
+    /// Measure load, step and decode times and memory, full and staged (see README).
+    Bench(BenchArgs),
     /// Print every setting with where its value came from (flag, env, file, default).
     Config {
         /// Print only the settings file's path.
@@ -141,6 +144,26 @@ struct ReplayArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// sd15 or sdxl (random weights of the real architecture, built once and cached), or a
+    /// diffusers model folder.
+    #[arg(long, default_value = "sd15")]
+    model: String,
+    /// Output side in pixels (square, a multiple of 8).
+    #[arg(long, default_value_t = 256)]
+    size: u32,
+    /// Denoising steps per job.
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Where random-weight models are kept (default: `bench` in the models folder).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
 fn parse_sampler(name: &str) -> Result<SamplerKind, String> {
     SamplerKind::from_name(name).ok_or_else(|| {
         let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
@@ -175,6 +198,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Generate(args)) => generate(args, engine, &resolved.settings),
         Some(Command::Replay(args)) => replay(args),
+        Some(Command::Bench(args)) => bench(args, engine, &resolved.settings),
         Some(Command::Config { .. }) => Ok(ExitCode::SUCCESS),
         None => {
             let paths = crate::ui::AppPaths::from_settings(&resolved.settings);
@@ -183,6 +207,43 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `easel bench`: the table (or JSON) on stdout, progress on stderr.
+fn bench(
+    args: BenchArgs,
+    config: EngineConfig,
+    settings: &settings::Settings,
+) -> anyhow::Result<ExitCode> {
+    let model = match Architecture::from_name(&args.model) {
+        Some(architecture) => BenchModel::Architecture(architecture),
+        None if Path::new(&args.model).is_dir() => BenchModel::Folder(PathBuf::from(&args.model)),
+        None => bail!(
+            "--model {:?}: give sd15, sdxl or a diffusers model folder",
+            args.model
+        ),
+    };
+    let options = BenchOptions {
+        model,
+        size_px: args.size,
+        steps: args.steps,
+        device: config.device,
+        dtype: config.dtype,
+        cache_dir: args
+            .cache
+            .unwrap_or_else(|| settings.models_dir.join("bench")),
+    };
+    let started = std::time::Instant::now();
+    let report = easel::bench::run(&options, &mut |phase| {
+        eprintln!("[{:>6.1}s] {phase}", started.elapsed().as_secs_f64());
+    })
+    .context("the benchmark failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `easel config`: every key, its value and its source; then the problems.

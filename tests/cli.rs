@@ -215,3 +215,41 @@ fn json_log_lines_carry_the_job_and_its_stage_timings() {
     let file = std::fs::read_to_string(temp.path().join("easel.log")).expect("the log file");
     assert!(file.contains("job finished"), "{file}");
 }
+
+#[test]
+fn bench_reports_every_mode_as_json() {
+    let model = common::model("sd15-tiny");
+    let model = model.to_str().expect("utf-8 path");
+    let run = easel(&[
+        "bench", "--model", model, "--size", "64", "--steps", "2", "--json", "--device", "cpu",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: serde_json::Value =
+        serde_json::from_slice(&run.stdout).expect("one JSON object on stdout");
+    let idle = report["idle_rss_bytes"].as_u64().expect("idle RSS");
+    let after_unload = report["after_unload_rss_bytes"]
+        .as_u64()
+        .expect("RSS after unload");
+    assert!(idle > 1 << 20 && after_unload > 1 << 20, "{report}");
+    for mode in ["full", "staged"] {
+        let figures = &report["modes"][mode];
+        for key in ["load_secs", "step_secs_median", "vae_decode_secs"] {
+            let secs = figures[key].as_f64().expect(key);
+            assert!(secs > 0.0 && secs < 60.0, "{mode}.{key} = {secs}");
+        }
+        let peak = figures["peak_rss_bytes"].as_u64().expect("peak RSS");
+        assert!(peak >= idle, "{mode}: peak {peak} below idle {idle}");
+    }
+    assert!(report["unet_forward_secs_median"].as_f64().expect("UNet") > 0.0);
+}
+
+#[test]
+fn bench_refuses_an_unknown_model_clearly() {
+    let run = easel(&["bench", "--model", "sd99", "--json"]);
+    assert!(!run.status.success());
+    assert!(
+        stderr(&run).contains("give sd15, sdxl or a diffusers model folder"),
+        "{}",
+        stderr(&run)
+    );
+}

@@ -38,3 +38,18 @@ pub fn system_memory_bytes() -> Option<(u64, u64)> {
     };
     Some((field("MemTotal:")?, field("MemAvailable:")?))
 }
+
+/// The process's peak resident set size since start or the last `reset_peak_rss`, read from
+/// `VmHWM` in `/proc/self/status` on Linux.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets the peak resident set size to the current one (Linux 4.0 and later); false where
+/// the platform can't, in which case `peak_rss_bytes` is the peak since the process started.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

@@ -155,6 +155,11 @@ impl UnetShape {
         self.config.sample_size
     }
 
+    /// Width of the text embeddings the UNet attends to.
+    pub fn cross_attention_dim(&self) -> usize {
+        self.config.cross_attention_dim
+    }
+
     /// How many times the UNet halves the latent size.
     pub fn downsample_count(&self) -> usize {
         self.blocks.len().saturating_sub(1)

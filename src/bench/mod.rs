@@ -1,0 +1,351 @@
+//! `easel bench`: load times, step and decode times, and memory of each residency mode,
+//! measured through the engine exactly as the window and the command line use it.
+//!
+//! For each mode (full, staged) a fresh engine runs the same job twice: once with the weight
+//! files dropped from the page cache (cold load), once after an unload (warm load). Peak RSS
+//! is the kernel's high-water mark, reset before each mode. The bare UNet forward at the same
+//! shapes is timed last, outside the engine, to show what Easel's loop adds to a step.
+
+pub mod architectures;
+mod page_cache;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use crate::device::{self, DeviceChoice};
+use crate::engine::memory::{peak_rss_bytes, process_rss_bytes, reset_peak_rss};
+use crate::engine::{Engine, EngineConfig, EngineError, Event, JobOutput, ResidencyPolicy};
+use crate::models::error::ModelError;
+use crate::models::sd::{Component, SdModel};
+use crate::models::unet::TextTimeConditioning;
+use crate::pipeline::request::GenerateRequest;
+use crate::schedulers::SamplerKind;
+pub use architectures::Architecture;
+pub use report::{BenchReport, Machine, ModeReport, Modes};
+
+/// The model a benchmark runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BenchModel {
+    /// A random-weight model of a published architecture, built once into the cache.
+    Architecture(Architecture),
+    /// A model folder (diffusers layout) as it is.
+    Folder(PathBuf),
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The model.
+    pub model: BenchModel,
+    /// Output side in pixels (square), a multiple of 8.
+    pub size_px: u32,
+    /// Denoising steps per job (at least 1).
+    pub steps: usize,
+    /// The device to run on.
+    pub device: DeviceChoice,
+    /// Weight precision; `None` is the device's default.
+    pub dtype: Option<DType>,
+    /// Where random-weight models are kept between runs.
+    pub cache_dir: PathBuf,
+}
+
+/// Why the benchmark could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A file or folder could not be written or read.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the OS said.
+        message: String,
+    },
+    /// A model file was unusable.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A tensor operation failed.
+    #[error("computation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+    /// The engine could not start or a job failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The engine thread ended before the benchmark did.
+    #[error("the engine stopped during the benchmark")]
+    EngineStopped,
+    /// A job was cancelled (nothing in the benchmark cancels, so something else did).
+    #[error("the benchmark job was cancelled")]
+    Cancelled,
+    /// The options can't be run.
+    #[error("{0}")]
+    Options(String),
+}
+
+impl BenchError {
+    fn io(path: &Path, error: std::io::Error) -> Self {
+        BenchError::Io {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// The prompt every benchmark job draws (every word is in the benchmark tokenizer).
+const BENCH_PROMPT: &str = "a painting of a red fox in the snow";
+/// Guidance above 1, so that steps run the UNet on a batch of two as real jobs do.
+const BENCH_GUIDANCE: f64 = 7.5;
+
+/// Runs the benchmark; `progress` hears each phase as it starts.
+pub fn run(
+    options: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    if options.steps == 0 || options.size_px < 64 || !options.size_px.is_multiple_of(8) {
+        return Err(BenchError::Options(format!(
+            "--size must be a multiple of 8 from 64 (got {}) and --steps at least 1 (got {})",
+            options.size_px, options.steps
+        )));
+    }
+    // Idle memory is measured first, before the model is built or any job runs.
+    let full_engine = spawn(options, false)?;
+    let idle_rss_bytes = process_rss_bytes();
+    let (folder, random_weights, model_name) = match &options.model {
+        BenchModel::Architecture(architecture) => (
+            architectures::ensure_random_model(*architecture, &options.cache_dir, progress)?,
+            true,
+            architecture.name().to_string(),
+        ),
+        BenchModel::Folder(dir) => (dir.clone(), false, dir.display().to_string()),
+    };
+    let request = bench_request(&folder, options);
+    let weight_files = page_cache::weight_files(&folder);
+    let mut cold_loads_from_disk = true;
+
+    progress("full mode: cold job");
+    let full = measure_mode(
+        full_engine,
+        &request,
+        &weight_files,
+        &mut cold_loads_from_disk,
+        progress,
+    )?;
+    progress("staged mode: cold job");
+    let staged = measure_mode(
+        spawn(options, true)?,
+        &request,
+        &weight_files,
+        &mut cold_loads_from_disk,
+        progress,
+    )?;
+
+    progress("bare UNet forward");
+    let (device_name, dtype, unet_forward_secs_median) = bare_unet_forward(options, &request)?;
+    let loop_overhead_percent = 100.0 * (full.step_secs_median / unet_forward_secs_median - 1.0);
+    Ok(BenchReport {
+        model: model_name,
+        random_weights,
+        size_px: options.size_px,
+        steps: options.steps,
+        guidance: BENCH_GUIDANCE,
+        device: device_name,
+        dtype: format!("{dtype:?}").to_lowercase(),
+        machine: Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            total_memory_bytes: crate::engine::memory::system_memory_bytes().map(|(t, _)| t),
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        },
+        idle_rss_bytes,
+        after_unload_rss_bytes: full
+            .after_unload_rss_bytes
+            .max(staged.after_unload_rss_bytes),
+        modes: Modes { full, staged },
+        unet_forward_secs_median,
+        loop_overhead_percent,
+        cold_loads_from_disk,
+    })
+}
+
+fn spawn(options: &BenchOptions, staged: bool) -> Result<Engine, BenchError> {
+    let engine = Engine::spawn(
+        EngineConfig {
+            device: options.device,
+            dtype: options.dtype,
+            warm_up: false,
+            residency: ResidencyPolicy::KeepLoaded,
+            staged,
+            fault_hook: None,
+        },
+        std::sync::Arc::new(|| {}),
+    )?;
+    // The engine's first event is its start-up memory report.
+    wait_for(&engine, |event| matches!(event, Event::Memory(_)))?;
+    Ok(engine)
+}
+
+fn bench_request(folder: &Path, options: &BenchOptions) -> GenerateRequest {
+    GenerateRequest {
+        model: folder.to_path_buf(),
+        prompt: BENCH_PROMPT.to_string(),
+        negative_prompt: Some(String::new()),
+        sampler: SamplerKind::Euler,
+        steps: options.steps,
+        guidance: BENCH_GUIDANCE,
+        seed: 1,
+        width: Some(options.size_px),
+        height: Some(options.size_px),
+        source: None,
+        paste_back: true,
+    }
+}
+
+/// A cold job, an unload, a warm job and an unload on `engine`.
+fn measure_mode(
+    engine: Engine,
+    request: &GenerateRequest,
+    weight_files: &[PathBuf],
+    cold_loads_from_disk: &mut bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ModeReport, BenchError> {
+    *cold_loads_from_disk &= page_cache::evict(weight_files);
+    let peak_resettable = reset_peak_rss();
+    let started = Instant::now();
+    let cold = run_job(&engine, request)?;
+    let cold_job_secs = started.elapsed().as_secs_f64();
+    let first_unload_rss = unload(&engine)?;
+    progress("warm job");
+    let warm = run_job(&engine, request)?;
+    let peak_rss_bytes = peak_rss_bytes().filter(|_| peak_resettable);
+    let after_unload_rss_bytes = unload(&engine)?.max(first_unload_rss);
+    let stage_secs = |output: &JobOutput, wanted: &dyn Fn(&str) -> bool| -> Vec<f64> {
+        output
+            .timings
+            .stages
+            .iter()
+            .filter(|(stage, _)| wanted(stage))
+            .map(|(_, took)| took.as_secs_f64())
+            .collect()
+    };
+    let is_load = |stage: &str| stage.starts_with("load ");
+    let is_step = |stage: &str| stage.starts_with("step ");
+    let is_decode = |stage: &str| stage == "decode";
+    let mut steps = stage_secs(&cold, &is_step);
+    steps.extend(stage_secs(&warm, &is_step));
+    let mut decodes = stage_secs(&cold, &is_decode);
+    decodes.extend(stage_secs(&warm, &is_decode));
+    Ok(ModeReport {
+        load_secs: stage_secs(&cold, &is_load).iter().sum(),
+        warm_load_secs: stage_secs(&warm, &is_load).iter().sum(),
+        step_secs_median: median(&mut steps),
+        vae_decode_secs: median(&mut decodes),
+        cold_job_secs,
+        peak_rss_bytes,
+        after_unload_rss_bytes,
+    })
+}
+
+/// Runs `request` to its end.
+fn run_job(engine: &Engine, request: &GenerateRequest) -> Result<JobOutput, BenchError> {
+    let job = engine
+        .generate(request.clone())
+        .map_err(|_| BenchError::EngineStopped)?;
+    loop {
+        match engine
+            .events()
+            .recv()
+            .map_err(|_| BenchError::EngineStopped)?
+        {
+            Event::Finished { job: done, output } if done == job => return Ok(*output),
+            Event::Failed { job: failed, error } if failed == job => return Err(error.into()),
+            Event::Cancelled { job: cancelled } if cancelled == job => {
+                return Err(BenchError::Cancelled)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Unloads everything and returns the RSS the engine reports afterwards.
+fn unload(engine: &Engine) -> Result<Option<u64>, BenchError> {
+    engine.unload().map_err(|_| BenchError::EngineStopped)?;
+    wait_for(engine, |event| matches!(event, Event::Unloaded))?;
+    let mut rss = None;
+    wait_for(engine, |event| match event {
+        Event::Memory(report) => {
+            rss = report.process_rss_bytes;
+            true
+        }
+        _ => false,
+    })?;
+    Ok(rss)
+}
+
+fn wait_for(engine: &Engine, mut wanted: impl FnMut(&Event) -> bool) -> Result<(), BenchError> {
+    loop {
+        let event = engine
+            .events()
+            .recv()
+            .map_err(|_| BenchError::EngineStopped)?;
+        if wanted(&event) {
+            return Ok(());
+        }
+    }
+}
+
+/// Times the UNet alone on the shapes of a guided step: `max(steps, 3)` forwards, the first
+/// (which pays one-off allocations, as the engine's first step does) included.
+fn bare_unet_forward(
+    options: &BenchOptions,
+    request: &GenerateRequest,
+) -> Result<(String, DType, f64), BenchError> {
+    let device = device::open(options.device).map_err(EngineError::from)?;
+    let (dtype, _) = device::usable_dtype(&device, options.dtype);
+    let mut model = SdModel::open(&request.model, &device, dtype)?;
+    model.load(Component::Unet)?;
+    let unet = model
+        .unet()
+        .ok_or_else(|| BenchError::Options("the UNet did not load".into()))?;
+    let side = (options.size_px / 8) as usize;
+    let shape = &model.unet_shape;
+    let latents = Tensor::randn(0f32, 1.0, (2, shape.in_channels, side, side), &device)?;
+    let text = Tensor::randn(0f32, 1.0, (2, 77, shape.cross_attention_dim()), &device)?;
+    let text_time = match shape.text_time {
+        Some(text_time) => Some(TextTimeConditioning {
+            pooled_text: Tensor::randn(
+                0f32,
+                1.0,
+                (2, text_time.input_dim - 6 * text_time.time_embed_dim),
+                &device,
+            )?,
+            time_ids: Tensor::ones((2, 6), DType::F32, &device)?,
+        }),
+        None => None,
+    };
+    let mut secs = Vec::new();
+    for _ in 0..options.steps.max(3) {
+        let started = Instant::now();
+        let out = unet.forward(&latents, 999.0, &text, text_time.as_ref())?;
+        // Wait for the device: the result is read back.
+        out.flatten_all()?
+            .get(0)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
+        secs.push(started.elapsed().as_secs_f64());
+    }
+    Ok((device::describe(&device), dtype, median(&mut secs)))
+}
+
+/// The median of `values` (0 when empty).
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
