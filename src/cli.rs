@@ -356,6 +356,19 @@ fn generate(
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            Event::OutOfMemory {
+                strategy,
+                retrying_with: Some(next),
+                ..
+            } => {
+                writeln!(
+                    stderr,
+                    "out of memory in {} mode; retrying in {} mode",
+                    strategy.describe(),
+                    next.describe()
+                )
+                .ok();
+            }
             Event::Failed { job: done, error } if done == job => bail!(error),
             Event::Cancelled { job: done } if done == job => bail!("the job was cancelled"),
             _ => {}

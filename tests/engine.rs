@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use easel::device::DeviceChoice;
 use easel::engine::{
-    Engine, EngineConfig, EngineError, Event, FaultPoint, JobId, JobOutput, Request,
-    ResidencyPolicy,
+    Engine, EngineConfig, EngineError, Event, Fault, FaultPoint, JobId, JobOutput, Request,
+    ResidencyPolicy, Strategy,
 };
 use easel::models::error::ModelError;
+use easel::models::sd::Component;
 use easel::pipeline::request::{GenerateRequest, RequestError, SourceImage};
 use easel::pipeline::PipelineError;
 use easel::schedulers::SamplerKind;
@@ -34,6 +35,7 @@ fn engine() -> Engine {
 }
 
 /// How a job ended.
+#[derive(Debug)]
 enum Outcome {
     Finished(JobOutput),
     Failed(EngineError),
@@ -241,6 +243,7 @@ fn cancel_mid_run_then_a_new_job_succeeds() {
         if matches!(point, FaultPoint::BeforeStep { .. }) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        Fault::Proceed
     });
     let engine = engine_with(EngineConfig {
         device: DeviceChoice::Cpu,
@@ -284,6 +287,7 @@ fn a_panic_in_a_job_is_reported_and_the_engine_keeps_serving() {
         if point == (FaultPoint::BeforeStep { job: 1, step: 2 }) {
             panic!("injected fault");
         }
+        Fault::Proceed
     });
     let engine = engine_with(EngineConfig {
         device: DeviceChoice::Cpu,
@@ -661,7 +665,7 @@ fn residency_policies_give_memory_back_after_each_job_or_when_idle() {
 }
 
 #[test]
-fn staged_mode_never_holds_text_encoders_and_unet_together_and_gives_the_same_image() {
+fn staged_mode_holds_one_stage_at_a_time_and_gives_the_same_image() {
     let model = common::model("sdxl-tiny");
     let staged = engine_with(EngineConfig {
         device: DeviceChoice::Cpu,
@@ -691,7 +695,17 @@ fn staged_mode_never_holds_text_encoders_and_unet_together_and_gives_the_same_im
             !(encoders && components.contains(&"unet")),
             "text encoders and UNet held together: {held:?}"
         );
+        // Text to image needs no VAE until the UNet is gone.
+        assert!(
+            !(components.contains(&"unet") && components.contains(&"vae")),
+            "UNet and VAE held together in a txt2img job: {held:?}"
+        );
     }
+    assert!(
+        held.iter().any(|c| c == &["vae"]),
+        "{held:?} {:?}",
+        end.outcome
+    );
     let staged_output = finished(end);
     let after = staged.events().recv_timeout(WAIT).expect("a memory report");
     assert!(
@@ -710,4 +724,122 @@ fn staged_mode_never_holds_text_encoders_and_unet_together_and_gives_the_same_im
         &staged,
         staged.generate(tiny_request(&model)).expect("send"),
     ));
+}
+
+/// An engine whose fault hook fails allocations at the points `fails` picks, given how many
+/// points it has seen before.
+fn engine_failing(fails: impl Fn(FaultPoint, usize) -> bool + Send + Sync + 'static) -> Engine {
+    let seen = AtomicUsize::new(0);
+    engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        fault_hook: Some(Arc::new(move |point| {
+            if fails(point, seen.fetch_add(1, Ordering::SeqCst)) {
+                Fault::OutOfMemory
+            } else {
+                Fault::Proceed
+            }
+        })),
+        ..Default::default()
+    })
+}
+
+/// The out-of-memory events of a job, as `(strategy, retrying_with)`.
+fn fallbacks(end: &JobEnd) -> Vec<(Strategy, Option<Strategy>)> {
+    end.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::OutOfMemory {
+                strategy,
+                retrying_with,
+                ..
+            } => Some((*strategy, *retrying_with)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn undisturbed_image(model: &Path) -> image::RgbImage {
+    let plain = engine();
+    finished(wait_for(
+        &plain,
+        plain.generate(tiny_request(model)).expect("send"),
+    ))
+    .image
+}
+
+#[test]
+fn out_of_memory_while_loading_falls_back_to_staged_and_succeeds() {
+    let model = common::model("sd15-tiny");
+    let first_unet_load = std::sync::atomic::AtomicBool::new(false);
+    let engine = engine_failing(move |point, _| {
+        point == FaultPoint::BeforeLoad(Component::Unet)
+            && !first_unet_load.swap(true, Ordering::SeqCst)
+    });
+    let end = wait_for(
+        &engine,
+        engine.generate(tiny_request(&model)).expect("send"),
+    );
+    assert_eq!(fallbacks(&end), [(Strategy::Full, Some(Strategy::Staged))]);
+    // Everything was dropped before the retry, and the report says so.
+    let after_failure = end
+        .events
+        .iter()
+        .skip_while(|e| !matches!(e, Event::OutOfMemory { .. }))
+        .find_map(|e| match e {
+            Event::Memory(report) => Some(report.total_weights_bytes()),
+            _ => None,
+        });
+    assert_eq!(after_failure, Some(0));
+    let output = finished(end);
+    assert_eq!(output.strategy, Strategy::Staged);
+    assert_eq!(output.image, undisturbed_image(&model));
+}
+
+#[test]
+fn out_of_memory_in_each_untiled_decode_ends_with_a_tiled_vae() {
+    let model = common::model("sd15-tiny");
+    let decodes = AtomicUsize::new(0);
+    let engine = engine_failing(move |point, _| {
+        matches!(point, FaultPoint::BeforeDecode(_)) && decodes.fetch_add(1, Ordering::SeqCst) < 2
+    });
+    let end = wait_for(
+        &engine,
+        engine.generate(tiny_request(&model)).expect("send"),
+    );
+    assert_eq!(
+        fallbacks(&end),
+        [
+            (Strategy::Full, Some(Strategy::Staged)),
+            (Strategy::Staged, Some(Strategy::StagedTiledVae))
+        ]
+    );
+    let output = finished(end);
+    assert_eq!(output.strategy, Strategy::StagedTiledVae);
+    assert_eq!(output.image, undisturbed_image(&model));
+}
+
+#[test]
+fn out_of_memory_at_every_strategy_fails_clearly_and_the_engine_goes_on() {
+    let model = common::model("sd15-tiny");
+    let engine = engine_failing(|point, _| point == (FaultPoint::BeforeStep { job: 1, step: 2 }));
+    let end = wait_for(
+        &engine,
+        engine.generate(tiny_request(&model)).expect("send"),
+    );
+    assert_eq!(
+        fallbacks(&end),
+        [
+            (Strategy::Full, Some(Strategy::Staged)),
+            (Strategy::Staged, Some(Strategy::StagedTiledVae)),
+            (Strategy::StagedTiledVae, None)
+        ]
+    );
+    match failure(end) {
+        EngineError::Pipeline(PipelineError::OutOfMemory(message)) => {
+            assert!(message.contains("injected"), "{message}")
+        }
+        other => panic!("expected out of memory, got {other:?}"),
+    }
+    let next = engine.generate(tiny_request(&model)).expect("send");
+    assert_eq!(finished(wait_for(&engine, next)).strategy, Strategy::Full);
 }

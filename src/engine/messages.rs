@@ -52,6 +52,38 @@ impl Default for ResidencyPolicy {
     }
 }
 
+/// How a job is run, from the most memory to the least. A job that runs out of memory is
+/// retried one step down (see `Event::OutOfMemory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every component loaded together.
+    Full,
+    /// One stage's components at a time (low-memory mode).
+    Staged,
+    /// Staged, and the VAE runs tile by tile.
+    StagedTiledVae,
+}
+
+impl Strategy {
+    /// The next strategy down, using less memory; `None` from the last.
+    pub fn next(self) -> Option<Strategy> {
+        match self {
+            Strategy::Full => Some(Strategy::Staged),
+            Strategy::Staged => Some(Strategy::StagedTiledVae),
+            Strategy::StagedTiledVae => None,
+        }
+    }
+
+    /// How the window and logs name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Strategy::Full => "full",
+            Strategy::Staged => "low-memory (staged)",
+            Strategy::StagedTiledVae => "low-memory with tiled VAE",
+        }
+    }
+}
+
 /// The parameters a result was made with, enough to reproduce it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobParameters {
@@ -109,6 +141,8 @@ pub struct JobOutput {
     pub timings: StageTimings,
     /// Prompt text the text encoder could not take (cut at 77 tokens).
     pub prompt_cut_off: Option<String>,
+    /// How the job ran (below the configured strategy after running out of memory).
+    pub strategy: Strategy,
 }
 
 /// What the engine reports. Each is followed by a call of the wake-up callback.
@@ -160,6 +194,18 @@ pub enum Event {
     Cancelled {
         /// The job.
         job: JobId,
+    },
+    /// The job ran out of memory; everything was unloaded and, when `retrying_with` is set,
+    /// the job starts again with that strategy (the user's inputs are untouched).
+    OutOfMemory {
+        /// The job.
+        job: JobId,
+        /// The strategy that ran out.
+        strategy: Strategy,
+        /// The strategy tried next, or `None` when none is left and the job fails.
+        retrying_with: Option<Strategy>,
+        /// What the device said.
+        message: String,
     },
     /// Memory in use now.
     Memory(MemoryReport),

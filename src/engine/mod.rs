@@ -16,7 +16,7 @@ use crate::device::{self, DeviceChoice};
 use crate::models::sd::Component;
 use crate::pipeline::request::GenerateRequest;
 pub use error::{EngineError, EngineStopped};
-pub use messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy};
+pub use messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy, Strategy};
 
 /// Called after every event; the window passes one that requests a repaint.
 pub type WakeUp = Arc<dyn Fn() + Send + Sync>;
@@ -36,10 +36,23 @@ pub enum FaultPoint {
         /// The step about to run.
         step: usize,
     },
+    /// Before `job`'s latents are decoded.
+    BeforeDecode(JobId),
 }
 
-/// A test hook called at each `FaultPoint`; it may panic to simulate a crash in a job.
-pub type FaultHook = Arc<dyn Fn(FaultPoint) + Send + Sync>;
+/// What a fault hook makes happen at its point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Nothing: the engine goes on.
+    Proceed,
+    /// The allocation about to happen fails, as a device out of memory would (ignored at
+    /// `JobTaken`, where nothing allocates).
+    OutOfMemory,
+}
+
+/// A test hook called at each `FaultPoint`; it may panic to simulate a crash in a job, or
+/// return `Fault::OutOfMemory` to simulate an allocation failure.
+pub type FaultHook = Arc<dyn Fn(FaultPoint) -> Fault + Send + Sync>;
 
 /// How to start the engine.
 #[derive(Clone, Default)]

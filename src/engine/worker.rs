@@ -10,16 +10,22 @@ use candle_core::{DType, Device, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::error::EngineError;
-use super::memory::{process_rss_bytes, system_memory_bytes, MemoryReport};
-use super::messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy};
-use super::{EngineConfig, FaultHook, FaultPoint, WakeUp};
+use super::memory::{process_rss_bytes, return_freed_heap, system_memory_bytes, MemoryReport};
+use super::messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy, Strategy};
+use super::{EngineConfig, Fault, FaultHook, FaultPoint, WakeUp};
 use crate::models::sd::Component;
 use crate::models::sd::SdModel;
+use crate::models::vae::VaeTiling;
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::preview::latent_preview;
 use crate::pipeline::request::GenerateRequest;
-use crate::pipeline::sd::{check_inputs, decode, denoise, encode, generate, load_these, Generated};
+use crate::pipeline::sd::{
+    check_inputs, decode, denoise, encode, generate, load_these, Denoised, EncodedPrompt, Generated,
+};
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
+
+/// Tile side (in latents, 512 pixels) of the VAE when a job falls back to a tiled VAE.
+const FALLBACK_TILE_CORE_LATENTS: usize = 64;
 
 /// Sends events and wakes the listener; remembers whether the listener is gone.
 pub(super) struct Outbox {
@@ -123,9 +129,8 @@ impl Worker {
                     Err(_) => return,
                 },
             };
-            if let Some(hook) = &self.fault_hook {
-                hook(FaultPoint::JobTaken(job));
-            }
+            // Only a panic matters here: nothing allocates at this point.
+            let _ = self.inject(FaultPoint::JobTaken(job));
             let outcome = catch_unwind(AssertUnwindSafe(|| self.run_job(job, &request)));
             log_outcome(job, &outcome);
             let event = match outcome {
@@ -243,9 +248,19 @@ impl Worker {
 
     fn unload(&mut self) {
         self.model = None;
+        self.release_memory();
         tracing::info!("models unloaded");
         self.outbox.send(Event::Unloaded);
         self.outbox.send(Event::Memory(self.memory_report()));
+    }
+
+    /// After dropping weights: lets the device finish with them (candle's Metal pool frees
+    /// buffers only on a synchronize) and gives freed heap pages back to the OS.
+    fn release_memory(&self) {
+        if let Err(error) = self.device.synchronize() {
+            tracing::warn!(%error, "device synchronize after unload failed");
+        }
+        return_freed_heap();
     }
 
     fn memory_report(&self) -> MemoryReport {
@@ -303,12 +318,13 @@ impl Worker {
         components: &[Component],
         timings: &mut StageTimings,
     ) -> Result<(), PipelineError> {
+        for &component in components {
+            if !model.is_loaded(component) {
+                self.inject(FaultPoint::BeforeLoad(component))?;
+            }
+        }
         let mut on_load = |component: Component, progress: f32| {
-            if progress == 0.0 {
-                if let Some(hook) = &self.fault_hook {
-                    hook(FaultPoint::BeforeLoad(component));
-                }
-            } else {
+            if progress == 1.0 {
                 tracing::info!(job, component = component.name(), "component loaded");
             }
             self.outbox.send(Event::Loading {
@@ -332,8 +348,9 @@ impl Worker {
         }));
     }
 
-    /// Low-memory mode: text encoders load, encode and go; then the UNet and VAE denoise; the
-    /// UNet goes before the decode. Peak memory is the larger of the two stages.
+    /// Low-memory mode: text encoders load, encode and go; then the UNet denoises (with the
+    /// VAE beside it only to encode an init image); the UNet goes before the VAE decodes.
+    /// Peak memory is the largest stage.
     fn run_staged(
         &mut self,
         job: JobId,
@@ -352,25 +369,30 @@ impl Worker {
         for &encoder in &encoders {
             model.unload(encoder);
         }
+        self.release_memory();
         if self.poll(job) {
             return Err(PipelineError::Cancelled);
         }
-        self.load(job, model, &[Component::Unet, Component::Vae], &mut timings)?;
-        self.report_model_memory(model);
-        let mut noise = SeededNoise::new(request.seed);
-        let family = model.family;
-        let mut observer = JobObserver {
-            worker: self,
-            job,
-            family,
+        // The VAE joins the UNet only when an init image must be encoded first.
+        let denoisers: &[Component] = if request.source.is_some() {
+            &[Component::Unet, Component::Vae]
+        } else {
+            &[Component::Unet]
         };
-        let denoised = denoise(model, request, &prompt, &mut noise, &mut observer, timings)?;
-        model.unload(Component::Unet);
+        self.load(job, model, denoisers, &mut timings)?;
         self.report_model_memory(model);
+        let mut denoised = self.denoise_observed(job, request, model, &prompt, timings)?;
+        model.unload(Component::Unet);
+        self.release_memory();
+        self.load(job, model, &[Component::Vae], &mut denoised.timings)?;
+        self.report_model_memory(model);
+        self.inject(FaultPoint::BeforeDecode(job))?;
         let generated = decode(model, request, denoised)?;
         Ok(job_output(request, generated))
     }
 
+    /// Runs `request` with the strategy the settings choose and, each time it runs out of
+    /// memory, unloads everything and retries one strategy down (see `Strategy`).
     fn run_with_model(
         &mut self,
         job: JobId,
@@ -378,10 +400,96 @@ impl Worker {
         model: &mut SdModel,
     ) -> Result<JobOutput, PipelineError> {
         check_inputs(model, request)?;
-        let mut timings = StageTimings::default();
-        if self.staged {
-            return self.run_staged(job, request, model, timings);
+        let mut strategy = if self.staged {
+            Strategy::Staged
+        } else {
+            Strategy::Full
+        };
+        loop {
+            model.set_vae_tiling(match strategy {
+                Strategy::StagedTiledVae => VaeTiling::Cores(FALLBACK_TILE_CORE_LATENTS),
+                Strategy::Full | Strategy::Staged => VaeTiling::Auto,
+            });
+            let timings = StageTimings::default();
+            let attempt = match strategy {
+                Strategy::Full => self.run_full(job, request, model, timings),
+                Strategy::Staged | Strategy::StagedTiledVae => {
+                    self.run_staged(job, request, model, timings)
+                }
+            };
+            let message = match attempt {
+                Ok(mut output) => {
+                    output.strategy = strategy;
+                    return Ok(output);
+                }
+                Err(PipelineError::OutOfMemory(message)) => message,
+                Err(other) => return Err(other),
+            };
+            let retrying_with = strategy.next();
+            tracing::warn!(
+                job,
+                strategy = strategy.describe(),
+                retrying_with = retrying_with.map(Strategy::describe),
+                %message,
+                "out of memory"
+            );
+            model.unload_all();
+            self.release_memory();
+            self.outbox.send(Event::OutOfMemory {
+                job,
+                strategy,
+                retrying_with,
+                message: message.clone(),
+            });
+            self.report_model_memory(model);
+            match retrying_with {
+                Some(next) => strategy = next,
+                None => return Err(PipelineError::OutOfMemory(message)),
+            }
         }
+    }
+
+    /// The denoising loop with progress, previews, cancel and the step fault point.
+    fn denoise_observed(
+        &mut self,
+        job: JobId,
+        request: &GenerateRequest,
+        model: &SdModel,
+        prompt: &EncodedPrompt,
+        timings: StageTimings,
+    ) -> Result<Denoised, PipelineError> {
+        let mut noise = SeededNoise::new(request.seed);
+        let mut observer = JobObserver {
+            worker: self,
+            job,
+            family: model.family,
+            injected: None,
+        };
+        let denoised = denoise(model, request, prompt, &mut noise, &mut observer, timings);
+        match (denoised, observer.injected.take()) {
+            (Err(PipelineError::Cancelled), Some(injected)) => Err(injected),
+            (denoised, _) => denoised,
+        }
+    }
+
+    /// What the fault hook makes of `point`: an injected allocation failure, or nothing.
+    fn inject(&self, point: FaultPoint) -> Result<(), PipelineError> {
+        match self.fault_hook.as_ref().map(|hook| hook(point)) {
+            Some(Fault::OutOfMemory) => Err(PipelineError::OutOfMemory(format!(
+                "injected by a test at {point:?}"
+            ))),
+            Some(Fault::Proceed) | None => Ok(()),
+        }
+    }
+
+    /// Every component loaded together, then encode, denoise and decode.
+    fn run_full(
+        &mut self,
+        job: JobId,
+        request: &GenerateRequest,
+        model: &mut SdModel,
+        mut timings: StageTimings,
+    ) -> Result<JobOutput, PipelineError> {
         let all = model.components();
         self.load(job, model, &all, &mut timings)?;
         let loaded_now = !timings.stages.is_empty();
@@ -402,13 +510,10 @@ impl Worker {
             return Err(PipelineError::Cancelled);
         }
         self.report_model_memory(model);
-        let mut noise = SeededNoise::new(request.seed);
-        let mut observer = JobObserver {
-            worker: self,
-            job,
-            family: model.family,
-        };
-        let generated = generate(model, request, &mut noise, &mut observer, timings)?;
+        let prompt = encode(model, request, &mut timings)?;
+        let denoised = self.denoise_observed(job, request, model, &prompt, timings)?;
+        self.inject(FaultPoint::BeforeDecode(job))?;
+        let generated = decode(model, request, denoised)?;
         Ok(job_output(request, generated))
     }
 }
@@ -420,6 +525,7 @@ fn job_output(request: &GenerateRequest, generated: Generated) -> JobOutput {
         parameters: JobParameters::of(request, generated.size_px),
         timings: generated.timings,
         prompt_cut_off: generated.prompt_cut_off,
+        strategy: Strategy::Full,
     }
 }
 
@@ -451,15 +557,19 @@ struct JobObserver<'a> {
     worker: &'a mut Worker,
     job: JobId,
     family: crate::models::sd::Family,
+    /// A failure the fault hook injected before a step (the loop stops as if cancelled).
+    injected: Option<PipelineError>,
 }
 
 impl StepObserver for JobObserver<'_> {
     fn before_step(&mut self, done: usize, _total: usize) -> StepControl {
-        if let Some(hook) = &self.worker.fault_hook {
-            hook(FaultPoint::BeforeStep {
-                job: self.job,
-                step: done + 1,
-            });
+        let point = FaultPoint::BeforeStep {
+            job: self.job,
+            step: done + 1,
+        };
+        if let Err(injected) = self.worker.inject(point) {
+            self.injected = Some(injected);
+            return StepControl::Cancel;
         }
         if self.worker.poll(self.job) {
             StepControl::Cancel

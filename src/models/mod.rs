@@ -4,6 +4,7 @@ pub mod clip;
 pub mod config;
 pub mod error;
 pub mod sd;
+pub mod tensor_reader;
 pub mod tiles;
 pub mod tokenizer;
 pub mod unet;

@@ -13,8 +13,8 @@ use super::config::{
 use super::error::ModelError;
 use super::tokenizer::PromptTokenizer;
 use super::unet::{Unet, UnetShape};
-use super::vae::Vae;
-use super::weights::{component_files, mmap_var_builder, weights_error};
+use super::vae::{Vae, VaeTiling};
+use super::weights::{component_files, weights_error, weights_var_builder};
 
 /// Which Stable Diffusion family a folder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,8 @@ pub struct SdModel {
     dtype: DType,
     /// Bytes of weights per loaded component (file sizes at the load dtype).
     loaded_bytes: Vec<(Component, u64)>,
+    /// How the VAE tiles, kept across its reloads.
+    vae_tiling: VaeTiling,
 }
 
 impl SdModel {
@@ -139,6 +141,7 @@ impl SdModel {
             device: device.clone(),
             dtype,
             loaded_bytes: Vec::new(),
+            vae_tiling: VaeTiling::Auto,
         })
     }
 
@@ -168,10 +171,14 @@ impl SdModel {
         &self.device
     }
 
+    /// Pixels per latent along each side (the VAE halves the size in all but its last block).
+    pub fn latent_scale(&self) -> usize {
+        1 << self.vae_config.block_out_channels.len().saturating_sub(1)
+    }
+
     /// The native output size in pixels (the UNet's sample size times the VAE's scale).
     pub fn native_size_px(&self) -> (u32, u32) {
-        let scale = 1u32 << self.vae_config.block_out_channels.len().saturating_sub(1);
-        let side = self.unet_shape.sample_size().unwrap_or(64) as u32 * scale;
+        let side = (self.unet_shape.sample_size().unwrap_or(64) * self.latent_scale()) as u32;
         (side, side)
     }
 
@@ -205,7 +212,7 @@ impl SdModel {
             Component::Unet => {
                 let dir = self.dir.join("unet");
                 let files = component_files(&dir)?;
-                let vb = mmap_var_builder(&files, dtype, &self.device)?;
+                let vb = weights_var_builder(&files, dtype, &self.device)?;
                 let unet = Unet::new(vb, self.unet_shape.clone())
                     .map_err(|e| weights_error(&files, &dir.join("config.json"), e))?;
                 self.unet = Some(unet);
@@ -219,9 +226,10 @@ impl SdModel {
                 } else {
                     dtype
                 };
-                let vb = mmap_var_builder(&files, vae_dtype, &self.device)?;
-                let vae = Vae::new(vb, &self.vae_config)
+                let vb = weights_var_builder(&files, vae_dtype, &self.device)?;
+                let mut vae = Vae::new(vb, &self.vae_config)
                     .map_err(|e| weights_error(&files, &dir.join("config.json"), e))?;
+                vae.set_tiling(self.vae_tiling);
                 self.vae = Some(vae);
                 files_bytes(&files)
             }
@@ -232,7 +240,7 @@ impl SdModel {
                 };
                 let tokenizer = PromptTokenizer::load(&slot.tokenizer_dir)?;
                 let files = component_files(&slot.dir)?;
-                let vb = mmap_var_builder(&files, dtype, &device)?;
+                let vb = weights_var_builder(&files, dtype, &device)?;
                 let model = ClipTextModel::new(vb, &slot.config)
                     .map_err(|e| weights_error(&files, &slot.dir.join("config.json"), e))?;
                 slot.loaded = Some(TextEncoder { tokenizer, model });
@@ -260,6 +268,21 @@ impl SdModel {
             }
         }
         self.loaded_bytes.retain(|(c, _)| *c != component);
+    }
+
+    /// Drops every component.
+    pub fn unload_all(&mut self) {
+        for component in self.components() {
+            self.unload(component);
+        }
+    }
+
+    /// How the VAE tiles from now on (now, if it is loaded, and after reloads).
+    pub fn set_vae_tiling(&mut self, tiling: VaeTiling) {
+        self.vae_tiling = tiling;
+        if let Some(vae) = &mut self.vae {
+            vae.set_tiling(tiling);
+        }
     }
 
     /// Bytes of weight files behind each loaded component.

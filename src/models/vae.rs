@@ -241,6 +241,7 @@ pub struct Vae {
     post_quant_conv: Option<nn::Conv2d>,
     config: VaeConfig,
     dtype: DType,
+    tiling: VaeTiling,
 }
 
 impl Vae {
@@ -280,6 +281,7 @@ impl Vae {
             post_quant_conv,
             config: config.clone(),
             dtype: vb.dtype(),
+            tiling: VaeTiling::Auto,
         })
     }
 
@@ -293,10 +295,15 @@ impl Vae {
         1 << self.config.block_out_channels.len().saturating_sub(1)
     }
 
+    /// How `encode` and `decode` tile (`Auto` unless set).
+    pub fn set_tiling(&mut self, tiling: VaeTiling) {
+        self.tiling = tiling;
+    }
+
     /// Encodes images in -1..1 `[batch, 3, h, w]` to the latent distribution (unscaled, f32),
-    /// tiled when they are large (`VaeTiling::Auto`).
+    /// tiled as `set_tiling` says.
     pub fn encode(&self, images: &Tensor) -> Result<LatentDistribution> {
-        self.encode_with(images, VaeTiling::Auto)
+        self.encode_with(images, self.tiling)
     }
 
     /// `encode` with the tiling chosen.
@@ -329,10 +336,10 @@ impl Vae {
         shifted * self.config.scaling_factor
     }
 
-    /// Decodes model latents to images in -1..1 `[batch, 3, h, w]` (f32), tiled when they
-    /// are large (`VaeTiling::Auto`).
+    /// Decodes model latents to images in -1..1 `[batch, 3, h, w]` (f32), tiled as
+    /// `set_tiling` says.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        self.decode_with(latents, VaeTiling::Auto)
+        self.decode_with(latents, self.tiling)
     }
 
     /// `decode` with the tiling chosen.

@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::error::ModelError;
+use super::tensor_reader::{read_header, TensorReader};
 
 /// File names diffusers and transformers write a component's weights under, best first.
 const SINGLE_FILE_NAMES: [&str; 4] = [
@@ -60,10 +61,11 @@ fn shards_from_index(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>, Mode
     Ok(files)
 }
 
-/// Maps the files into a `VarBuilder` that converts every tensor to `dtype` on `device`.
+/// A `VarBuilder` over the files that reads each tensor when the model asks for it and
+/// converts it to `dtype` on `device` (see `tensor_reader` for why it does not map them).
 ///
 /// A truncated or malformed file is reported here, naming it.
-pub fn mmap_var_builder(
+pub fn weights_var_builder(
     files: &[PathBuf],
     dtype: DType,
     device: &Device,
@@ -72,19 +74,19 @@ pub fn mmap_var_builder(
     for file in files {
         check_safetensors(file)?;
     }
-    // SAFETY: the files are memory-mapped read-only. Easel never writes to model files while a
-    // model is loaded; another program truncating them while mapped is outside what we guard.
-    #[allow(unsafe_code)]
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) };
-    vb.map_err(|e| ModelError::BadWeights {
+    let reader = TensorReader::open(files).map_err(|message| ModelError::BadWeights {
         path: files.first().cloned().unwrap_or_default(),
-        message: e.to_string(),
-    })
+        message,
+    })?;
+    Ok(VarBuilder::from_backend(
+        Box::new(reader),
+        dtype,
+        device.clone(),
+    ))
 }
 
 /// Reads a safetensors header and checks that the file is as long as it says.
 fn check_safetensors(path: &Path) -> Result<(), ModelError> {
-    use std::io::Read;
     let bad = |message: String| ModelError::BadWeights {
         path: path.to_path_buf(),
         message,
@@ -100,27 +102,14 @@ fn check_safetensors(path: &Path) -> Result<(), ModelError> {
             message: e.to_string(),
         })?
         .len();
-    let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes)
-        .map_err(|_| bad("the file is shorter than a safetensors header".into()))?;
-    let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > file_len.saturating_sub(8) || header_len > 100 * 1024 * 1024 {
-        return Err(bad(format!(
-            "the header claims {header_len} bytes but the file has {file_len}"
-        )));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| bad(format!("the header could not be read: {e}")))?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("the header is not valid JSON: {e}")))?;
+    let (header, data_start) = read_header(&mut file).map_err(bad)?;
     let data_len = header
         .iter()
         .filter(|(name, _)| name.as_str() != "__metadata__")
         .filter_map(|(_, info)| info.get("data_offsets")?.as_array()?.get(1)?.as_u64())
         .max()
         .unwrap_or(0);
-    let expected = 8 + header_len + data_len;
+    let expected = data_start + data_len;
     if file_len < expected {
         return Err(bad(format!(
             "the file is truncated: {file_len} bytes of {expected}"

@@ -69,9 +69,12 @@ pub enum PipelineError {
     /// A component was used before it was loaded (a bug in the caller).
     #[error("the {} is not loaded", .0.name())]
     NotLoaded(Component),
-    /// A tensor operation failed (out of memory, device error).
+    /// A tensor operation failed (device error, bad shapes).
     #[error("computation failed: {0}")]
     Compute(String),
+    /// The device could not allocate memory (the engine retries with less, see `Strategy`).
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// The job was cancelled between steps.
     #[error("cancelled")]
     Cancelled,
@@ -79,6 +82,48 @@ pub enum PipelineError {
 
 impl From<candle_core::Error> for PipelineError {
     fn from(error: candle_core::Error) -> Self {
-        PipelineError::Compute(error.to_string())
+        let message = error.to_string();
+        if is_out_of_memory(&message) {
+            PipelineError::OutOfMemory(message)
+        } else {
+            PipelineError::Compute(message)
+        }
+    }
+}
+
+/// Whether a device error is an allocation failure: CUDA's `CUDA_ERROR_OUT_OF_MEMORY`
+/// ("out of memory"), cuBLAS's alloc failure, or Metal failing to create a buffer. (On the
+/// CPU a failed allocation aborts the process; nothing can catch it there.)
+fn is_out_of_memory(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "out of memory",
+        "out_of_memory",
+        "alloc_failed",
+        "failed to create metal resource",
+    ]
+    .iter()
+    .any(|sign| message.contains(sign))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_allocation_failures_are_out_of_memory_and_others_are_not() {
+        for message in [
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "cublas error CUBLAS_STATUS_ALLOC_FAILED",
+            "Metal error: Failed to create metal resource: Buffer",
+        ] {
+            let error = PipelineError::from(candle_core::Error::Msg(message.to_string()));
+            assert!(
+                matches!(error, PipelineError::OutOfMemory(_)),
+                "{message}: {error:?}"
+            );
+        }
+        let shapes = PipelineError::from(candle_core::Error::Msg("shape mismatch".into()));
+        assert!(matches!(shapes, PipelineError::Compute(_)));
     }
 }

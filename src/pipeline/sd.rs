@@ -139,7 +139,8 @@ pub struct Denoised {
     painted_mask: Option<image::GrayImage>,
     source_image: Option<RgbImage>,
     size_px: (u32, u32),
-    timings: StageTimings,
+    /// The job's stages so far (a staged run adds its VAE load).
+    pub timings: StageTimings,
     prompt_cut_off: Option<String>,
 }
 
@@ -158,9 +159,8 @@ pub fn denoise(
     let unet = model
         .unet()
         .ok_or(PipelineError::NotLoaded(Component::Unet))?;
-    let vae = model
-        .vae()
-        .ok_or(PipelineError::NotLoaded(Component::Vae))?;
+    // Only an init image needs the VAE before decoding (staged runs load it only then).
+    let vae = || model.vae().ok_or(PipelineError::NotLoaded(Component::Vae));
     let guided = request.guidance > 1.0;
     let mode = request.mode();
 
@@ -175,7 +175,7 @@ pub fn denoise(
         Mode::TextToImage => 0,
         _ => start_step(timesteps.len(), strength),
     };
-    let latent_scale = vae.scale_factor();
+    let latent_scale = model.latent_scale();
     let latent_shape = [
         1,
         model.vae_config.latent_channels,
@@ -197,6 +197,7 @@ pub fn denoise(
     };
     let image_latents = match (&source_tensor, needs_image_latents) {
         (Some(pixels), true) => {
+            let vae = vae()?;
             let dist = vae.encode(pixels)?;
             let sample_noise = noise.draw(NoiseRole::VaeSample, dist.mean.dims(), &device)?;
             Some(vae.to_model_latents(&dist.sample(&sample_noise)?)?)
@@ -227,6 +228,7 @@ pub fn denoise(
             let masked_latents = if nine_channel {
                 let keep = (1.0 - &mask_px)?;
                 let masked_pixels = pixels.broadcast_mul(&keep)?;
+                let vae = vae()?;
                 let dist = vae.encode(&masked_pixels)?;
                 let sample_noise = noise.draw(NoiseRole::VaeSample, dist.mean.dims(), &device)?;
                 Some(vae.to_model_latents(&dist.sample(&sample_noise)?)?)

@@ -63,6 +63,8 @@ pub struct StatusBar {
     pub progress: Option<StepProgress>,
     /// The last error; stays until dismissed.
     pub last_error: Option<String>,
+    /// Something the user should know that is not an error (an out-of-memory fallback).
+    pub notice: Option<String>,
 }
 
 impl Default for StatusBar {
@@ -74,6 +76,7 @@ impl Default for StatusBar {
             memory: None,
             progress: None,
             last_error: None,
+            notice: None,
         }
     }
 }
@@ -107,7 +110,29 @@ impl StatusBar {
                     elapsed: *elapsed,
                 });
             }
-            Event::Finished { .. } | Event::Cancelled { .. } => self.progress = None,
+            Event::Finished { output, .. } => {
+                self.progress = None;
+                if self.notice.is_some() {
+                    self.notice = Some(format!(
+                        "Out of memory: the job finished in {} mode",
+                        output.strategy.describe()
+                    ));
+                }
+            }
+            Event::Cancelled { .. } => self.progress = None,
+            Event::OutOfMemory {
+                strategy,
+                retrying_with,
+                ..
+            } => {
+                self.notice = retrying_with.map(|next| {
+                    format!(
+                        "Out of memory in {} mode: retrying in {} mode",
+                        strategy.describe(),
+                        next.describe()
+                    )
+                });
+            }
             Event::Failed { error, .. } => {
                 self.progress = None;
                 self.last_error = Some(error.to_string());
@@ -174,6 +199,13 @@ impl StatusBar {
                     progress.steps_per_sec(),
                     progress.remaining().as_secs_f64()
                 ));
+            }
+            if let Some(notice) = self.notice.clone() {
+                ui.separator();
+                ui.colored_label(ui.visuals().warn_fg_color, notice);
+                if ui.small_button("OK").clicked() {
+                    self.notice = None;
+                }
             }
             if let Some(error) = self.last_error.clone() {
                 ui.separator();

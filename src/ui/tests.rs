@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 use easel::device::DeviceChoice;
-use easel::engine::{EngineConfig, FaultPoint};
+use easel::engine::{EngineConfig, Fault, FaultPoint};
 use eframe::egui::{self, accesskit::Role, Event, Key, Modifiers, PointerButton, Pos2, Vec2};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
@@ -72,6 +72,7 @@ fn held_engine(hold_at: usize) -> (EngineConfig, Sender<()>) {
                 release_rx.recv_timeout(Duration::from_secs(30)).ok();
             }
         }
+        Fault::Proceed
     });
     let config = EngineConfig {
         device: DeviceChoice::Cpu,
@@ -275,6 +276,7 @@ fn a_dead_engine_is_reported_and_restarts_with_the_inputs_kept() {
             {
                 panic!("simulated engine crash");
             }
+            Fault::Proceed
         })),
         ..Default::default()
     };

@@ -1,0 +1,205 @@
+//! A candle `VarBuilder` backend that reads each tensor from its safetensors file when a
+//! model asks for it, instead of mapping the whole file.
+//!
+//! A mapped file counts towards the process's resident memory for as long as it stays mapped,
+//! so loading from a map held the weights twice (the map and the copies) until the load ended.
+//! Reading tensor by tensor keeps the extra memory to one tensor, and unloading gives back
+//! everything loaded.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+
+/// Where one tensor lies.
+#[derive(Debug, Clone)]
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Byte offset of the data in the file.
+    offset: u64,
+    len: usize,
+}
+
+/// The tensors of a component's safetensors files, read on demand.
+pub struct TensorReader {
+    files: Vec<(PathBuf, Mutex<std::fs::File>)>,
+    entries: HashMap<String, Entry>,
+}
+
+impl TensorReader {
+    /// Indexes `files` (each already checked by `check_safetensors`) from their headers.
+    pub fn open(files: &[PathBuf]) -> Result<Self, String> {
+        let mut opened = Vec::with_capacity(files.len());
+        let mut entries = HashMap::new();
+        for (index, path) in files.iter().enumerate() {
+            let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+            let (header, data_start) = read_header(&mut file)?;
+            for (name, info) in header {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let entry = entry_of(&info, index, data_start)
+                    .map_err(|message| format!("tensor {name}: {message}"))?;
+                entries.insert(name, entry);
+            }
+            opened.push((path.clone(), Mutex::new(file)));
+        }
+        Ok(Self {
+            files: opened,
+            entries,
+        })
+    }
+
+    fn read(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            })?;
+        let (path, file) = &self.files[entry.file];
+        let mut file = file
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("a weight file reader panicked".into()))?;
+        file.seek(SeekFrom::Start(entry.offset))
+            .map_err(|e| read_error(path, name, e))?;
+        let file = &mut *file;
+        let on_cpu = match entry.dtype {
+            DType::F32 => read_values::<f32>(file, entry),
+            DType::F16 => read_values::<half::f16>(file, entry),
+            DType::BF16 => read_values::<half::bf16>(file, entry),
+            DType::F64 => read_values::<f64>(file, entry),
+            DType::I64 => read_values::<i64>(file, entry),
+            DType::U32 => read_values::<u32>(file, entry),
+            _ => read_values::<u8>(file, entry),
+        }
+        .map_err(|e| read_error(path, name, e))??;
+        on_cpu.to_device(device)?.to_dtype(dtype)
+    }
+}
+
+/// Reads one tensor's data straight into the vector that becomes its storage (safetensors
+/// are little-endian, as every machine Easel runs on).
+fn read_values<T: candle_core::WithDType + bytemuck::Pod>(
+    file: &mut std::fs::File,
+    entry: &Entry,
+) -> std::io::Result<candle_core::Result<Tensor>> {
+    let mut values = vec![T::zeroed(); entry.len / std::mem::size_of::<T>()];
+    file.read_exact(bytemuck::cast_slice_mut(&mut values))?;
+    Ok(Tensor::from_vec(
+        values,
+        entry.shape.as_slice(),
+        &Device::Cpu,
+    ))
+}
+
+fn read_error(path: &std::path::Path, name: &str, error: std::io::Error) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{}: reading {name}: {error}", path.display()))
+}
+
+impl SimpleBackend for TensorReader {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.read(name, dtype, device)?;
+        if tensor.shape() != &shape {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: shape,
+                got: tensor.shape().clone(),
+            }
+            .bt());
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.read(name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
+/// The JSON header of a safetensors file and where its data begins.
+pub fn read_header(
+    file: &mut std::fs::File,
+) -> Result<(serde_json::Map<String, serde_json::Value>, u64), String> {
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes)
+        .map_err(|_| "the file is shorter than a safetensors header".to_string())?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > file_len.saturating_sub(8) || header_len > 100 * 1024 * 1024 {
+        return Err(format!(
+            "the header claims {header_len} bytes but the file has {file_len}"
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| format!("the header could not be read: {e}"))?;
+    let header = serde_json::from_slice(&header)
+        .map_err(|e| format!("the header is not valid JSON: {e}"))?;
+    Ok((header, 8 + header_len))
+}
+
+fn entry_of(info: &serde_json::Value, file: usize, data_start: u64) -> Result<Entry, String> {
+    let dtype = match info.get("dtype").and_then(|d| d.as_str()) {
+        Some("F32") => DType::F32,
+        Some("F16") => DType::F16,
+        Some("BF16") => DType::BF16,
+        Some("F64") => DType::F64,
+        Some("I64") => DType::I64,
+        Some("U32") => DType::U32,
+        Some("U8") => DType::U8,
+        other => return Err(format!("unsupported dtype {other:?}")),
+    };
+    let shape = info
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .ok_or("no shape")?
+        .iter()
+        .map(|d| d.as_u64().map(|d| d as usize).ok_or("a bad dimension"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let offsets = info
+        .get("data_offsets")
+        .and_then(|o| o.as_array())
+        .ok_or("no data offsets")?;
+    let (start, end) = match (
+        offsets.first().and_then(|o| o.as_u64()),
+        offsets.get(1).and_then(|o| o.as_u64()),
+    ) {
+        (Some(start), Some(end)) if end >= start => (start, end),
+        _ => return Err("bad data offsets".into()),
+    };
+    let len = (end - start) as usize;
+    let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
+    if len != expected {
+        return Err(format!(
+            "{len} bytes of data for a {shape:?} {dtype:?} tensor of {expected}"
+        ));
+    }
+    Ok(Entry {
+        file,
+        dtype,
+        shape,
+        offset: data_start + start,
+        len,
+    })
+}
