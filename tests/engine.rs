@@ -680,7 +680,7 @@ fn staged_mode_holds_one_stage_at_a_time_and_gives_the_same_image() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Memory(m) => Some(m.weights_bytes.iter().map(|(c, _)| *c).collect()),
+            Event::Memory(m) => Some(m.weights_bytes.iter().map(|w| w.component).collect()),
             _ => None,
         })
         .collect();
@@ -709,7 +709,7 @@ fn staged_mode_holds_one_stage_at_a_time_and_gives_the_same_image() {
     let staged_output = finished(end);
     let after = staged.events().recv_timeout(WAIT).expect("a memory report");
     assert!(
-        matches!(&after, Event::Memory(m) if m.weights_bytes.iter().all(|(c, _)| *c == "vae")),
+        matches!(&after, Event::Memory(m) if m.weights_bytes.iter().all(|w| w.component == "vae")),
         "only the VAE stays: {after:?}"
     );
 
@@ -842,4 +842,89 @@ fn out_of_memory_at_every_strategy_fails_clearly_and_the_engine_goes_on() {
     }
     let next = engine.generate(tiny_request(&model)).expect("send");
     assert_eq!(finished(wait_for(&engine, next)).strategy, Strategy::Full);
+}
+
+/// Bytes of a model folder's weight files.
+fn weights_on_disk(model: &Path) -> u64 {
+    ["text_encoder", "text_encoder_2", "unet", "vae"]
+        .iter()
+        .filter_map(|c| std::fs::read_dir(model.join(c)).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .map(|e| e.metadata().expect("metadata").len())
+        .sum()
+}
+
+/// `(model, component)` of every weight in the memory report that follows job `job`'s end.
+fn held_after(engine: &Engine, job: JobId) -> (Vec<(String, &'static str)>, u64) {
+    finished(wait_for(engine, job));
+    match engine.events().recv_timeout(WAIT).expect("a memory report") {
+        Event::Memory(report) => (
+            report
+                .weights_bytes
+                .iter()
+                .map(|w| (w.model.clone(), w.component))
+                .collect(),
+            report.total_weights_bytes(),
+        ),
+        other => panic!("expected a memory report, got {other:?}"),
+    }
+}
+
+#[test]
+fn memory_budget_keeps_recent_models_and_evicts_least_recently_used_components() {
+    let first = common::model("sd15-tiny");
+    let second = common::model("sd2-tiny-v");
+    let budget = weights_on_disk(&first) + weights_on_disk(&second) - 1;
+    let engine = engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        residency: ResidencyPolicy::MemoryBudget(budget),
+        ..Default::default()
+    });
+    let (held, _) = held_after(
+        &engine,
+        engine.generate(tiny_request(&first)).expect("send"),
+    );
+    assert_eq!(held.len(), 3, "the first model stays whole: {held:?}");
+
+    // Both don't fit by one byte: the first model's text encoder, used longest ago, goes.
+    let (held, total) = held_after(
+        &engine,
+        engine.generate(tiny_request(&second)).expect("send"),
+    );
+    let first_name = "sd15-tiny".to_string();
+    assert!(
+        !held.contains(&(first_name.clone(), "text_encoder")),
+        "{held:?}"
+    );
+    assert!(held.contains(&(first_name.clone(), "unet")), "{held:?}");
+    assert!(held.contains(&(first_name, "vae")), "{held:?}");
+    assert_eq!(
+        held.iter().filter(|(m, _)| m == "sd2-tiny-v").count(),
+        3,
+        "{held:?}"
+    );
+    assert!(total <= budget);
+}
+
+#[test]
+fn memory_budget_below_one_model_drops_its_oldest_components_after_the_job() {
+    let model = common::model("sd15-tiny");
+    let engine = engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        residency: ResidencyPolicy::MemoryBudget(weights_on_disk(&model) - 1),
+        ..Default::default()
+    });
+    let (held, _) = held_after(
+        &engine,
+        engine.generate(tiny_request(&model)).expect("send"),
+    );
+    let components: Vec<&str> = held.iter().map(|(_, c)| *c).collect();
+    assert_eq!(components, ["unet", "vae"]);
+    // The next job reloads what went and runs.
+    let (held, _) = held_after(
+        &engine,
+        engine.generate(tiny_request(&model)).expect("send"),
+    );
+    assert_eq!(held.len(), 2);
 }

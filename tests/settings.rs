@@ -125,3 +125,24 @@ fn a_key_written_by_the_window_reads_back_and_keeps_the_others() {
         DtypeChoice::Auto
     );
 }
+
+#[test]
+fn residency_settings_become_the_engines_policy() {
+    use easel::engine::ResidencyPolicy;
+    let (_dir, file) = settings_file("residency = \"memory_budget\"\nmemory_budget_gb = 6\n");
+    let resolved = resolve_with(&file, &[], &[]);
+    assert!(resolved.problems.is_empty(), "{:?}", resolved.problems);
+    assert_eq!(
+        resolved.settings.residency_policy(),
+        ResidencyPolicy::MemoryBudget(6_000_000_000)
+    );
+    let resolved = resolve_with(
+        &file,
+        &[],
+        &[("residency", "unload_when_idle"), ("idle_minutes", "3")],
+    );
+    assert_eq!(
+        resolved.settings.residency_policy(),
+        ResidencyPolicy::UnloadWhenIdle(std::time::Duration::from_secs(180))
+    );
+}

@@ -7,17 +7,28 @@ pub struct MemoryReport {
     pub device: String,
     /// Resident set size of the process, where the OS tells it.
     pub process_rss_bytes: Option<u64>,
-    /// Bytes of weights held per loaded component, `(component, bytes)`.
-    pub weights_bytes: Vec<(&'static str, u64)>,
+    /// Bytes of weights held, per model and component.
+    pub weights_bytes: Vec<HeldWeights>,
     /// The machine's memory, `(total, available)` bytes, where the OS tells it (on the CPU
     /// this is what the weights and activations compete for).
     pub system_bytes: Option<(u64, u64)>,
 }
 
+/// The weights of one loaded component.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldWeights {
+    /// The model folder's name.
+    pub model: String,
+    /// `text_encoder`, `text_encoder_2`, `unet`, `vae`.
+    pub component: &'static str,
+    /// Bytes of its weight files.
+    pub bytes: u64,
+}
+
 impl MemoryReport {
     /// Total bytes of loaded weights.
     pub fn total_weights_bytes(&self) -> u64 {
-        self.weights_bytes.iter().map(|(_, b)| b).sum()
+        self.weights_bytes.iter().map(|w| w.bytes).sum()
     }
 }
 

@@ -43,6 +43,9 @@ pub enum ResidencyPolicy {
     UnloadAfterJob,
     /// Drop them after this long without a job.
     UnloadWhenIdle(Duration),
+    /// Keep several models, dropping the least recently used components (of any model) so
+    /// that loaded weights stay within this many bytes.
+    MemoryBudget(u64),
 }
 
 impl Default for ResidencyPolicy {

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod memory;
 pub mod messages;
+pub mod residency;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
@@ -12,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::error::EngineError;
 use super::memory::{process_rss_bytes, return_freed_heap, system_memory_bytes, MemoryReport};
 use super::messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy, Strategy};
+use super::residency::{held_by, idle_wait, job_bytes, ModelCache};
 use super::{EngineConfig, Fault, FaultHook, FaultPoint, WakeUp};
 use crate::models::sd::Component;
 use crate::models::sd::SdModel;
@@ -76,7 +76,8 @@ pub(super) struct Worker {
     pub(super) staged: bool,
     /// When the last job ended (or the engine started).
     idle_since: Instant,
-    model: Option<SdModel>,
+    /// Models kept loaded between jobs (the running job's model is taken out of it).
+    cache: ModelCache,
     pending: VecDeque<(JobId, Box<GenerateRequest>)>,
     shutting_down: bool,
     unload_after_job: bool,
@@ -101,7 +102,7 @@ impl Worker {
             residency: config.residency,
             staged: config.staged,
             idle_since: Instant::now(),
-            model: None,
+            cache: ModelCache::default(),
             pending: VecDeque::new(),
             shutting_down: false,
             unload_after_job: false,
@@ -158,18 +159,21 @@ impl Worker {
     /// Waits for the next request; `Ok(None)` when the idle time of `UnloadWhenIdle` ran out
     /// with models loaded.
     fn next_request(&self) -> Result<Option<Request>, crossbeam_channel::RecvError> {
-        match (self.residency, &self.model) {
-            (ResidencyPolicy::UnloadWhenIdle(idle), Some(_)) => {
-                let left = idle.saturating_sub(self.idle_since.elapsed());
-                match self.requests.recv_timeout(left) {
-                    Ok(request) => Ok(Some(request)),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                        Err(crossbeam_channel::RecvError)
-                    }
+        let wait = idle_wait(
+            self.residency,
+            !self.cache.is_empty(),
+            self.idle_since,
+            Instant::now(),
+        );
+        match wait {
+            Some(left) => match self.requests.recv_timeout(left) {
+                Ok(request) => Ok(Some(request)),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    Err(crossbeam_channel::RecvError)
                 }
-            }
-            _ => self.requests.recv().map(Some),
+            },
+            None => self.requests.recv().map(Some),
         }
     }
 
@@ -247,7 +251,7 @@ impl Worker {
     }
 
     fn unload(&mut self) {
-        self.model = None;
+        self.cache.clear();
         self.release_memory();
         tracing::info!("models unloaded");
         self.outbox.send(Event::Unloaded);
@@ -268,26 +272,31 @@ impl Worker {
             device: crate::device::describe(&self.device),
             process_rss_bytes: process_rss_bytes(),
             system_bytes: system_memory_bytes(),
-            weights_bytes: self
-                .model
-                .as_ref()
-                .map(|m| {
-                    m.loaded_bytes()
-                        .iter()
-                        .map(|(c, b)| (c.name(), *b))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            weights_bytes: self.cache.held(),
         }
     }
 
-    /// Opens the request's model (keeping the loaded one when it is the same folder).
+    /// Opens the request's model, keeping it loaded when it is cached. Other models stay only
+    /// under a memory budget, and then only as far as they leave room for this one.
     fn model_for(&mut self, folder: &std::path::Path) -> Result<SdModel, PipelineError> {
-        let wanted = canonical(folder);
-        match self.model.take() {
-            Some(model) if canonical(model.dir()) == wanted => Ok(model),
-            _ => Ok(SdModel::open(folder, &self.device, self.dtype)?),
+        let model = match self.cache.take(folder) {
+            Some(model) => model,
+            None => SdModel::open(folder, &self.device, self.dtype)?,
+        };
+        let dropped_any = match self.residency {
+            ResidencyPolicy::MemoryBudget(budget) => {
+                !self.cache.fit(budget, job_bytes(&model)).is_empty()
+            }
+            _ => {
+                let any = !self.cache.is_empty();
+                self.cache.clear();
+                any
+            }
+        };
+        if dropped_any {
+            self.release_memory();
         }
+        Ok(model)
     }
 
     fn run_job(
@@ -305,7 +314,17 @@ impl Worker {
             drop(model);
             self.unload();
         } else if !self.shutting_down {
-            self.model = Some(model);
+            self.cache.put(model);
+            if let ResidencyPolicy::MemoryBudget(budget) = self.residency {
+                for (dir, component) in self.cache.fit(budget, 0) {
+                    tracing::info!(
+                        model = %dir.display(),
+                        component = component.name(),
+                        "unloaded to stay within the memory budget"
+                    );
+                }
+                self.release_memory();
+            }
         }
         result
     }
@@ -338,14 +357,9 @@ impl Worker {
 
     /// Reports memory with the weights `model` holds now.
     fn report_model_memory(&self, model: &SdModel) {
-        self.outbox.send(Event::Memory(MemoryReport {
-            weights_bytes: model
-                .loaded_bytes()
-                .iter()
-                .map(|(c, b)| (c.name(), *b))
-                .collect(),
-            ..self.memory_report()
-        }));
+        let mut report = self.memory_report();
+        report.weights_bytes.extend(held_by(model));
+        self.outbox.send(Event::Memory(report));
     }
 
     /// Low-memory mode: text encoders load, encode and go; then the UNet denoises (with the
@@ -617,10 +631,6 @@ fn log_outcome(job: JobId, outcome: &std::thread::Result<Result<JobOutput, Pipel
             tracing::error!(job, panic = panic_message(panic.as_ref()), "job panicked")
         }
     }
-}
-
-fn canonical(path: &std::path::Path) -> PathBuf {
-    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -285,6 +285,13 @@ impl SdModel {
         }
     }
 
+    /// Bytes of `component`'s weight files, loaded or not (0 when they can't be found).
+    pub fn file_bytes(&self, component: Component) -> u64 {
+        component_files(&self.dir.join(component.name()))
+            .map(|files| files_bytes(&files))
+            .unwrap_or(0)
+    }
+
     /// Bytes of weight files behind each loaded component.
     pub fn loaded_bytes(&self) -> &[(Component, u64)] {
         &self.loaded_bytes

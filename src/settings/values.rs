@@ -201,12 +201,24 @@ fn size_px(text: &str) -> Result<u32, String> {
 }
 
 impl Settings {
-    /// The engine's residency policy for these settings. The memory budget is not enforced
-    /// yet (the engine holds one model at a time): it keeps the model loaded.
+    /// The engine's residency policy for these settings. A memory budget left unset is half
+    /// the machine's memory.
     pub fn residency_policy(&self) -> crate::engine::ResidencyPolicy {
         use crate::engine::ResidencyPolicy;
         match self.residency {
-            Residency::KeepLoaded | Residency::MemoryBudget => ResidencyPolicy::KeepLoaded,
+            Residency::MemoryBudget => {
+                let budget_bytes =
+                    self.memory_budget_gb
+                        .map(|gb| (gb * 1e9) as u64)
+                        .or_else(|| {
+                            crate::engine::memory::system_memory_bytes().map(|(total, _)| total / 2)
+                        });
+                match budget_bytes {
+                    Some(bytes) => ResidencyPolicy::MemoryBudget(bytes),
+                    None => ResidencyPolicy::KeepLoaded,
+                }
+            }
+            Residency::KeepLoaded => ResidencyPolicy::KeepLoaded,
             Residency::UnloadAfterJob => ResidencyPolicy::UnloadAfterJob,
             Residency::UnloadWhenIdle => ResidencyPolicy::UnloadWhenIdle(
                 std::time::Duration::from_secs(u64::from(self.idle_minutes) * 60),

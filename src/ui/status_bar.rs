@@ -185,7 +185,7 @@ impl StatusBar {
                     memory
                         .weights_bytes
                         .iter()
-                        .map(|(c, b)| format!("{c}: {}", format_bytes(*b)))
+                        .map(|w| format!("{} {}: {}", w.model, w.component, format_bytes(w.bytes)))
                         .collect::<Vec<_>>()
                         .join("\n"),
                 );
