@@ -147,3 +147,22 @@ pub fn describe(device: &Device) -> String {
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
+
+/// Device memory `(used, limit)` in bytes where the backend tells it: on CUDA the memory in
+/// use on the GPU and its total (`cuMemGetInfo`, all processes); on Metal what candle has
+/// allocated and the recommended working set. `None` on the CPU (see the process RSS).
+pub fn device_memory_bytes(device: &Device) -> Option<(u64, u64)> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => {
+            let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+            Some(((total - free) as u64, total as u64))
+        }
+        #[cfg(feature = "metal")]
+        Device::Metal(metal) => Some((
+            metal.device().current_allocated_size() as u64,
+            metal.device().recommended_max_working_set_size() as u64,
+        )),
+        _ => None,
+    }
+}

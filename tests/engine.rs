@@ -928,3 +928,32 @@ fn memory_budget_below_one_model_drops_its_oldest_components_after_the_job() {
     );
     assert_eq!(held.len(), 2);
 }
+
+#[test]
+fn memory_reports_have_sane_values_on_the_cpu() {
+    let model = common::model("sd15-tiny");
+    let engine = engine();
+    let job = engine.generate(tiny_request(&model)).expect("send");
+    let end = wait_for(&engine, job);
+    let reports: Vec<&easel::engine::memory::MemoryReport> = end
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Memory(report) => Some(report),
+            _ => None,
+        })
+        .collect();
+    // One at start, one with the model loaded.
+    assert!(reports.len() >= 2, "{reports:?}");
+    for report in &reports {
+        assert_eq!(report.device, "cpu");
+        assert!(report.process_rss_bytes.expect("RSS on Linux") > 1 << 20);
+        let (total, available) = report.system_bytes.expect("meminfo on Linux");
+        assert!(available > 0 && available <= total, "{report:?}");
+        assert_eq!(report.device_bytes, None, "no GPU memory on the CPU");
+    }
+    let loaded = reports.last().expect("a report");
+    assert!(loaded.weights_bytes.iter().all(|w| w.model == "sd15-tiny"));
+    assert_eq!(loaded.total_weights_bytes(), weights_on_disk(&model));
+    finished(end);
+}

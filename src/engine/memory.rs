@@ -12,6 +12,9 @@ pub struct MemoryReport {
     /// The machine's memory, `(total, available)` bytes, where the OS tells it (on the CPU
     /// this is what the weights and activations compete for).
     pub system_bytes: Option<(u64, u64)>,
+    /// The GPU's memory, `(used, limit)` bytes: CUDA's used and total, Metal's allocated and
+    /// recommended working set; `None` on the CPU.
+    pub device_bytes: Option<(u64, u64)>,
 }
 
 /// The weights of one loaded component.

@@ -9,7 +9,9 @@ use candle_core::{DType, Device, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::error::EngineError;
-use super::memory::{process_rss_bytes, return_freed_heap, system_memory_bytes, MemoryReport};
+use super::memory::{
+    process_rss_bytes, return_freed_heap, system_memory_bytes, HeldWeights, MemoryReport,
+};
 use super::messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy, Strategy};
 use super::residency::{held_by, idle_wait, job_bytes, ModelCache};
 use super::{EngineConfig, Fault, FaultHook, FaultPoint, WakeUp};
@@ -26,6 +28,9 @@ use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 
 /// Tile side (in latents, 512 pixels) of the VAE when a job falls back to a tiled VAE.
 const FALLBACK_TILE_CORE_LATENTS: usize = 64;
+
+/// How often memory is reported while a job runs.
+const MEMORY_REPORT_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Sends events and wakes the listener; remembers whether the listener is gone.
 pub(super) struct Outbox {
@@ -78,6 +83,8 @@ pub(super) struct Worker {
     idle_since: Instant,
     /// Models kept loaded between jobs (the running job's model is taken out of it).
     cache: ModelCache,
+    /// When memory was last reported (reports repeat every few seconds during a job).
+    last_memory_report: Instant,
     pending: VecDeque<(JobId, Box<GenerateRequest>)>,
     shutting_down: bool,
     unload_after_job: bool,
@@ -103,6 +110,7 @@ impl Worker {
             staged: config.staged,
             idle_since: Instant::now(),
             cache: ModelCache::default(),
+            last_memory_report: Instant::now(),
             pending: VecDeque::new(),
             shutting_down: false,
             unload_after_job: false,
@@ -272,6 +280,7 @@ impl Worker {
             device: crate::device::describe(&self.device),
             process_rss_bytes: process_rss_bytes(),
             system_bytes: system_memory_bytes(),
+            device_bytes: crate::device::device_memory_bytes(&self.device),
             weights_bytes: self.cache.held(),
         }
     }
@@ -478,6 +487,7 @@ impl Worker {
             job,
             family: model.family,
             injected: None,
+            held: held_by(model),
         };
         let denoised = denoise(model, request, prompt, &mut noise, &mut observer, timings);
         match (denoised, observer.injected.take()) {
@@ -573,6 +583,8 @@ struct JobObserver<'a> {
     family: crate::models::sd::Family,
     /// A failure the fault hook injected before a step (the loop stops as if cancelled).
     injected: Option<PipelineError>,
+    /// The running model's weights, for the reports sent during the loop.
+    held: Vec<HeldWeights>,
 }
 
 impl StepObserver for JobObserver<'_> {
@@ -593,6 +605,13 @@ impl StepObserver for JobObserver<'_> {
     }
 
     fn after_step(&mut self, done: usize, total: usize, latents: &Tensor, elapsed: Duration) {
+        // Activations grow and shrink during a job: report memory every few seconds.
+        if self.worker.last_memory_report.elapsed() >= MEMORY_REPORT_INTERVAL {
+            self.worker.last_memory_report = Instant::now();
+            let mut report = self.worker.memory_report();
+            report.weights_bytes.extend(self.held.iter().cloned());
+            self.worker.outbox.send(Event::Memory(report));
+        }
         // A preview that fails to compute is only a missing preview, never a failed job.
         let preview = latent_preview(latents, self.family).ok();
         self.worker.outbox.send(Event::Step {

@@ -177,8 +177,11 @@ impl StatusBar {
                 let machine = memory.system_bytes.map_or(String::new(), |(total, free)| {
                     format!(" of {} ({} free)", format_bytes(total), format_bytes(free))
                 });
+                let gpu = memory.device_bytes.map_or(String::new(), |(used, limit)| {
+                    format!(", GPU {} of {}", format_bytes(used), format_bytes(limit))
+                });
                 ui.label(format!(
-                    "memory: {rss} in use{machine}, {} weights",
+                    "memory: {rss} in use{machine}{gpu}, {} weights",
                     format_bytes(memory.total_weights_bytes())
                 ))
                 .on_hover_text(
