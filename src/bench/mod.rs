@@ -16,7 +16,9 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 
 use crate::device::{self, DeviceChoice};
-use crate::engine::memory::{peak_rss_bytes, process_rss_bytes, reset_peak_rss};
+use crate::engine::memory::{
+    peak_rss_bytes, process_anon_rss_bytes, process_rss_bytes, reset_peak_rss,
+};
 use crate::engine::{Engine, EngineConfig, EngineError, Event, JobOutput, ResidencyPolicy};
 use crate::models::error::ModelError;
 use crate::models::sd::{Component, SdModel};
@@ -111,6 +113,7 @@ pub fn run(
     // Idle memory is measured first, before the model is built or any job runs.
     let full_engine = spawn(options, false)?;
     let idle_rss_bytes = process_rss_bytes();
+    let idle_anon_rss_bytes = process_anon_rss_bytes();
     let (folder, random_weights, model_name) = match &options.model {
         BenchModel::Architecture(architecture) => (
             architectures::ensure_random_model(*architecture, &options.cache_dir, progress)?,
@@ -140,6 +143,8 @@ pub fn run(
         progress,
     )?;
 
+    // Both engines have unloaded and ended: what the process keeps now is not weights.
+    let after_unload_anon_rss_bytes = process_anon_rss_bytes();
     progress("bare UNet forward");
     let (device_name, dtype, unet_forward_secs_median) = bare_unet_forward(options, &request)?;
     let loop_overhead_percent = 100.0 * (full.step_secs_median / unet_forward_secs_median - 1.0);
@@ -160,6 +165,8 @@ pub fn run(
         after_unload_rss_bytes: full
             .after_unload_rss_bytes
             .max(staged.after_unload_rss_bytes),
+        idle_anon_rss_bytes,
+        after_unload_anon_rss_bytes,
         modes: Modes { full, staged },
         unet_forward_secs_median,
         loop_overhead_percent,
@@ -228,16 +235,25 @@ fn measure_mode(
             .collect()
     };
     let is_load = |stage: &str| stage.starts_with("load ");
-    let is_step = |stage: &str| stage.starts_with("step ");
+    // A job's first step also pays for first-touching its activation memory (given back to
+    // the OS at every unload); it is reported apart so the median is the steady step.
+    let is_first_step = |stage: &str| stage == "step 1";
+    let is_later_step = |stage: &str| stage.starts_with("step ") && stage != "step 1";
     let is_decode = |stage: &str| stage == "decode";
-    let mut steps = stage_secs(&cold, &is_step);
-    steps.extend(stage_secs(&warm, &is_step));
+    let mut first_steps = stage_secs(&cold, &is_first_step);
+    first_steps.extend(stage_secs(&warm, &is_first_step));
+    let mut steps = stage_secs(&cold, &is_later_step);
+    steps.extend(stage_secs(&warm, &is_later_step));
+    if steps.is_empty() {
+        steps = first_steps.clone();
+    }
     let mut decodes = stage_secs(&cold, &is_decode);
     decodes.extend(stage_secs(&warm, &is_decode));
     Ok(ModeReport {
         load_secs: stage_secs(&cold, &is_load).iter().sum(),
         warm_load_secs: stage_secs(&warm, &is_load).iter().sum(),
         step_secs_median: median(&mut steps),
+        first_step_secs_median: median(&mut first_steps),
         vae_decode_secs: median(&mut decodes),
         cold_job_secs,
         peak_rss_bytes,

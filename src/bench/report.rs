@@ -27,6 +27,10 @@ pub struct BenchReport {
     pub idle_rss_bytes: Option<u64>,
     /// The largest process RSS seen after a mode's models were unloaded.
     pub after_unload_rss_bytes: Option<u64>,
+    /// The anonymous part (heap, stacks) of the idle RSS; the rest is mapped code and files.
+    pub idle_anon_rss_bytes: Option<u64>,
+    /// The anonymous part of the RSS after the last unload.
+    pub after_unload_anon_rss_bytes: Option<u64>,
     /// Each residency mode.
     pub modes: Modes,
     /// The bare UNet forward at the same shapes, outside the engine (median).
@@ -53,8 +57,11 @@ pub struct ModeReport {
     pub load_secs: f64,
     /// The same loads again after an unload (files in the page cache).
     pub warm_load_secs: f64,
-    /// Median of every denoising step of both jobs.
+    /// Median of the denoising steps of both jobs after each job's first (all steps when
+    /// a job has only one).
     pub step_secs_median: f64,
+    /// Median of each job's first step, which also first-touches the activation memory.
+    pub first_step_secs_median: f64,
     /// Median VAE decode of both jobs.
     pub vae_decode_secs: f64,
     /// Wall time of the cold job, loads included.
@@ -105,16 +112,19 @@ impl BenchReport {
         );
         let _ = writeln!(
             out,
-            "idle RSS before any job: {}; after unload: {}",
+            "idle RSS before any job: {} ({} anonymous); after unload: {} ({} anonymous)",
             bytes(self.idle_rss_bytes),
-            bytes(self.after_unload_rss_bytes)
+            bytes(self.idle_anon_rss_bytes),
+            bytes(self.after_unload_rss_bytes),
+            bytes(self.after_unload_anon_rss_bytes)
         );
         let _ = writeln!(
             out,
-            "{:<8} {:>10} {:>10} {:>12} {:>11} {:>10} {:>13}",
+            "{:<8} {:>10} {:>10} {:>11} {:>12} {:>11} {:>10} {:>13}",
             "mode",
             "load cold",
             "load warm",
+            "first step",
             "step median",
             "VAE decode",
             "peak RSS",
@@ -123,10 +133,11 @@ impl BenchReport {
         for (name, mode) in [("full", &self.modes.full), ("staged", &self.modes.staged)] {
             let _ = writeln!(
                 out,
-                "{:<8} {:>9.2}s {:>9.2}s {:>11.3}s {:>10.2}s {:>10} {:>13}",
+                "{:<8} {:>9.2}s {:>9.2}s {:>10.3}s {:>11.3}s {:>10.2}s {:>10} {:>13}",
                 name,
                 mode.load_secs,
                 mode.warm_load_secs,
+                mode.first_step_secs_median,
                 mode.step_secs_median,
                 mode.vae_decode_secs,
                 bytes(mode.peak_rss_bytes),

@@ -53,6 +53,15 @@ pub fn system_memory_bytes() -> Option<(u64, u64)> {
     Some((field("MemTotal:")?, field("MemAvailable:")?))
 }
 
+/// The anonymous part of the process's resident set (heap and stacks, not the mapped code
+/// and files that the OS can drop at will), from `RssAnon` in `/proc/self/status` on Linux.
+pub fn process_anon_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The process's peak resident set size since start or the last `reset_peak_rss`, read from
 /// `VmHWM` in `/proc/self/status` on Linux.
 pub fn peak_rss_bytes() -> Option<u64> {
