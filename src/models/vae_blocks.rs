@@ -186,6 +186,29 @@ impl MidBlock {
     }
 }
 
+/// The `resnets.{i}` of an up or down block: the first maps `in_channels` to
+/// `out_channels`, the rest keep `out_channels`.
+fn resnet_stack(
+    vb: &VarBuilder,
+    in_channels: usize,
+    out_channels: usize,
+    layers: usize,
+    groups: usize,
+) -> Result<Vec<Resnet>> {
+    (0..layers)
+        .map(|i| {
+            let from = if i == 0 { in_channels } else { out_channels };
+            Resnet::new(
+                vb.pp(format!("resnets.{i}")),
+                from,
+                out_channels,
+                groups,
+                super::vae::VAE_NORM_EPS,
+            )
+        })
+        .collect()
+}
+
 /// `UpDecoderBlock2D`: resnets, then (except in the last block) a nearest 2x upsample and a
 /// convolution.
 #[derive(Debug)]
@@ -204,18 +227,7 @@ impl UpBlock {
         groups: usize,
         upsample: bool,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let from = if i == 0 { in_channels } else { out_channels };
-                Resnet::new(
-                    vb.pp(format!("resnets.{i}")),
-                    from,
-                    out_channels,
-                    groups,
-                    super::vae::VAE_NORM_EPS,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet_stack(&vb, in_channels, out_channels, layers, groups)?;
         let upsample = if upsample {
             Some(conv(
                 out_channels,
@@ -275,18 +287,7 @@ impl DownBlock {
         groups: usize,
         downsample: bool,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let from = if i == 0 { in_channels } else { out_channels };
-                Resnet::new(
-                    vb.pp(format!("resnets.{i}")),
-                    from,
-                    out_channels,
-                    groups,
-                    super::vae::VAE_NORM_EPS,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet_stack(&vb, in_channels, out_channels, layers, groups)?;
         let downsample = if downsample {
             Some(conv(
                 out_channels,
