@@ -129,16 +129,6 @@ impl Tiles {
         })
     }
 
-    /// How many tiles there are.
-    pub fn len(&self) -> usize {
-        self.tiles.len()
-    }
-
-    /// Whether there are no tiles (never, for a map made by `whole` or `split`).
-    pub fn is_empty(&self) -> bool {
-        self.tiles.is_empty()
-    }
-
     /// Applies a size-preserving `op` (pointwise, or a stride-1 "same" convolution) to each
     /// tile.
     pub fn map(&self, op: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
@@ -221,45 +211,32 @@ impl Tiles {
     /// Per-group mean and `1 / sqrt(var + eps)` over every core, `[batch, groups, 1]` in f32
     /// (two passes, as candle's GroupNorm computes them).
     fn group_statistics(&self, groups: usize, eps: f64) -> Result<(Tensor, Tensor)> {
-        let grouped = |tile: &Tile| -> Result<Tensor> {
-            let core = tile.core_data()?;
+        let grouped = |core: Tensor| -> Result<Tensor> {
             let (batch, _, _, _) = core.dims4()?;
             core.to_dtype(DType::F32)?.reshape((batch, groups, ()))
         };
-        let count: usize = self
-            .tiles
-            .iter()
-            .map(|t| t.core.w * t.core.h)
-            .sum::<usize>()
-            * (self.tiles[0].data.dim(1)? / groups);
-        let mut sum: Option<Tensor> = None;
-        for tile in &self.tiles {
-            let part = grouped(tile)?.sum_keepdim(D::Minus1)?;
-            sum = Some(match sum {
-                Some(total) => (total + part)?,
-                None => part,
-            });
-        }
-        let Some(sum) = sum else {
-            candle_core::bail!("no tiles")
-        };
-        let mean = (sum / count as f64)?;
-        let mut squares: Option<Tensor> = None;
-        for tile in &self.tiles {
-            let part = grouped(tile)?
+        let sum = self.sum_over_cores(|core| grouped(core)?.sum_keepdim(D::Minus1))?;
+        let channels = self.tiles.first().map_or(Ok(0), |t| t.data.dim(1))?;
+        let pixels: usize = self.tiles.iter().map(|t| t.core.w * t.core.h).sum();
+        let count = (pixels * (channels / groups)) as f64;
+        let mean = (sum / count)?;
+        let squares = self.sum_over_cores(|core| {
+            grouped(core)?
                 .broadcast_sub(&mean)?
                 .sqr()?
-                .sum_keepdim(D::Minus1)?;
-            squares = Some(match squares {
-                Some(total) => (total + part)?,
-                None => part,
-            });
-        }
-        let Some(squares) = squares else {
-            candle_core::bail!("no tiles")
-        };
-        let inv_std = ((squares / count as f64)? + eps)?.sqrt()?.recip()?;
+                .sum_keepdim(D::Minus1)
+        })?;
+        let inv_std = ((squares / count)? + eps)?.sqrt()?.recip()?;
         Ok((mean, inv_std))
+    }
+
+    /// `per_core` of every tile's core, summed.
+    fn sum_over_cores(&self, per_core: impl Fn(Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let mut parts = self.tiles.iter().map(|tile| per_core(tile.core_data()?));
+        let first = parts
+            .next()
+            .ok_or_else(|| candle_core::Error::Msg("a map with no tiles".into()))??;
+        parts.try_fold(first, |total, part| total + part?)
     }
 
     /// The cores put back together as one map.
