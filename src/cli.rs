@@ -8,9 +8,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+use candle_core::{DType, Device};
 use easel::bench::{Architecture, BenchModel, BenchOptions};
 use easel::engine::{Engine, EngineConfig, Event};
 use easel::image_file::read_image_file;
+use easel::models::flux::FluxModel;
 use easel::output::save_png_with_parameters;
 use easel::pipeline::request::{GenerateRequest, SourceImage};
 use easel::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
@@ -82,7 +84,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct GenerateArgs {
-    /// A diffusers model folder (with model_index.json).
+    /// A model folder: Stable Diffusion in the diffusers layout, or FLUX.1 as its hub repo
+    /// ships it (both with model_index.json).
     #[arg(long)]
     model: PathBuf,
     /// What to draw.
@@ -103,12 +106,16 @@ struct GenerateArgs {
     /// How much to change the init image, 0 to 1.
     #[arg(long, default_value_t = 0.75)]
     strength: f64,
-    /// Denoising steps (default: setting `steps`).
+    /// Denoising steps (default: setting `steps`; FLUX: 4 schnell, 28 dev).
     #[arg(long)]
     steps: Option<usize>,
-    /// Classifier-free guidance scale, 0 or 1 disables it (default: setting `guidance`).
+    /// Classifier-free guidance scale, 0 or 1 disables it (default: setting `guidance`);
+    /// FLUX dev: the distilled guidance (default 3.5); schnell ignores it.
     #[arg(long)]
     guidance: Option<f64>,
+    /// FLUX: T5 tokens the prompt is padded to (default 256 schnell, 512 dev).
+    #[arg(long)]
+    max_sequence_length: Option<usize>,
     /// euler, euler_a, ddim, dpmpp_2m or dpmpp_2m_karras (default: setting `sampler`).
     #[arg(long, value_parser = parse_sampler)]
     scheduler: Option<SamplerKind>,
@@ -285,13 +292,20 @@ fn generate(
         }),
         None => None,
     };
+    // FLUX's distilled models want their own steps and guidance, not Stable Diffusion's.
+    let (default_steps, default_guidance) =
+        match FluxModel::open(&args.model, &Device::Cpu, DType::F32) {
+            Ok(flux) => flux.variant.default_steps_and_guidance(),
+            Err(_) => (defaults.steps, defaults.guidance),
+        };
     let request = GenerateRequest {
         model: args.model.clone(),
         prompt: args.prompt.clone(),
         negative_prompt: args.negative.clone(),
         sampler: args.scheduler.unwrap_or(defaults.sampler),
-        steps: args.steps.unwrap_or(defaults.steps),
-        guidance: args.guidance.unwrap_or(defaults.guidance),
+        steps: args.steps.unwrap_or(default_steps),
+        guidance: args.guidance.unwrap_or(default_guidance),
+        max_sequence_length: args.max_sequence_length,
         seed: args.seed,
         width: args.width,
         height: args.height,

@@ -9,10 +9,11 @@ use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
 use serde::Deserialize;
 
-use crate::models::sd::SdModel;
+use crate::models::opened::OpenedModel;
+use crate::pipeline::flux::pack;
 use crate::pipeline::noise::{NoiseRole, RecordedNoise};
 use crate::pipeline::request::{GenerateRequest, SourceImage};
-use crate::pipeline::sd::{generate, load_components};
+use crate::pipeline::run::{generate, load_these};
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 use crate::schedulers::SamplerKind;
 
@@ -49,6 +50,12 @@ pub struct CaseSpec {
     /// Every noise draw diffusers made, in order.
     #[serde(default)]
     pub noise_draws: Vec<NoiseDraw>,
+    /// FLUX: the T5 padding length.
+    #[serde(default)]
+    pub max_sequence_length: Option<usize>,
+    /// The timesteps diffusers ran (one per step actually taken).
+    #[serde(default)]
+    pub timesteps: Vec<f64>,
 }
 
 /// One recorded draw.
@@ -149,16 +156,14 @@ impl ParityCase {
     /// The request the case describes, with paste-back off (the golden is the raw decode).
     pub fn request(&self, models_dir: &Path) -> Result<GenerateRequest, ReplayError> {
         let spec = &self.spec;
-        if spec.scheduler == "flow_match_euler" || spec.model.starts_with("flux") {
-            return Err(ReplayError::Case {
+        // FLUX always samples with flow-matching Euler; the SD sampler field is unused then.
+        let sampler = match spec.scheduler.as_str() {
+            "flow_match_euler" => SamplerKind::Euler,
+            name => SamplerKind::from_name(name).ok_or_else(|| ReplayError::Case {
                 path: self.path.clone(),
-                message: "FLUX cases need the FLUX pipeline, which Easel does not have yet".into(),
-            });
-        }
-        let sampler = SamplerKind::from_name(&spec.scheduler).ok_or_else(|| ReplayError::Case {
-            path: self.path.clone(),
-            message: format!("unknown scheduler {}", spec.scheduler),
-        })?;
+                message: format!("unknown scheduler {name}"),
+            })?,
+        };
         let source = match spec.mode.as_str() {
             "txt2img" => None,
             "img2img" | "inpaint" => {
@@ -194,6 +199,7 @@ impl ParityCase {
             height: Some(spec.height),
             source,
             paste_back: false,
+            max_sequence_length: spec.max_sequence_length,
         })
     }
 
@@ -216,10 +222,13 @@ impl ParityCase {
     pub fn run(&self, models_dir: &Path, device: &Device) -> Result<ReplayReport, ReplayError> {
         let request = self.request(models_dir)?;
         let mut model =
-            SdModel::open(&request.model, device, DType::F32).map_err(PipelineError::from)?;
+            OpenedModel::open(&request.model, device, DType::F32).map_err(PipelineError::from)?;
         let started = std::time::Instant::now();
         let mut timings = StageTimings::default();
-        load_components(&mut model, &mut timings, &mut |_, _| {})?;
+        let components = model.components();
+        load_these(&mut model, &components, &mut timings, &mut |_, _| {})?;
+        // FLUX's goldens hold packed step latents; Easel reports them unpacked.
+        let packed = matches!(model, OpenedModel::Flux(_));
         let mut noise = self.noise()?;
         let mut recorder = LatentRecorder::default();
         let generated = generate(&model, &request, &mut noise, &mut recorder, timings)?;
@@ -228,7 +237,12 @@ impl ParityCase {
         let mut step_max_diffs = Vec::with_capacity(recorder.latents.len());
         for (index, latents) in recorder.latents.iter().enumerate() {
             let key = format!("debug.latents_after_step.{index:02}");
-            step_max_diffs.push(max_abs_diff(latents, self.tensor(&key)?)?);
+            let latents = if packed {
+                pack(latents).map_err(PipelineError::from)?
+            } else {
+                latents.clone()
+            };
+            step_max_diffs.push(max_abs_diff(&latents, self.tensor(&key)?)?);
         }
         Ok(ReplayReport {
             name: self.name.clone(),

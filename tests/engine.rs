@@ -321,7 +321,8 @@ fn bad_requests_fail_at_once_with_typed_errors() {
         }),
         RequestError::SizeNotMultiple {
             side: "width",
-            px: 100
+            px: 100,
+            multiple: 8
         }
     );
     assert_eq!(

@@ -1,4 +1,5 @@
-//! Every Stable Diffusion case in `../shared/parity/cases` reproduces diffusers' output.
+//! Every case in `../shared/parity/cases`, Stable Diffusion and FLUX, reproduces diffusers'
+//! output.
 
 // Tests may panic on setup failures: that is how a test reports them.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -21,16 +22,15 @@ fn case_files() -> Vec<PathBuf> {
     files
 }
 
-#[test]
-fn every_stable_diffusion_case_matches_diffusers() {
+/// Replays every case whose model name passes `wanted`; returns the names checked and the
+/// failures.
+fn replay_cases(wanted: impl Fn(&str) -> bool) -> (Vec<String>, Vec<String>) {
     let models = common::parity_dir().join("models");
     let mut checked = Vec::new();
     let mut failures = Vec::new();
     for file in case_files() {
         let case = ParityCase::load(&file).expect("a readable case");
-        if case.spec.model.starts_with("flux") {
-            // FLUX cases belong to the FLUX pipeline, which is not built yet.
-            eprintln!("skipping {} (FLUX pipeline not built yet)", case.name);
+        if !wanted(&case.spec.model) {
             continue;
         }
         let report = case
@@ -44,8 +44,8 @@ fn every_stable_diffusion_case_matches_diffusers() {
         );
         assert_eq!(
             report.step_max_diffs.len(),
-            expected_steps(&case),
-            "{}: every step's latents must be compared",
+            case.spec.timesteps.len(),
+            "{}: every step diffusers ran must be compared",
             case.name
         );
         if !report.passed() {
@@ -56,6 +56,12 @@ fn every_stable_diffusion_case_matches_diffusers() {
         }
         checked.push(case.name);
     }
+    (checked, failures)
+}
+
+#[test]
+fn every_stable_diffusion_case_matches_diffusers() {
+    let (checked, failures) = replay_cases(|model| !model.starts_with("flux"));
     assert!(failures.is_empty(), "cases beyond tolerance: {failures:#?}");
     assert!(
         checked.len() >= 8,
@@ -63,11 +69,20 @@ fn every_stable_diffusion_case_matches_diffusers() {
     );
 }
 
-fn expected_steps(case: &ParityCase) -> usize {
-    let steps = case.spec.steps;
-    match case.spec.mode.as_str() {
-        "txt2img" => steps,
-        _ => steps - easel::schedulers::start_step(steps, case.spec.strength.unwrap_or(1.0)),
+#[test]
+fn every_flux_case_matches_diffusers() {
+    let (checked, failures) = replay_cases(|model| model.starts_with("flux"));
+    assert!(failures.is_empty(), "cases beyond tolerance: {failures:#?}");
+    for mode in [
+        "schnell_txt2img",
+        "dev_txt2img",
+        "dev_img2img",
+        "dev_inpaint",
+    ] {
+        assert!(
+            checked.iter().any(|name| name.contains(mode)),
+            "the FLUX {mode} case was not checked: {checked:?}"
+        );
     }
 }
 

@@ -204,6 +204,7 @@ fn bench_request(folder: &Path, options: &BenchOptions) -> GenerateRequest {
         height: Some(options.size_px),
         source: None,
         paste_back: true,
+        max_sequence_length: None,
     }
 }
 

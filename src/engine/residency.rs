@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::memory::HeldWeights;
 use super::messages::ResidencyPolicy;
-use crate::models::sd::{Component, SdModel};
+use crate::models::component::Component;
+use crate::models::opened::OpenedModel;
 
 /// How long to wait for the next request before the policy unloads by itself: `None` to wait
 /// without limit, `Some(ZERO)` when the time is already up.
@@ -58,14 +59,14 @@ pub struct ModelCache {
 
 #[derive(Debug)]
 struct CachedModel {
-    model: SdModel,
+    model: OpenedModel,
     /// `(component, use)` of each component the model has loaded.
     last_use: Vec<(Component, u64)>,
 }
 
 impl ModelCache {
     /// Takes the model opened from `dir` out of the cache, if it is there.
-    pub fn take(&mut self, dir: &Path) -> Option<SdModel> {
+    pub fn take(&mut self, dir: &Path) -> Option<OpenedModel> {
         let wanted = canonical(dir);
         let index = self
             .entries
@@ -75,7 +76,7 @@ impl ModelCache {
     }
 
     /// Puts `model` back after a job, its loaded components used now in pipeline order.
-    pub fn put(&mut self, model: SdModel) {
+    pub fn put(&mut self, model: OpenedModel) {
         let mut last_use = Vec::new();
         for component in model.components() {
             if model.is_loaded(component) {
@@ -149,7 +150,7 @@ impl ModelCache {
 }
 
 /// The weights a job of `model` holds at most: every component's files.
-pub fn job_bytes(model: &SdModel) -> u64 {
+pub fn job_bytes(model: &OpenedModel) -> u64 {
     model
         .components()
         .into_iter()
@@ -158,7 +159,7 @@ pub fn job_bytes(model: &SdModel) -> u64 {
 }
 
 /// The weights `model` holds now, per component.
-pub fn held_by(model: &SdModel) -> Vec<HeldWeights> {
+pub fn held_by(model: &OpenedModel) -> Vec<HeldWeights> {
     let name = model.dir().file_name().map_or_else(
         || model.dir().display().to_string(),
         |n| n.to_string_lossy().into_owned(),

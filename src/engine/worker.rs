@@ -15,15 +15,16 @@ use super::memory::{
 use super::messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy, Strategy};
 use super::residency::{held_by, idle_wait, job_bytes, ModelCache};
 use super::{EngineConfig, Fault, FaultHook, FaultPoint, WakeUp};
-use crate::models::sd::Component;
-use crate::models::sd::SdModel;
+use crate::models::component::Component;
+use crate::models::opened::{LatentSpace, OpenedModel};
 use crate::models::vae::VaeTiling;
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::preview::latent_preview;
 use crate::pipeline::request::GenerateRequest;
-use crate::pipeline::sd::{
-    check_inputs, decode, denoise, encode, generate, load_these, Denoised, EncodedPrompt, Generated,
+use crate::pipeline::run::{
+    check_inputs, decode, denoise, encode, generate, load_these, Denoised, EncodedPrompt,
 };
+use crate::pipeline::sd::Generated;
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 
 /// Tile side (in latents, 512 pixels) of the VAE when a job falls back to a tiled VAE.
@@ -287,10 +288,10 @@ impl Worker {
 
     /// Opens the request's model, keeping it loaded when it is cached. Other models stay only
     /// under a memory budget, and then only as far as they leave room for this one.
-    fn model_for(&mut self, folder: &std::path::Path) -> Result<SdModel, PipelineError> {
+    fn model_for(&mut self, folder: &std::path::Path) -> Result<OpenedModel, PipelineError> {
         let model = match self.cache.take(folder) {
             Some(model) => model,
-            None => SdModel::open(folder, &self.device, self.dtype)?,
+            None => OpenedModel::open(folder, &self.device, self.dtype)?,
         };
         let dropped_any = match self.residency {
             ResidencyPolicy::MemoryBudget(budget) => {
@@ -342,7 +343,7 @@ impl Worker {
     fn load(
         &mut self,
         job: JobId,
-        model: &mut SdModel,
+        model: &mut OpenedModel,
         components: &[Component],
         timings: &mut StageTimings,
     ) -> Result<(), PipelineError> {
@@ -365,27 +366,23 @@ impl Worker {
     }
 
     /// Reports memory with the weights `model` holds now.
-    fn report_model_memory(&self, model: &SdModel) {
+    fn report_model_memory(&self, model: &OpenedModel) {
         let mut report = self.memory_report();
         report.weights_bytes.extend(held_by(model));
         self.outbox.send(Event::Memory(report));
     }
 
-    /// Low-memory mode: text encoders load, encode and go; then the UNet denoises (with the
-    /// VAE beside it only to encode an init image); the UNet goes before the VAE decodes.
-    /// Peak memory is the largest stage.
+    /// Low-memory mode: text encoders load, encode and go; then the denoiser (UNet or
+    /// transformer) runs, with the VAE beside it only to encode an init image; the denoiser
+    /// goes before the VAE decodes. Peak memory is the largest stage.
     fn run_staged(
         &mut self,
         job: JobId,
         request: &GenerateRequest,
-        model: &mut SdModel,
+        model: &mut OpenedModel,
         mut timings: StageTimings,
     ) -> Result<JobOutput, PipelineError> {
-        let encoders: Vec<Component> = model
-            .components()
-            .into_iter()
-            .filter(|c| matches!(c, Component::TextEncoder | Component::TextEncoder2))
-            .collect();
+        let encoders = model.text_encoders();
         self.load(job, model, &encoders, &mut timings)?;
         self.report_model_memory(model);
         let prompt = encode(model, request, &mut timings)?;
@@ -396,18 +393,19 @@ impl Worker {
         if self.poll(job) {
             return Err(PipelineError::Cancelled);
         }
-        // The VAE joins the UNet only when an init image must be encoded first.
+        // The VAE joins the denoiser only when an init image must be encoded first.
+        let denoiser = model.denoiser();
         let denoisers: &[Component] = if request.source.is_some() {
-            &[Component::Unet, Component::Vae]
+            &[denoiser, Component::Vae]
         } else {
-            &[Component::Unet]
+            &[denoiser]
         };
         self.load(job, model, denoisers, &mut timings)?;
         self.report_model_memory(model);
         let mut denoised = self.denoise_observed(job, request, model, &prompt, timings)?;
-        model.unload(Component::Unet);
+        model.unload(denoiser);
         self.release_memory();
-        self.load(job, model, &[Component::Vae], &mut denoised.timings)?;
+        self.load(job, model, &[Component::Vae], denoised.timings_mut())?;
         self.report_model_memory(model);
         self.inject(FaultPoint::BeforeDecode(job))?;
         let generated = decode(model, request, denoised)?;
@@ -420,7 +418,7 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
-        model: &mut SdModel,
+        model: &mut OpenedModel,
     ) -> Result<JobOutput, PipelineError> {
         check_inputs(model, request)?;
         let mut strategy = if self.staged {
@@ -477,7 +475,7 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
-        model: &SdModel,
+        model: &OpenedModel,
         prompt: &EncodedPrompt,
         timings: StageTimings,
     ) -> Result<Denoised, PipelineError> {
@@ -485,7 +483,7 @@ impl Worker {
         let mut observer = JobObserver {
             worker: self,
             job,
-            family: model.family,
+            space: model.latent_space(),
             injected: None,
             held: held_by(model),
         };
@@ -511,7 +509,7 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
-        model: &mut SdModel,
+        model: &mut OpenedModel,
         mut timings: StageTimings,
     ) -> Result<JobOutput, PipelineError> {
         let all = model.components();
@@ -580,7 +578,7 @@ impl StepObserver for Unobserved {
 struct JobObserver<'a> {
     worker: &'a mut Worker,
     job: JobId,
-    family: crate::models::sd::Family,
+    space: LatentSpace,
     /// A failure the fault hook injected before a step (the loop stops as if cancelled).
     injected: Option<PipelineError>,
     /// The running model's weights, for the reports sent during the loop.
@@ -613,7 +611,7 @@ impl StepObserver for JobObserver<'_> {
             self.worker.outbox.send(Event::Memory(report));
         }
         // A preview that fails to compute is only a missing preview, never a failed job.
-        let preview = latent_preview(latents, self.family).ok();
+        let preview = latent_preview(latents, self.space).ok();
         self.worker.outbox.send(Event::Step {
             job: self.job,
             step: done,

@@ -188,6 +188,9 @@ pub struct VaeConfig {
     /// Whether the VAE must run in f32 (half precision overflows in it).
     #[serde(default = "yes")]
     pub force_upcast: bool,
+    /// The image side the model was trained at (FLUX: 1024).
+    #[serde(default)]
+    pub sample_size: Option<u32>,
 }
 
 /// `text_encoder*/config.json` of a CLIP text model.
@@ -303,6 +306,27 @@ pub struct SchedulerConfig {
     /// DPM++: first order on the very last step.
     #[serde(default)]
     pub euler_at_final: Option<bool>,
+    /// Flow matching: shift the sigmas by the image's size (FLUX dev) rather than by `shift`.
+    #[serde(default)]
+    pub use_dynamic_shifting: Option<bool>,
+    /// Flow matching: the fixed shift (1 leaves the sigmas as they are).
+    #[serde(default)]
+    pub shift: Option<f64>,
+    /// Flow matching: the dynamic shift at `base_image_seq_len` tokens.
+    #[serde(default)]
+    pub base_shift: Option<f64>,
+    /// Flow matching: the dynamic shift at `max_image_seq_len` tokens.
+    #[serde(default)]
+    pub max_shift: Option<f64>,
+    /// Flow matching: image tokens where `base_shift` applies.
+    #[serde(default)]
+    pub base_image_seq_len: Option<usize>,
+    /// Flow matching: image tokens where `max_shift` applies.
+    #[serde(default)]
+    pub max_image_seq_len: Option<usize>,
+    /// Flow matching: `exponential` or `linear` time shift.
+    #[serde(default)]
+    pub time_shift_type: Option<String>,
 }
 
 /// `model_index.json`: which pipeline the folder is and pipeline-wide options.

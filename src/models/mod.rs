@@ -1,9 +1,13 @@
 //! Model architectures and the files they load from.
 
 pub mod clip;
+pub mod component;
 pub mod config;
 pub mod error;
+pub mod flux;
+pub mod opened;
 pub mod sd;
+pub mod t5_tokenizer;
 pub mod tensor_reader;
 pub mod tiles;
 pub mod tokenizer;

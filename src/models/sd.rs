@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 
 use super::clip::ClipTextModel;
+pub use super::component::Component;
 use super::config::{
     read_json, ClipTextConfig, ModelIndex, SchedulerConfig, UnetConfig, VaeConfig,
 };
@@ -23,31 +24,6 @@ pub enum Family {
     StableDiffusion,
     /// SDXL: two text encoders, pooled text and size conditioning.
     StableDiffusionXl,
-}
-
-/// A loadable part of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Component {
-    /// The first (or only) text encoder and its tokenizer.
-    TextEncoder,
-    /// SDXL's second text encoder and its tokenizer.
-    TextEncoder2,
-    /// The denoiser.
-    Unet,
-    /// The autoencoder.
-    Vae,
-}
-
-impl Component {
-    /// The folder and display name of the component.
-    pub fn name(self) -> &'static str {
-        match self {
-            Component::TextEncoder => "text_encoder",
-            Component::TextEncoder2 => "text_encoder_2",
-            Component::Unet => "unet",
-            Component::Vae => "vae",
-        }
-    }
 }
 
 /// One text encoder with its tokenizer.

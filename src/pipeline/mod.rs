@@ -1,9 +1,11 @@
 //! Diffusion pipelines: requests, noise, the denoising loops and what they report.
 
+pub mod flux;
 pub mod image;
 pub mod noise;
 pub mod preview;
 pub mod request;
+pub mod run;
 pub mod sd;
 
 use std::time::Duration;

@@ -4,7 +4,7 @@
 use candle_core::{DType, Result, Tensor};
 use image::RgbImage;
 
-use crate::models::sd::Family;
+use crate::models::opened::LatentSpace;
 
 /// Least-squares fits of RGB to SD 1.x/2.x latents (rows: latent channels; columns: R, G, B),
 /// as the community previewers use them.
@@ -22,17 +22,40 @@ const SDXL_LATENT_TO_RGB: [[f32; 3]; 4] = [
     [-0.3165, -0.2492, -0.2188],
 ];
 const SDXL_RGB_BIAS: [f32; 3] = [0.1084, -0.0175, -0.0011];
+/// The same fit for FLUX's 16-channel latent space, with its bias.
+const FLUX_LATENT_TO_RGB: [[f32; 3]; 16] = [
+    [-0.0346, 0.0244, 0.0681],
+    [0.0034, 0.0210, 0.0687],
+    [0.0275, -0.0668, -0.0433],
+    [-0.0174, 0.0160, 0.0617],
+    [0.0859, 0.0721, 0.0329],
+    [0.0004, 0.0383, 0.0115],
+    [0.0405, 0.0861, 0.0915],
+    [-0.0236, -0.0185, -0.0259],
+    [-0.0245, 0.0250, 0.1180],
+    [0.1008, 0.0755, -0.0421],
+    [-0.0515, 0.0201, 0.0011],
+    [0.0428, -0.0012, -0.0036],
+    [0.0817, 0.0765, 0.0749],
+    [-0.1264, -0.0522, -0.1103],
+    [-0.0280, -0.0881, -0.0499],
+    [-0.1262, -0.0982, -0.0778],
+];
+const FLUX_RGB_BIAS: [f32; 3] = [-0.0329, -0.0718, -0.0851];
 
-/// An RGB approximation of `latents` (`1 x 4 x h x w`), one pixel per latent.
-pub fn latent_preview(latents: &Tensor, family: Family) -> Result<RgbImage> {
-    let (factors, bias) = match family {
-        Family::StableDiffusion => (SD_LATENT_TO_RGB, [0.0; 3]),
-        Family::StableDiffusionXl => (SDXL_LATENT_TO_RGB, SDXL_RGB_BIAS),
+/// An RGB approximation of `latents` (`1 x c x h x w`), one pixel per latent.
+pub fn latent_preview(latents: &Tensor, space: LatentSpace) -> Result<RgbImage> {
+    let (factors, bias): (&[[f32; 3]], [f32; 3]) = match space {
+        LatentSpace::StableDiffusion => (&SD_LATENT_TO_RGB, [0.0; 3]),
+        LatentSpace::StableDiffusionXl => (&SDXL_LATENT_TO_RGB, SDXL_RGB_BIAS),
+        LatentSpace::Flux => (&FLUX_LATENT_TO_RGB, FLUX_RGB_BIAS),
     };
     let (_, channels, height, width) = latents.dims4()?;
     let latents = latents.get(0)?.to_dtype(DType::F32)?;
     let used = channels.min(factors.len());
-    let factors = Tensor::new(&factors, latents.device())?.narrow(0, 0, used)?;
+    let flat: Vec<f32> = factors.iter().flatten().copied().collect();
+    let factors =
+        Tensor::from_vec(flat, (factors.len(), 3), latents.device())?.narrow(0, 0, used)?;
     let bias = Tensor::new(&bias, latents.device())?;
     // (h*w, c) x (c, 3) -> (h*w, 3), in -1..1.
     let hwc = latents
@@ -59,13 +82,16 @@ mod tests {
     fn preview_has_one_pixel_per_latent_and_follows_the_latents() -> Result<()> {
         let device = Device::Cpu;
         let zeros = Tensor::zeros((1, 4, 3, 5), DType::F32, &device)?;
-        let grey = latent_preview(&zeros, Family::StableDiffusion)?;
+        let grey = latent_preview(&zeros, LatentSpace::StableDiffusion)?;
         assert_eq!(grey.dimensions(), (5, 3));
         assert!(grey.pixels().all(|p| p.0 == [128, 128, 128]));
         // Channel 0 alone pushes every colour up for SD.
         let first = Tensor::ones((1, 1, 3, 5), DType::F32, &device)?;
         let rest = Tensor::zeros((1, 3, 3, 5), DType::F32, &device)?;
-        let bright = latent_preview(&Tensor::cat(&[first, rest], 1)?, Family::StableDiffusion)?;
+        let bright = latent_preview(
+            &Tensor::cat(&[first, rest], 1)?,
+            LatentSpace::StableDiffusion,
+        )?;
         assert!(bright.pixels().all(|p| p.0.iter().all(|&c| c > 150)));
         Ok(())
     }

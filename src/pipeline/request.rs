@@ -76,6 +76,9 @@ pub struct GenerateRequest {
     /// Inpainting: put the unmasked original pixels back after decoding (through the mask,
     /// feathered as painted). Off only to compare the raw decode.
     pub paste_back: bool,
+    /// FLUX: T5 tokens the prompt is padded to; `None` takes the model's (256 schnell, 512
+    /// dev). Stable Diffusion ignores it.
+    pub max_sequence_length: Option<usize>,
 }
 
 impl GenerateRequest {
@@ -93,6 +96,7 @@ impl GenerateRequest {
             height: None,
             source: None,
             paste_back: true,
+            max_sequence_length: None,
         }
     }
 
@@ -150,8 +154,18 @@ impl GenerateRequest {
     /// The output size: as asked, else the init image's (rounded down to a multiple of 8),
     /// else `native`.
     pub fn resolved_size(&self, native: (u32, u32)) -> Result<(u32, u32), RequestError> {
+        self.resolved_size_multiple_of(native, LATENT_SCALE_PX)
+    }
+
+    /// `resolved_size` for a model whose sides must be multiples of `multiple` pixels (FLUX:
+    /// 16); an init image's size is rounded down to one.
+    pub fn resolved_size_multiple_of(
+        &self,
+        native: (u32, u32),
+        multiple: u32,
+    ) -> Result<(u32, u32), RequestError> {
         let from_source = self.source.as_ref().map(|s| {
-            let round = |px: u32| (px / LATENT_SCALE_PX) * LATENT_SCALE_PX;
+            let round = |px: u32| (px / multiple) * multiple;
             (round(s.image.width()), round(s.image.height()))
         });
         let (default_w, default_h) = from_source.unwrap_or(native);
@@ -161,13 +175,22 @@ impl GenerateRequest {
         );
         check_side("width", size.0)?;
         check_side("height", size.1)?;
+        for (side, px) in [("width", size.0), ("height", size.1)] {
+            if !px.is_multiple_of(multiple) {
+                return Err(RequestError::SizeNotMultiple { side, px, multiple });
+            }
+        }
         Ok(size)
     }
 }
 
 fn check_side(side: &'static str, px: u32) -> Result<(), RequestError> {
     if !px.is_multiple_of(LATENT_SCALE_PX) {
-        return Err(RequestError::SizeNotMultiple { side, px });
+        return Err(RequestError::SizeNotMultiple {
+            side,
+            px,
+            multiple: LATENT_SCALE_PX,
+        });
     }
     if !(MIN_SIDE_PX..=MAX_SIDE_PX).contains(&px) {
         return Err(RequestError::SizeOutOfRange { side, px });
@@ -200,13 +223,15 @@ pub enum RequestError {
         /// The steps asked for.
         steps: usize,
     },
-    /// A side that is not a multiple of 8.
-    #[error("{side} {px} px is not a multiple of 8: use {} or {}", px / 8 * 8, (px / 8 + 1) * 8)]
+    /// A side that is not a multiple of what the model needs (8; FLUX 16).
+    #[error("{side} {px} px is not a multiple of {multiple}: use {} or {}", px / multiple * multiple, (px / multiple + 1) * multiple)]
     SizeNotMultiple {
         /// `width` or `height`.
         side: &'static str,
         /// The value asked for.
         px: u32,
+        /// What the sides must be multiples of.
+        multiple: u32,
     },
     /// A side outside what Easel generates.
     #[error("{side} {px} px is outside {MIN_SIDE_PX} to {MAX_SIDE_PX} px")]

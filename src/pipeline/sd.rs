@@ -69,36 +69,7 @@ pub fn check_inputs(
     Ok(size)
 }
 
-/// Loads what the request needs, reporting each component's load time in `timings` and
-/// calling `on_load(component, progress)` with 0 before and 1 after each load.
-pub fn load_components(
-    model: &mut SdModel,
-    timings: &mut StageTimings,
-    on_load: &mut dyn FnMut(Component, f32),
-) -> Result<(), PipelineError> {
-    let all = model.components();
-    load_these(model, &all, timings, on_load)
-}
-
-/// Loads those of `components` not yet loaded, in order, reporting as `load_components` does.
-pub fn load_these(
-    model: &mut SdModel,
-    components: &[Component],
-    timings: &mut StageTimings,
-    on_load: &mut dyn FnMut(Component, f32),
-) -> Result<(), PipelineError> {
-    for &component in components {
-        if !model.is_loaded(component) {
-            on_load(component, 0.0);
-            let took = model.load(component)?;
-            timings.push(format!("load {}", component.name()), took);
-            on_load(component, 1.0);
-        }
-    }
-    Ok(())
-}
-
-/// Runs one generation. Components must be loaded (`load_components`).
+/// Runs one generation. Components must be loaded (`run::load_these`).
 pub fn generate(
     model: &SdModel,
     request: &GenerateRequest,

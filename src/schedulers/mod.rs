@@ -7,6 +7,7 @@
 mod ddim;
 mod dpmpp_2m;
 mod euler;
+pub mod flow_match;
 pub mod schedule;
 
 use candle_core::{Result, Tensor};

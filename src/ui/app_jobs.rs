@@ -134,6 +134,7 @@ impl EaselApp {
                 height: size.1,
                 source: source.clone(),
                 paste_back: true,
+                max_sequence_length: None,
             };
             match self.engine.generate(request) {
                 Ok(job) => self.jobs.push(job),

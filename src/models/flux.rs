@@ -1,0 +1,582 @@
+//! A FLUX.1 model folder as the hub repos ship it: diffusers configs for every part, the
+//! transformer in Black Forest Labs' single file (`flux1-*.safetensors`) or a GGUF
+//! quantization of it, the autoencoder in `ae.safetensors`, CLIP-L and T5 text encoders.
+//! Configs are read at open; components load when a job first needs them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_transformers::models::flux::autoencoder::{
+    Config as AutoencoderConfig, Decoder as FluxDecoder, Encoder as FluxEncoder,
+};
+use candle_transformers::models::flux::model::{Config as TransformerConfig, Flux};
+use candle_transformers::models::flux::quantized_model::Flux as QuantizedFlux;
+use candle_transformers::models::flux::WithForward;
+use candle_transformers::models::t5;
+use serde::Deserialize;
+
+use super::clip::ClipTextModel;
+use super::component::Component;
+use super::config::{read_json, ClipTextConfig, ModelIndex, SchedulerConfig, VaeConfig};
+use super::error::ModelError;
+use super::t5_tokenizer::T5Tokenizer;
+use super::tokenizer::PromptTokenizer;
+use super::weights::{component_files, weights_error, weights_var_builder};
+
+/// Pixels per latent of the FLUX autoencoder.
+pub const FLUX_LATENT_SCALE: usize = 8;
+/// Pixels per packed token: 2x2 latents make one transformer token.
+pub const FLUX_PATCH_PX: u32 = 16;
+
+/// `transformer/config.json` of a `FluxTransformer2DModel`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FluxTransformerJson {
+    /// Packed latent channels (64: 16 latent channels x 2x2).
+    pub in_channels: usize,
+    /// Width of CLIP's pooled output.
+    pub pooled_projection_dim: usize,
+    /// Width of T5's hidden states.
+    pub joint_attention_dim: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Width of one head.
+    pub attention_head_dim: usize,
+    /// Double-stream blocks.
+    pub num_layers: usize,
+    /// Single-stream blocks.
+    pub num_single_layers: usize,
+    /// Rotary embedding widths per position axis.
+    pub axes_dims_rope: Vec<usize>,
+    /// Whether guidance goes in through an embedder (dev) or not (schnell).
+    #[serde(default)]
+    pub guidance_embeds: bool,
+}
+
+impl FluxTransformerJson {
+    /// candle's config for the same transformer.
+    pub fn candle_config(&self) -> TransformerConfig {
+        TransformerConfig {
+            in_channels: self.in_channels,
+            vec_in_dim: self.pooled_projection_dim,
+            context_in_dim: self.joint_attention_dim,
+            hidden_size: self.num_attention_heads * self.attention_head_dim,
+            mlp_ratio: 4.0,
+            num_heads: self.num_attention_heads,
+            depth: self.num_layers,
+            depth_single_blocks: self.num_single_layers,
+            axes_dim: self.axes_dims_rope.clone(),
+            theta: 10_000,
+            qkv_bias: true,
+            guidance_embed: self.guidance_embeds,
+        }
+    }
+}
+
+/// Which FLUX.1 model a folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FluxVariant {
+    /// Timestep-distilled: few steps, no guidance.
+    Schnell,
+    /// Guidance-distilled: guidance goes to the transformer's embedder.
+    Dev,
+}
+
+impl FluxVariant {
+    /// T5 tokens the prompt is padded to (256 for schnell, 512 for dev, as diffusers).
+    pub fn max_sequence_length(self) -> usize {
+        match self {
+            FluxVariant::Schnell => 256,
+            FluxVariant::Dev => 512,
+        }
+    }
+
+    /// Steps and guidance an artist starts from.
+    pub fn default_steps_and_guidance(self) -> (usize, f64) {
+        match self {
+            FluxVariant::Schnell => (4, 0.0),
+            FluxVariant::Dev => (28, 3.5),
+        }
+    }
+}
+
+/// Where the transformer's weights are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransformerFile {
+    /// Black Forest Labs' single safetensors file.
+    Full(PathBuf),
+    /// A GGUF quantization of it (candle's quantized FLUX).
+    Quantized(PathBuf),
+}
+
+impl TransformerFile {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        match self {
+            TransformerFile::Full(path) | TransformerFile::Quantized(path) => path,
+        }
+    }
+}
+
+/// The loaded transformer, full precision or quantized.
+#[derive(Debug)]
+pub enum FluxTransformer {
+    /// From safetensors at the model's dtype.
+    Full(Box<Flux>),
+    /// From GGUF.
+    Quantized(Box<QuantizedFlux>),
+}
+
+impl FluxTransformer {
+    /// One velocity prediction for packed latents `img` at `timestep` (a sigma).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        img: &Tensor,
+        img_ids: &Tensor,
+        txt: &Tensor,
+        txt_ids: &Tensor,
+        timestep: &Tensor,
+        pooled: &Tensor,
+        guidance: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            FluxTransformer::Full(model) => {
+                model.forward(img, img_ids, txt, txt_ids, timestep, pooled, guidance)
+            }
+            FluxTransformer::Quantized(model) => {
+                model.forward(img, img_ids, txt, txt_ids, timestep, pooled, guidance)
+            }
+        }
+    }
+}
+
+/// The 16-channel autoencoder: encoder and decoder, with the latent shift and scale.
+#[derive(Debug)]
+pub struct FluxAutoencoder {
+    encoder: FluxEncoder,
+    decoder: FluxDecoder,
+    /// Latents are `(z - shift) * scale`.
+    pub scale_factor: f64,
+    /// See `scale_factor`.
+    pub shift_factor: f64,
+}
+
+impl FluxAutoencoder {
+    /// The posterior of `pixels` (`[1, 3, h, w]` in -1..1): mean and standard deviation.
+    pub fn encode(&self, pixels: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let moments = self.encoder.forward(pixels)?;
+        let halves = moments.chunk(2, 1)?;
+        // diffusers clamps the log-variance before taking the deviation.
+        let std = (halves[1].clamp(-30f32, 20f32)? * 0.5)?.exp()?;
+        Ok((halves[0].clone(), std))
+    }
+
+    /// Model latents from an autoencoder sample.
+    pub fn to_model_latents(&self, sample: &Tensor) -> candle_core::Result<Tensor> {
+        (sample - self.shift_factor)? * self.scale_factor
+    }
+
+    /// Pixels (`[1, 3, h, w]`, about -1..1) from model latents `[1, 16, h/8, w/8]`.
+    pub fn decode(&self, latents: &Tensor) -> candle_core::Result<Tensor> {
+        let z = ((latents / self.scale_factor)? + self.shift_factor)?;
+        self.decoder.forward(&z)
+    }
+}
+
+/// CLIP-L with its tokenizer.
+#[derive(Debug)]
+pub struct ClipEncoder {
+    /// 77-token CLIP tokenizer.
+    pub tokenizer: PromptTokenizer,
+    /// The text model (its pooled output conditions FLUX).
+    pub model: ClipTextModel,
+}
+
+/// T5 with its tokenizer.
+#[derive(Debug)]
+pub struct T5Encoder {
+    /// SentencePiece tokenizer.
+    pub tokenizer: T5Tokenizer,
+    /// The encoder (cloned per use: candle's forward takes `&mut`; weights are shared).
+    pub model: t5::T5EncoderModel,
+}
+
+/// An opened FLUX folder.
+#[derive(Debug)]
+pub struct FluxModel {
+    dir: PathBuf,
+    /// Schnell or dev.
+    pub variant: FluxVariant,
+    /// `transformer/config.json`.
+    pub transformer_json: FluxTransformerJson,
+    /// `vae/config.json` (the autoencoder's sizes, scale and shift).
+    pub vae_config: VaeConfig,
+    /// `scheduler/scheduler_config.json`.
+    pub scheduler_config: SchedulerConfig,
+    clip_config: ClipTextConfig,
+    t5_config: t5::Config,
+    transformer_file: TransformerFile,
+    clip: Option<ClipEncoder>,
+    t5: Option<T5Encoder>,
+    transformer: Option<FluxTransformer>,
+    autoencoder: Option<FluxAutoencoder>,
+    device: Device,
+    dtype: DType,
+    loaded_bytes: Vec<(Component, u64)>,
+}
+
+impl FluxModel {
+    /// Whether `dir` holds a FLUX pipeline (by its `model_index.json`).
+    pub fn is_flux_folder(dir: &Path) -> bool {
+        read_json::<ModelIndex>(&dir.join("model_index.json"), "model index")
+            .is_ok_and(|index| index.class_name.starts_with("Flux"))
+    }
+
+    /// Reads the configs of the FLUX model in `dir` and finds its transformer file: the
+    /// full-precision single file when there is one, else a GGUF.
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::FolderNotFound {
+                path: dir.to_path_buf(),
+            });
+        }
+        let transformer_path = dir.join("transformer/config.json");
+        let transformer_json: FluxTransformerJson =
+            read_json(&transformer_path, "FLUX transformer config")?;
+        let variant = if transformer_json.guidance_embeds {
+            FluxVariant::Dev
+        } else {
+            FluxVariant::Schnell
+        };
+        let vae_config: VaeConfig = read_json(&dir.join("vae/config.json"), "VAE config")?;
+        let scheduler_config = read_json(
+            &dir.join("scheduler/scheduler_config.json"),
+            "scheduler config",
+        )?;
+        let clip_config = read_json(&dir.join("text_encoder/config.json"), "text encoder config")?;
+        let t5_config = read_json(
+            &dir.join("text_encoder_2/config.json"),
+            "T5 text encoder config",
+        )?;
+        let transformer_file = find_transformer_file(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            variant,
+            transformer_json,
+            vae_config,
+            scheduler_config,
+            clip_config,
+            t5_config,
+            transformer_file,
+            clip: None,
+            t5: None,
+            transformer: None,
+            autoencoder: None,
+            device: device.clone(),
+            dtype,
+            loaded_bytes: Vec::new(),
+        })
+    }
+
+    /// The model folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype weights load at.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The transformer's weight file.
+    pub fn transformer_file(&self) -> &TransformerFile {
+        &self.transformer_file
+    }
+
+    /// Uses the GGUF transformer in the folder (when `quantized` and one exists) or the full
+    /// one; a loaded transformer of the other kind is dropped. Returns whether it changed.
+    pub fn prefer_quantized(&mut self, quantized: bool) -> bool {
+        let wanted = if quantized {
+            find_gguf(&self.dir).map(TransformerFile::Quantized)
+        } else {
+            find_full_transformer(&self.dir).map(TransformerFile::Full)
+        };
+        match wanted {
+            Some(file) if file != self.transformer_file => {
+                self.transformer_file = file;
+                self.unload(Component::Transformer);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the folder has a GGUF transformer to fall back to.
+    pub fn has_quantized(&self) -> bool {
+        find_gguf(&self.dir).is_some()
+    }
+
+    /// The native output size in pixels (the autoencoder's sample size).
+    pub fn native_size_px(&self) -> (u32, u32) {
+        let side = self.vae_config_sample_size();
+        (side, side)
+    }
+
+    fn vae_config_sample_size(&self) -> u32 {
+        // FLUX's vae/config.json says 1024 for the real model (64 for the tiny one).
+        self.vae_config.sample_size.unwrap_or(1024)
+    }
+
+    /// The components every job needs, in pipeline order.
+    pub fn components(&self) -> Vec<Component> {
+        vec![
+            Component::TextEncoder,
+            Component::TextEncoder2,
+            Component::Transformer,
+            Component::Vae,
+        ]
+    }
+
+    /// Whether `component` is in memory.
+    pub fn is_loaded(&self, component: Component) -> bool {
+        match component {
+            Component::TextEncoder => self.clip.is_some(),
+            Component::TextEncoder2 => self.t5.is_some(),
+            Component::Transformer => self.transformer.is_some(),
+            Component::Vae => self.autoencoder.is_some(),
+            Component::Unet => false,
+        }
+    }
+
+    /// Loads `component` if it is not loaded, returning how long that took.
+    pub fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
+        if self.is_loaded(component) {
+            return Ok(Duration::ZERO);
+        }
+        let started = Instant::now();
+        let files = self.files_of(component)?;
+        match component {
+            Component::TextEncoder => {
+                let tokenizer = PromptTokenizer::load(&self.dir.join("tokenizer"))?;
+                let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                let config = self.dir.join("text_encoder/config.json");
+                let model = ClipTextModel::new(vb, &self.clip_config)
+                    .map_err(|e| weights_error(&files, &config, e))?;
+                self.clip = Some(ClipEncoder { tokenizer, model });
+            }
+            Component::TextEncoder2 => {
+                let tokenizer = T5Tokenizer::load(&self.dir.join("tokenizer_2"))?;
+                let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                let config = self.dir.join("text_encoder_2/config.json");
+                let model = t5::T5EncoderModel::load(vb, &self.t5_config)
+                    .map_err(|e| weights_error(&files, &config, e))?;
+                self.t5 = Some(T5Encoder { tokenizer, model });
+            }
+            Component::Transformer => {
+                let config = self.transformer_json.candle_config();
+                let config_path = self.dir.join("transformer/config.json");
+                let transformer = match &self.transformer_file {
+                    TransformerFile::Full(_) => {
+                        let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                        FluxTransformer::Full(Box::new(
+                            Flux::new(&config, vb)
+                                .map_err(|e| weights_error(&files, &config_path, e))?,
+                        ))
+                    }
+                    TransformerFile::Quantized(path) => {
+                        let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(
+                            path,
+                            &self.device,
+                        )
+                        .map_err(|e| ModelError::BadWeights {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        })?;
+                        FluxTransformer::Quantized(Box::new(
+                            QuantizedFlux::new(&config, vb)
+                                .map_err(|e| weights_error(&files, &config_path, e))?,
+                        ))
+                    }
+                };
+                self.transformer = Some(transformer);
+            }
+            Component::Vae => {
+                let config = self.autoencoder_config();
+                let vae_dtype = if self.vae_config.force_upcast {
+                    DType::F32
+                } else {
+                    self.dtype
+                };
+                let vb = weights_var_builder(&files, vae_dtype, &self.device)?;
+                let config_path = self.dir.join("vae/config.json");
+                let build = || -> candle_core::Result<FluxAutoencoder> {
+                    Ok(FluxAutoencoder {
+                        encoder: FluxEncoder::new(&config, vb.pp("encoder"))?,
+                        decoder: FluxDecoder::new(&config, vb.pp("decoder"))?,
+                        scale_factor: config.scale_factor,
+                        shift_factor: config.shift_factor,
+                    })
+                };
+                self.autoencoder =
+                    Some(build().map_err(|e| weights_error(&files, &config_path, e))?);
+            }
+            Component::Unet => return Ok(Duration::ZERO),
+        }
+        let bytes = files_bytes(&files);
+        self.loaded_bytes.retain(|(c, _)| *c != component);
+        self.loaded_bytes.push((component, bytes));
+        Ok(started.elapsed())
+    }
+
+    /// The weight files behind `component`.
+    fn files_of(&self, component: Component) -> Result<Vec<PathBuf>, ModelError> {
+        match component {
+            Component::TextEncoder | Component::TextEncoder2 => {
+                component_files(&self.dir.join(component.name()))
+            }
+            Component::Transformer => Ok(vec![self.transformer_file.path().to_path_buf()]),
+            Component::Vae => {
+                let path = self.dir.join("ae.safetensors");
+                if path.is_file() {
+                    Ok(vec![path])
+                } else {
+                    Err(ModelError::MissingFile {
+                        what: "FLUX autoencoder",
+                        path,
+                    })
+                }
+            }
+            Component::Unet => Ok(Vec::new()),
+        }
+    }
+
+    /// candle's autoencoder config from `vae/config.json`.
+    fn autoencoder_config(&self) -> AutoencoderConfig {
+        let vae = &self.vae_config;
+        let ch = vae.block_out_channels.first().copied().unwrap_or(128);
+        AutoencoderConfig {
+            resolution: self.vae_config_sample_size() as usize,
+            in_channels: vae.in_channels,
+            ch,
+            out_ch: vae.out_channels,
+            ch_mult: vae
+                .block_out_channels
+                .iter()
+                .map(|c| c / ch.max(1))
+                .collect(),
+            num_res_blocks: vae.layers_per_block,
+            z_channels: vae.latent_channels,
+            scale_factor: vae.scaling_factor,
+            shift_factor: vae.shift_factor.unwrap_or(0.0),
+        }
+    }
+
+    /// Drops `component`'s weights.
+    pub fn unload(&mut self, component: Component) {
+        match component {
+            Component::TextEncoder => self.clip = None,
+            Component::TextEncoder2 => self.t5 = None,
+            Component::Transformer => self.transformer = None,
+            Component::Vae => self.autoencoder = None,
+            Component::Unet => {}
+        }
+        self.loaded_bytes.retain(|(c, _)| *c != component);
+    }
+
+    /// Drops every component.
+    pub fn unload_all(&mut self) {
+        for component in self.components() {
+            self.unload(component);
+        }
+    }
+
+    /// Bytes of `component`'s weight files, loaded or not (0 when they can't be found).
+    pub fn file_bytes(&self, component: Component) -> u64 {
+        self.files_of(component)
+            .map(|files| files_bytes(&files))
+            .unwrap_or(0)
+    }
+
+    /// Bytes of weight files behind each loaded component.
+    pub fn loaded_bytes(&self) -> &[(Component, u64)] {
+        &self.loaded_bytes
+    }
+
+    /// The loaded CLIP encoder.
+    pub fn clip(&self) -> Option<&ClipEncoder> {
+        self.clip.as_ref()
+    }
+
+    /// The loaded T5 encoder.
+    pub fn t5(&self) -> Option<&T5Encoder> {
+        self.t5.as_ref()
+    }
+
+    /// The loaded transformer.
+    pub fn transformer(&self) -> Option<&FluxTransformer> {
+        self.transformer.as_ref()
+    }
+
+    /// The loaded autoencoder.
+    pub fn autoencoder(&self) -> Option<&FluxAutoencoder> {
+        self.autoencoder.as_ref()
+    }
+}
+
+/// The transformer file of a folder: the full single file when there is one, else a GGUF.
+fn find_transformer_file(dir: &Path) -> Result<TransformerFile, ModelError> {
+    if let Some(path) = find_full_transformer(dir) {
+        return Ok(TransformerFile::Full(path));
+    }
+    if let Some(path) = find_gguf(dir) {
+        return Ok(TransformerFile::Quantized(path));
+    }
+    Err(ModelError::MissingFile {
+        what: "FLUX transformer (Black Forest Labs' flux1-*.safetensors, or a .gguf)",
+        path: dir.join("flux1-dev.safetensors"),
+    })
+}
+
+/// A `*.safetensors` at the folder's top other than the autoencoder, `flux1-*` first.
+fn find_full_transformer(dir: &Path) -> Option<PathBuf> {
+    let mut candidates = files_with_extension(dir, "safetensors");
+    candidates.retain(|p| p.file_name().is_some_and(|n| n != "ae.safetensors"));
+    candidates.sort_by_key(|p| {
+        let flux = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("flux1-"));
+        (!flux, p.clone())
+    });
+    candidates.into_iter().next()
+}
+
+fn find_gguf(dir: &Path) -> Option<PathBuf> {
+    let mut candidates = files_with_extension(dir, "gguf");
+    candidates.sort();
+    candidates.into_iter().next()
+}
+
+fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == extension))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn files_bytes(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
