@@ -5,6 +5,10 @@
 
 mod common;
 
+use common::jobs::{
+    engine, engine_with, failure, finished, wait_for, wait_for_with, JobEnd, Outcome, WAIT,
+};
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,60 +25,6 @@ use easel::pipeline::request::{GenerateRequest, RequestError, SourceImage};
 use easel::pipeline::PipelineError;
 use easel::schedulers::SamplerKind;
 
-const WAIT: Duration = Duration::from_secs(300);
-
-fn engine_with(config: EngineConfig) -> Engine {
-    Engine::spawn(config, Arc::new(|| {})).expect("engine starts on the CPU")
-}
-
-fn engine() -> Engine {
-    engine_with(EngineConfig {
-        device: DeviceChoice::Cpu,
-        ..Default::default()
-    })
-}
-
-/// How a job ended.
-#[derive(Debug)]
-enum Outcome {
-    Finished(JobOutput),
-    Failed(EngineError),
-    Cancelled,
-}
-
-/// How a job ended, with every event it produced.
-struct JobEnd {
-    events: Vec<Event>,
-    outcome: Outcome,
-}
-
-fn wait_for(engine: &Engine, job: JobId) -> JobEnd {
-    wait_for_with(engine, job, |_| {})
-}
-
-fn wait_for_with(engine: &Engine, job: JobId, mut on_event: impl FnMut(&Event)) -> JobEnd {
-    let mut events = Vec::new();
-    loop {
-        let event = engine
-            .events()
-            .recv_timeout(WAIT)
-            .expect("the engine reports within the time limit");
-        on_event(&event);
-        let end = match &event {
-            Event::Finished { job: j, output } if *j == job => {
-                Some(Outcome::Finished((**output).clone()))
-            }
-            Event::Failed { job: j, error } if *j == job => Some(Outcome::Failed(error.clone())),
-            Event::Cancelled { job: j } if *j == job => Some(Outcome::Cancelled),
-            _ => None,
-        };
-        events.push(event);
-        if let Some(outcome) = end {
-            return JobEnd { events, outcome };
-        }
-    }
-}
-
 fn tiny_request(model: &Path) -> GenerateRequest {
     GenerateRequest {
         steps: 3,
@@ -82,22 +32,6 @@ fn tiny_request(model: &Path) -> GenerateRequest {
         height: Some(64),
         seed: 7,
         ..GenerateRequest::new(model, "a red apple on a table")
-    }
-}
-
-fn finished(end: JobEnd) -> JobOutput {
-    match end.outcome {
-        Outcome::Finished(output) => output,
-        Outcome::Failed(error) => panic!("the job failed: {error}"),
-        Outcome::Cancelled => panic!("the job was cancelled"),
-    }
-}
-
-fn failure(end: JobEnd) -> EngineError {
-    match end.outcome {
-        Outcome::Failed(error) => error,
-        Outcome::Finished(_) => panic!("expected a failure, the job finished"),
-        Outcome::Cancelled => panic!("expected a failure, the job was cancelled"),
     }
 }
 

@@ -409,7 +409,7 @@ impl Worker {
         self.report_model_memory(model);
         self.inject(FaultPoint::BeforeDecode(job))?;
         let generated = decode(model, request, denoised)?;
-        Ok(job_output(request, generated))
+        Ok(job_output(model, request, generated))
     }
 
     /// Runs `request` with the strategy the settings choose and, each time it runs out of
@@ -536,15 +536,21 @@ impl Worker {
         let denoised = self.denoise_observed(job, request, model, &prompt, timings)?;
         self.inject(FaultPoint::BeforeDecode(job))?;
         let generated = decode(model, request, denoised)?;
-        Ok(job_output(request, generated))
+        Ok(job_output(model, request, generated))
     }
 }
 
-/// What a finished job reports.
-fn job_output(request: &GenerateRequest, generated: Generated) -> JobOutput {
+/// What a finished job reports. FLUX samples with (flow-matching) Euler and takes no
+/// negative prompt, whatever the request says: its parameters say what ran.
+fn job_output(model: &OpenedModel, request: &GenerateRequest, generated: Generated) -> JobOutput {
+    let mut parameters = JobParameters::of(request, generated.size_px);
+    if let OpenedModel::Flux(_) = model {
+        parameters.sampler = crate::schedulers::SamplerKind::Euler;
+        parameters.negative_prompt = None;
+    }
     JobOutput {
         image: generated.image,
-        parameters: JobParameters::of(request, generated.size_px),
+        parameters,
         timings: generated.timings,
         prompt_cut_off: generated.prompt_cut_off,
         strategy: Strategy::Full,

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod jobs;
+
 use std::path::{Path, PathBuf};
 
 /// `../shared/parity`, or `EASEL_PARITY_DIR`. Panics with a clear message when absent, so a

@@ -1,0 +1,86 @@
+//! Running jobs on an engine in tests: starting one on the CPU, and waiting for a job's end
+//! with every event it produced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use easel::device::DeviceChoice;
+use easel::engine::{Engine, EngineConfig, EngineError, Event, JobId, JobOutput};
+
+/// The longest a test waits for an engine event.
+pub const WAIT: Duration = Duration::from_secs(300);
+
+/// An engine with `config` and no wake-up.
+pub fn engine_with(config: EngineConfig) -> Engine {
+    Engine::spawn(config, Arc::new(|| {})).expect("engine starts on the CPU")
+}
+
+/// An engine on the CPU with the default policies.
+pub fn engine() -> Engine {
+    engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        ..Default::default()
+    })
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It finished with this output.
+    Finished(JobOutput),
+    /// It failed.
+    Failed(EngineError),
+    /// It was cancelled.
+    Cancelled,
+}
+
+/// How a job ended, with every event it produced.
+pub struct JobEnd {
+    /// Every event up to the end.
+    pub events: Vec<Event>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+pub fn wait_for(engine: &Engine, job: JobId) -> JobEnd {
+    wait_for_with(engine, job, |_| {})
+}
+
+pub fn wait_for_with(engine: &Engine, job: JobId, mut on_event: impl FnMut(&Event)) -> JobEnd {
+    let mut events = Vec::new();
+    loop {
+        let event = engine
+            .events()
+            .recv_timeout(WAIT)
+            .expect("the engine reports within the time limit");
+        on_event(&event);
+        let end = match &event {
+            Event::Finished { job: j, output } if *j == job => {
+                Some(Outcome::Finished((**output).clone()))
+            }
+            Event::Failed { job: j, error } if *j == job => Some(Outcome::Failed(error.clone())),
+            Event::Cancelled { job: j } if *j == job => Some(Outcome::Cancelled),
+            _ => None,
+        };
+        events.push(event);
+        if let Some(outcome) = end {
+            return JobEnd { events, outcome };
+        }
+    }
+}
+
+pub fn finished(end: JobEnd) -> JobOutput {
+    match end.outcome {
+        Outcome::Finished(output) => output,
+        Outcome::Failed(error) => panic!("the job failed: {error}"),
+        Outcome::Cancelled => panic!("the job was cancelled"),
+    }
+}
+
+pub fn failure(end: JobEnd) -> EngineError {
+    match end.outcome {
+        Outcome::Failed(error) => error,
+        Outcome::Finished(_) => panic!("expected a failure, the job finished"),
+        Outcome::Cancelled => panic!("expected a failure, the job was cancelled"),
+    }
+}
