@@ -129,8 +129,7 @@ impl EaselApp {
         };
         if prompt.settings.model.is_none() {
             if let Some(first) = models.first() {
-                prompt.settings.model = Some(first.path.clone());
-                (prompt.settings.width_px, prompt.settings.height_px) = first.native_size_px;
+                prompt.settings.pick_model(first);
             }
         }
         // Until `with_settings` says otherwise: a file beside the session, no environment.

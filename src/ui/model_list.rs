@@ -1,10 +1,11 @@
-//! The models the picker offers: diffusers folders under the models directory, and folders
-//! the user opened. Only their configs are read here; weights load in the engine.
+//! The models the picker offers: Stable Diffusion and FLUX folders under the models
+//! directory, and folders the user opened. Only their configs are read here; weights load in
+//! the engine.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use easel::models::sd::{Family, SdModel};
+use easel::models::opened::{LatentSpace, OpenedModel};
 
 /// A model folder the picker can offer.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,26 +16,47 @@ pub struct ModelEntry {
     pub path: PathBuf,
     /// The size it was trained at.
     pub native_size_px: (u32, u32),
-    /// SD or SDXL.
-    pub family: Family,
+    /// SD, SDXL or FLUX latents.
+    pub latent_space: LatentSpace,
     /// Whether its UNet takes the mask as input (a dedicated inpainting model).
     pub inpainting: bool,
+    /// Steps and guidance the model wants when it is picked (FLUX's distilled models), or
+    /// `None` to keep what the panel has.
+    pub recommended_steps_guidance: Option<(usize, f64)>,
 }
 
 impl ModelEntry {
     /// Reads the configs in `path`; an error says which file is wrong.
     pub fn read(path: &Path) -> Result<Self, String> {
-        let model = SdModel::open(path, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
+        let model = OpenedModel::open(path, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
+        let (native_size_px, inpainting, recommended_steps_guidance) = match &model {
+            OpenedModel::Sd(sd) => (
+                sd.native_size_px(),
+                sd.unet_shape.in_channels != sd.vae_config.latent_channels,
+                None,
+            ),
+            OpenedModel::Flux(flux) => (
+                flux.native_size_px(),
+                false,
+                Some(flux.variant.default_steps_and_guidance()),
+            ),
+        };
         Ok(Self {
             name: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| path.display().to_string()),
             path: path.to_path_buf(),
-            native_size_px: model.native_size_px(),
-            family: model.family,
-            inpainting: model.unet_shape.in_channels != model.vae_config.latent_channels,
+            native_size_px,
+            latent_space: model.latent_space(),
+            inpainting,
+            recommended_steps_guidance,
         })
+    }
+
+    /// Whether the model has a negative prompt and a choice of sampler (FLUX has neither).
+    pub fn takes_negative_prompt_and_sampler(&self) -> bool {
+        self.latent_space != LatentSpace::Flux
     }
 
     /// Width x height presets for this model: square, portrait and landscape at its native

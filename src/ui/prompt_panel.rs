@@ -60,6 +60,15 @@ impl Default for PromptSettings {
 }
 
 impl PromptSettings {
+    /// Picks `entry`: its native size, and the steps and guidance it wants, if any.
+    pub fn pick_model(&mut self, entry: &ModelEntry) {
+        self.model = Some(entry.path.clone());
+        (self.width_px, self.height_px) = entry.native_size_px;
+        if let Some((steps, guidance)) = entry.recommended_steps_guidance {
+            (self.steps, self.guidance) = (steps, guidance);
+        }
+    }
+
     /// Takes the parameters a result was made with ("recall parameters"): `model` when the
     /// caller knows the folder, else the one of `models` named in them; fields they lack stay
     /// as they are. The seed is locked so the next job reproduces the result.
@@ -146,8 +155,7 @@ impl PromptPanel {
                     for entry in context.models {
                         let chosen = s.model.as_ref() == Some(&entry.path);
                         if ui.selectable_label(chosen, &entry.name).clicked() && !chosen {
-                            s.model = Some(entry.path.clone());
-                            (s.width_px, s.height_px) = entry.native_size_px;
+                            s.pick_model(entry);
                         }
                     }
                 })
@@ -155,7 +163,7 @@ impl PromptPanel {
                 .labelled_by(label.id);
             if ui
                 .button("Open…")
-                .on_hover_text("Use a diffusers model folder")
+                .on_hover_text("Use a Stable Diffusion (diffusers) or FLUX model folder")
                 .clicked()
             {
                 action = Some(PromptAction::OpenModelFolder);
@@ -172,29 +180,44 @@ impl PromptPanel {
         if let Some(cut) = context.prompt_cut_off {
             ui.colored_label(
                 ui.visuals().warn_fg_color,
-                format!("Cut off at 77 tokens: \"{cut}\""),
+                format!("Cut off at the text encoder's token limit: \"{cut}\""),
             );
         }
+        // FLUX has no negative prompt and one sampler: those fields rest (kept for SD).
+        let sd_controls = s
+            .model
+            .as_ref()
+            .and_then(|m| context.models.iter().find(|e| &e.path == m))
+            .is_none_or(ModelEntry::takes_negative_prompt_and_sampler);
         let label = ui.label("Negative prompt");
-        ui.add(
+        ui.add_enabled(
+            sd_controls,
             egui::TextEdit::multiline(&mut s.negative_prompt)
                 .desired_rows(2)
                 .desired_width(f32::INFINITY)
-                .hint_text("what to avoid"),
+                .hint_text(if sd_controls {
+                    "what to avoid"
+                } else {
+                    "FLUX takes no negative prompt"
+                }),
         )
         .labelled_by(label.id);
 
         egui::Grid::new("numbers").num_columns(2).show(ui, |ui| {
             let label = ui.label("Sampler");
-            egui::ComboBox::from_id_salt("sampler")
-                .selected_text(s.sampler.name())
-                .show_ui(ui, |ui| {
-                    for kind in SamplerKind::ALL {
-                        ui.selectable_value(&mut s.sampler, kind, kind.name());
-                    }
-                })
-                .response
-                .labelled_by(label.id);
+            if sd_controls {
+                egui::ComboBox::from_id_salt("sampler")
+                    .selected_text(s.sampler.name())
+                    .show_ui(ui, |ui| {
+                        for kind in SamplerKind::ALL {
+                            ui.selectable_value(&mut s.sampler, kind, kind.name());
+                        }
+                    })
+                    .response
+                    .labelled_by(label.id);
+            } else {
+                ui.label("flow-match Euler").labelled_by(label.id);
+            }
             ui.end_row();
             labelled_drag(
                 ui,

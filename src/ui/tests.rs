@@ -11,7 +11,7 @@ use crossbeam_channel::{bounded, Sender};
 use easel::device::DeviceChoice;
 use easel::engine::{EngineConfig, Fault, FaultPoint};
 use eframe::egui::{self, accesskit::Role, Event, Key, Modifiers, PointerButton, Pos2, Vec2};
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 
 use super::{AppPaths, EaselApp};
@@ -552,4 +552,52 @@ fn a_setting_changed_in_the_window_is_saved_at_once_and_a_bad_one_is_refused() {
     let unchanged = std::fs::read_to_string(&file).expect("file");
     assert!(!unchanged.contains("dtype"), "{unchanged}");
     assert!(harness.state().engine_is_running());
+}
+
+#[test]
+fn picking_a_flux_model_takes_its_defaults_and_generates() {
+    let folders = Folders::new();
+    let flux = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parity/models/flux-tiny-dev");
+    std::os::unix::fs::symlink(
+        flux.canonicalize().expect("canonical"),
+        folders.paths().models_dir.join("flux-tiny-dev"),
+    )
+    .expect("link the FLUX model");
+    let mut harness = window(folders.paths(), plain_engine());
+    harness.step();
+    harness.state_mut().prompt.settings.prompt = "a paper boat".into();
+    harness.state_mut().prompt.settings.negative_prompt = "blurry".into();
+
+    // Picked from the list (a fresh session may already have taken it as the first model).
+    harness.state_mut().prompt.settings.model = None;
+    click(&mut harness, "Model");
+    click(&mut harness, "flux-tiny-dev");
+    let settings = &harness.state().prompt.settings;
+    assert!(settings
+        .model
+        .as_ref()
+        .is_some_and(|m| m.ends_with("flux-tiny-dev")));
+    assert_eq!((settings.steps, settings.guidance), (28, 3.5));
+    // FLUX has no negative prompt: the field rests, its text kept for SD models.
+    let negative = harness.get_by_role_and_label(Role::MultilineTextInput, "Negative prompt");
+    assert!(
+        negative.accesskit_node().is_disabled(),
+        "the negative prompt is disabled"
+    );
+    harness.get_by_label("flow-match Euler");
+
+    {
+        let settings = &mut harness.state_mut().prompt.settings;
+        settings.steps = 2;
+        (settings.width_px, settings.height_px) = (64, 64);
+    }
+    click(&mut harness, "Generate");
+    run_until(&mut harness, "the FLUX result", |app| {
+        !app.is_busy() && !app.has_background_work() && !app.results.history.is_empty()
+    });
+    let entry = &harness.state().results.history[0];
+    assert_eq!(entry.image.dimensions(), (64, 64));
+    assert_eq!(entry.parameters.negative_prompt, None);
+    assert_eq!(harness.state().prompt.settings.negative_prompt, "blurry");
+    assert!(harness.state().status.last_error.is_none());
 }
