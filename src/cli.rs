@@ -153,11 +153,11 @@ struct ReplayArgs {
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// sd15 or sdxl (random weights of the real architecture, built once and cached), or a
-    /// diffusers model folder.
+    /// sd15, sdxl or flux (random weights of the real architecture, FLUX at reduced depth,
+    /// built once and cached), or a model folder.
     #[arg(long, default_value = "sd15")]
     model: String,
-    /// Output side in pixels (square, a multiple of 8).
+    /// Output side in pixels (square, a multiple of 8; 16 for FLUX).
     #[arg(long, default_value_t = 256)]
     size: u32,
     /// Denoising steps per job.

@@ -240,7 +240,12 @@ fn bench_reports_every_mode_as_json() {
         let peak = figures["peak_rss_bytes"].as_u64().expect("peak RSS");
         assert!(peak >= idle, "{mode}: peak {peak} below idle {idle}");
     }
-    assert!(report["unet_forward_secs_median"].as_f64().expect("UNet") > 0.0);
+    assert!(
+        report["denoiser_forward_secs_median"]
+            .as_f64()
+            .expect("denoiser")
+            > 0.0
+    );
 }
 
 #[test]

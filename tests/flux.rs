@@ -15,7 +15,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 use common::jobs::{engine, engine_with, failure, finished, wait_for, wait_for_with, Outcome};
 use easel::device::DeviceChoice;
-use easel::engine::{EngineConfig, EngineError, Event, Fault, FaultPoint};
+use easel::engine::{EngineConfig, EngineError, Event, Fault, FaultPoint, Strategy};
 use easel::pipeline::request::{GenerateRequest, RequestError, SourceImage};
 use easel::pipeline::PipelineError;
 
@@ -267,9 +267,9 @@ fn flux_sizes_must_be_multiples_of_16() {
     );
 }
 
-/// The tiny schnell folder with its transformer as a GGUF (Q8_0 where the rows allow it) in
-/// place of the single safetensors file.
-fn quantized_copy() -> (tempfile::TempDir, PathBuf) {
+/// The tiny schnell folder with its transformer as a GGUF (Q8_0 where the rows allow it),
+/// beside the single safetensors file or (`keep_full` false) in its place.
+fn quantized_copy(keep_full: bool) -> (tempfile::TempDir, PathBuf) {
     let (temp, folder) = common::copy_model("flux-tiny-schnell");
     let bfl = folder.join("flux1-schnell.safetensors");
     let tensors = candle_core::safetensors::load(&bfl, &Device::Cpu).expect("load BFL file");
@@ -289,13 +289,15 @@ fn quantized_copy() -> (tempfile::TempDir, PathBuf) {
     let refs: Vec<(&str, &QTensor)> = quantized.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut file = std::fs::File::create(folder.join("flux1-schnell-Q8_0.gguf")).expect("create");
     gguf_file::write(&mut file, &[], &refs).expect("write GGUF");
-    std::fs::remove_file(&bfl).expect("remove the full transformer");
+    if !keep_full {
+        std::fs::remove_file(&bfl).expect("remove the full transformer");
+    }
     (temp, folder)
 }
 
 #[test]
 fn a_gguf_transformer_loads_and_generates_close_to_the_full_one() {
-    let (_temp, quantized) = quantized_copy();
+    let (_temp, quantized) = quantized_copy(false);
     let engine = engine();
     let full = finished(wait_for(
         &engine,
@@ -338,4 +340,86 @@ fn a_gguf_transformer_loads_and_generates_close_to_the_full_one() {
         mean > 0.0,
         "the GGUF path must not silently run the f32 weights"
     );
+}
+
+#[test]
+fn out_of_memory_falls_back_to_the_gguf_transformer_when_the_folder_has_one() {
+    let (_temp, folder) = quantized_copy(true);
+    // The first step runs out of memory with the full transformer, in every f32 strategy.
+    let failures_left = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+    let hook_failures = failures_left.clone();
+    let hook = Arc::new(move |point: FaultPoint| {
+        let first_step = matches!(point, FaultPoint::BeforeStep { step: 1, .. });
+        let fail = first_step
+            && hook_failures
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                )
+                .is_ok();
+        if fail {
+            Fault::OutOfMemory
+        } else {
+            Fault::Proceed
+        }
+    });
+    let engine = engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        fault_hook: Some(hook),
+        ..Default::default()
+    });
+    let end = wait_for(
+        &engine,
+        engine.generate(flux_request(&folder)).expect("send"),
+    );
+    let ladder: Vec<(Strategy, Option<Strategy>)> = end
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::OutOfMemory {
+                strategy,
+                retrying_with,
+                ..
+            } => Some((*strategy, *retrying_with)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ladder,
+        [
+            (Strategy::Full, Some(Strategy::Staged)),
+            (Strategy::Staged, Some(Strategy::StagedTiledVae)),
+            (Strategy::StagedTiledVae, Some(Strategy::StagedQuantized)),
+        ]
+    );
+    let gguf_bytes = std::fs::metadata(folder.join("flux1-schnell-Q8_0.gguf"))
+        .expect("gguf")
+        .len();
+    let transformer_bytes: Vec<u64> = end
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Memory(report) => report
+                .weights_bytes
+                .iter()
+                .find(|w| w.component == "transformer")
+                .map(|w| w.bytes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        transformer_bytes.last(),
+        Some(&gguf_bytes),
+        "{transformer_bytes:?}"
+    );
+    assert_eq!(finished(end).strategy, Strategy::StagedQuantized);
+
+    // The next job starts again from the full-precision transformer.
+    let next = wait_for(
+        &engine,
+        engine.generate(flux_request(&folder)).expect("send"),
+    );
+    let output = finished(next);
+    assert_eq!(output.strategy, Strategy::Full);
 }

@@ -1,5 +1,6 @@
-//! Random-weight models of the real SD 1.5 and SDXL architectures, built from their published
-//! configs and saved in the diffusers layout, so the benchmark needs no download.
+//! Random-weight models of the real SD 1.5 and SDXL architectures, and of FLUX.1 dev at its
+//! real widths but reduced depth, built from their published configs and saved in the layouts
+//! the hub ships, so the benchmark needs no download.
 //!
 //! Each component is built by Easel's own loaders over a candle `VarMap`, which creates every
 //! tensor the model asks for under its real name; the map is then saved as safetensors.
@@ -12,6 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 use super::BenchError;
 use crate::models::clip::ClipTextModel;
 use crate::models::config::{ClipTextConfig, UnetConfig, VaeConfig};
+use crate::models::flux::{FluxModel, FluxTransformerJson};
 use crate::models::unet::{Unet, UnetShape};
 use crate::models::vae::Vae;
 
@@ -22,6 +24,11 @@ pub enum Architecture {
     Sd15,
     /// SDXL base: CLIP ViT-L and OpenCLIP bigG text encoders, 2.6B-parameter UNet.
     Sdxl,
+    /// FLUX.1 dev's widths (3072-wide transformer, T5-XXL's 4096-wide layers, CLIP-L, the
+    /// full 16-channel autoencoder) at reduced depth: 1 double- and 2 single-stream blocks of
+    /// the real 19 and 38, 2 T5 layers of 24. A step of the real model costs about
+    /// 19 double + 38 single blocks' worth; this one fits in a few GB.
+    FluxReduced,
 }
 
 impl Architecture {
@@ -30,14 +37,16 @@ impl Architecture {
         match self {
             Architecture::Sd15 => "sd15",
             Architecture::Sdxl => "sdxl",
+            Architecture::FluxReduced => "flux",
         }
     }
 
-    /// The architecture called `name` ("sd15", "sdxl").
+    /// The architecture called `name` ("sd15", "sdxl", "flux").
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "sd15" => Some(Architecture::Sd15),
             "sdxl" => Some(Architecture::Sdxl),
+            "flux" => Some(Architecture::FluxReduced),
             _ => None,
         }
     }
@@ -65,6 +74,18 @@ impl Architecture {
                 ("tokenizer_2/tokenizer.json", BENCH_TOKENIZER),
                 ("tokenizer_2/tokenizer_config.json", TOKENIZER_CONFIG),
             ]),
+            Architecture::FluxReduced => files.extend([
+                ("model_index.json", FLUX_INDEX),
+                ("transformer/config.json", FLUX_TRANSFORMER_REDUCED),
+                ("vae/config.json", FLUX_VAE),
+                ("scheduler/scheduler_config.json", FLUX_DEV_SCHEDULER),
+                ("text_encoder_2/config.json", T5_XXL_REDUCED),
+                ("tokenizer_2/tokenizer.json", T5_BENCH_TOKENIZER),
+                (
+                    "tokenizer_2/tokenizer_config.json",
+                    T5_BENCH_TOKENIZER_CONFIG,
+                ),
+            ]),
         }
         files
     }
@@ -89,8 +110,13 @@ pub fn ensure_random_model(
         }
         std::fs::write(&path, text).map_err(|e| BenchError::io(&path, e))?;
     }
+    if architecture == Architecture::FluxReduced {
+        build_flux_weights(&dir, progress)?;
+        std::fs::write(&done_marker, "").map_err(|e| BenchError::io(&done_marker, e))?;
+        return Ok(dir);
+    }
     let text_encoders: &[&str] = match architecture {
-        Architecture::Sd15 => &["text_encoder"],
+        Architecture::Sd15 | Architecture::FluxReduced => &["text_encoder"],
         Architecture::Sdxl => &["text_encoder", "text_encoder_2"],
     };
     for encoder in text_encoders {
@@ -115,6 +141,38 @@ pub fn ensure_random_model(
     })?;
     std::fs::write(&done_marker, "").map_err(|e| BenchError::io(&done_marker, e))?;
     Ok(dir)
+}
+
+/// FLUX's weights as the hub ships them: CLIP and T5 in diffusers folders, the transformer
+/// in Black Forest Labs' single file, the autoencoder in `ae.safetensors`.
+fn build_flux_weights(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), BenchError> {
+    use candle_transformers::models::flux::autoencoder::{Decoder, Encoder};
+    use candle_transformers::models::flux::model::Flux;
+    use candle_transformers::models::t5;
+
+    progress("building a random text_encoder");
+    let clip: ClipTextConfig = parse(&dir.join("text_encoder/config.json"))?;
+    save_random(&dir.join("text_encoder/model.safetensors"), |vb| {
+        ClipTextModel::new(vb, &clip).map(drop)
+    })?;
+    progress("building a random T5 text_encoder_2");
+    let t5_config: t5::Config = parse(&dir.join("text_encoder_2/config.json"))?;
+    save_random(&dir.join("text_encoder_2/model.safetensors"), |vb| {
+        t5::T5EncoderModel::load(vb, &t5_config).map(drop)
+    })?;
+    progress("building a random transformer");
+    let transformer: FluxTransformerJson = parse(&dir.join("transformer/config.json"))?;
+    save_random(&dir.join("flux1-dev.safetensors"), |vb| {
+        Flux::new(&transformer.candle_config(), vb).map(drop)
+    })?;
+    progress("building a random autoencoder");
+    // The folder is complete enough now to derive candle's autoencoder config as a load does.
+    let model = FluxModel::open(dir, &Device::Cpu, DType::F32)?;
+    let config = model.autoencoder_config();
+    save_random(&dir.join("ae.safetensors"), |vb| {
+        Encoder::new(&config, vb.pp("encoder"))?;
+        Decoder::new(&config, vb.pp("decoder")).map(drop)
+    })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BenchError> {
@@ -305,4 +363,101 @@ const SDXL_SCHEDULER: &str = r#"{
   "steps_offset": 1,
   "timestep_spacing": "leading",
   "use_karras_sigmas": false
+}"#;
+
+const FLUX_INDEX: &str = r#"{"_class_name": "FluxPipeline"}"#;
+
+/// `black-forest-labs/FLUX.1-dev`'s `transformer/config.json` with 1 double- and 2
+/// single-stream blocks (the real model has 19 and 38).
+const FLUX_TRANSFORMER_REDUCED: &str = r#"{
+  "_class_name": "FluxTransformer2DModel",
+  "attention_head_dim": 128,
+  "axes_dims_rope": [16, 56, 56],
+  "guidance_embeds": true,
+  "in_channels": 64,
+  "joint_attention_dim": 4096,
+  "num_attention_heads": 24,
+  "num_layers": 1,
+  "num_single_layers": 2,
+  "patch_size": 1,
+  "pooled_projection_dim": 768
+}"#;
+
+/// `black-forest-labs/FLUX.1-dev`'s `vae/config.json`.
+const FLUX_VAE: &str = r#"{
+  "_class_name": "AutoencoderKL",
+  "block_out_channels": [128, 256, 512, 512],
+  "in_channels": 3,
+  "latent_channels": 16,
+  "layers_per_block": 2,
+  "norm_num_groups": 32,
+  "out_channels": 3,
+  "sample_size": 1024,
+  "scaling_factor": 0.3611,
+  "shift_factor": 0.1159,
+  "use_post_quant_conv": false,
+  "use_quant_conv": false,
+  "force_upcast": true
+}"#;
+
+/// `black-forest-labs/FLUX.1-dev`'s scheduler: dynamic shift by image size.
+const FLUX_DEV_SCHEDULER: &str = r#"{
+  "_class_name": "FlowMatchEulerDiscreteScheduler",
+  "base_image_seq_len": 256,
+  "base_shift": 0.5,
+  "max_image_seq_len": 4096,
+  "max_shift": 1.15,
+  "num_train_timesteps": 1000,
+  "shift": 3.0,
+  "use_dynamic_shifting": true
+}"#;
+
+/// T5 v1.1 XXL's encoder as FLUX ships it, with 2 of its 24 layers.
+const T5_XXL_REDUCED: &str = r#"{
+  "architectures": ["T5EncoderModel"],
+  "d_ff": 10240,
+  "d_kv": 64,
+  "d_model": 4096,
+  "decoder_start_token_id": 0,
+  "dropout_rate": 0.1,
+  "eos_token_id": 1,
+  "feed_forward_proj": "gated-gelu",
+  "initializer_factor": 1.0,
+  "is_encoder_decoder": true,
+  "layer_norm_epsilon": 1e-06,
+  "num_heads": 64,
+  "num_layers": 2,
+  "pad_token_id": 0,
+  "relative_attention_max_distance": 128,
+  "relative_attention_num_buckets": 32,
+  "tie_word_embeddings": false,
+  "vocab_size": 32128
+}"#;
+
+/// A word-level tokenizer standing in for T5's SentencePiece one, with T5's special-token
+/// ids (`<pad>` 0, `</s>` 1, `<unk>` 2) and ids inside its vocabulary.
+const T5_BENCH_TOKENIZER: &str = r#"{
+  "version": "1.0",
+  "truncation": null,
+  "padding": null,
+  "added_tokens": [],
+  "normalizer": {"type": "Lowercase"},
+  "pre_tokenizer": {"type": "Whitespace"},
+  "post_processor": null,
+  "decoder": null,
+  "model": {
+    "type": "WordLevel",
+    "vocab": {
+      "<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "photo": 1202, "of": 13, "cat": 1712,
+      "on": 30, "the": 8, "moon": 8114, "painting": 1825, "red": 1131, "fox": 4419, "in": 16,
+      "snow": 4716
+    },
+    "unk_token": "<unk>"
+  }
+}"#;
+
+const T5_BENCH_TOKENIZER_CONFIG: &str = r#"{
+  "eos_token": "</s>",
+  "pad_token": "<pad>",
+  "model_max_length": 512
 }"#;

@@ -3,8 +3,9 @@
 //!
 //! For each mode (full, staged) a fresh engine runs the same job twice: once with the weight
 //! files dropped from the page cache (cold load), once after an unload (warm load). Peak RSS
-//! is the kernel's high-water mark, reset before each mode. The bare UNet forward at the same
-//! shapes is timed last, outside the engine, to show what Easel's loop adds to a step.
+//! is the kernel's high-water mark, reset before each mode. The bare denoiser forward (UNet or
+//! FLUX transformer) at the same shapes is timed last, outside the engine, to show what
+//! Easel's loop adds to a step.
 
 pub mod architectures;
 mod page_cache;
@@ -20,8 +21,11 @@ use crate::engine::memory::{
     peak_rss_bytes, process_anon_rss_bytes, process_rss_bytes, reset_peak_rss,
 };
 use crate::engine::{Engine, EngineConfig, EngineError, Event, JobOutput, ResidencyPolicy};
+use crate::models::component::Component;
 use crate::models::error::ModelError;
-use crate::models::sd::{Component, SdModel};
+use crate::models::flux::FluxModel;
+use crate::models::opened::OpenedModel;
+use crate::models::sd::SdModel;
 use crate::models::unet::TextTimeConditioning;
 use crate::pipeline::request::GenerateRequest;
 use crate::schedulers::SamplerKind;
@@ -145,15 +149,17 @@ pub fn run(
 
     // Both engines have unloaded and ended: what the process keeps now is not weights.
     let after_unload_anon_rss_bytes = process_anon_rss_bytes();
-    progress("bare UNet forward");
-    let (device_name, dtype, unet_forward_secs_median) = bare_unet_forward(options, &request)?;
-    let loop_overhead_percent = 100.0 * (full.step_secs_median / unet_forward_secs_median - 1.0);
+    progress("bare denoiser forward");
+    let (device_name, dtype, denoiser_forward_secs_median) =
+        bare_denoiser_forward(options, &request)?;
+    let loop_overhead_percent =
+        100.0 * (full.step_secs_median / denoiser_forward_secs_median - 1.0);
     Ok(BenchReport {
         model: model_name,
         random_weights,
         size_px: options.size_px,
         steps: options.steps,
-        guidance: BENCH_GUIDANCE,
+        guidance: request.guidance,
         device: device_name,
         dtype: format!("{dtype:?}").to_lowercase(),
         machine: Machine {
@@ -168,7 +174,7 @@ pub fn run(
         idle_anon_rss_bytes,
         after_unload_anon_rss_bytes,
         modes: Modes { full, staged },
-        unet_forward_secs_median,
+        denoiser_forward_secs_median,
         loop_overhead_percent,
         cold_loads_from_disk,
     })
@@ -192,13 +198,15 @@ fn spawn(options: &BenchOptions, staged: bool) -> Result<Engine, BenchError> {
 }
 
 fn bench_request(folder: &Path, options: &BenchOptions) -> GenerateRequest {
+    // FLUX dev: its distilled guidance, no negative prompt; SD: guided with an empty one.
+    let flux = FluxModel::is_flux_folder(folder);
     GenerateRequest {
         model: folder.to_path_buf(),
         prompt: BENCH_PROMPT.to_string(),
-        negative_prompt: Some(String::new()),
+        negative_prompt: (!flux).then(String::new),
         sampler: SamplerKind::Euler,
         steps: options.steps,
-        guidance: BENCH_GUIDANCE,
+        guidance: if flux { 3.5 } else { BENCH_GUIDANCE },
         seed: 1,
         width: Some(options.size_px),
         height: Some(options.size_px),
@@ -310,15 +318,70 @@ fn wait_for(engine: &Engine, mut wanted: impl FnMut(&Event) -> bool) -> Result<(
     }
 }
 
-/// Times the UNet alone on the shapes of a guided step: `max(steps, 3)` forwards, the first
+/// Times the denoiser alone on the shapes of a step: `max(steps, 3)` forwards, the first
 /// (which pays one-off allocations, as the engine's first step does) included.
-fn bare_unet_forward(
+fn bare_denoiser_forward(
     options: &BenchOptions,
     request: &GenerateRequest,
 ) -> Result<(String, DType, f64), BenchError> {
     let device = device::open(options.device).map_err(EngineError::from)?;
     let (dtype, _) = device::usable_dtype(&device, options.dtype);
-    let mut model = SdModel::open(&request.model, &device, dtype)?;
+    let secs = match OpenedModel::open(&request.model, &device, dtype)? {
+        OpenedModel::Sd(model) => bare_unet_forward(*model, options)?,
+        OpenedModel::Flux(model) => bare_transformer_forward(*model, options, request)?,
+    };
+    Ok((device::describe(&device), dtype, secs))
+}
+
+/// The FLUX transformer on a step's shapes: packed latents, T5 tokens, pooled CLIP.
+fn bare_transformer_forward(
+    mut model: FluxModel,
+    options: &BenchOptions,
+    request: &GenerateRequest,
+) -> Result<f64, BenchError> {
+    model.load(Component::Transformer)?;
+    let transformer = model
+        .transformer()
+        .ok_or_else(|| BenchError::Options("the transformer did not load".into()))?;
+    let device = model.device().clone();
+    let dtype = model.dtype();
+    let json = &model.transformer_json;
+    let side = (options.size_px / 16) as usize;
+    let text_len = request
+        .max_sequence_length
+        .unwrap_or_else(|| model.variant.max_sequence_length());
+    let random = |shape: &[usize]| -> candle_core::Result<Tensor> {
+        Tensor::randn(0f32, 1.0, shape, &device)?.to_dtype(dtype)
+    };
+    let latents = random(&[1, side * side, json.in_channels])?;
+    let ids: Vec<f32> = (0..side)
+        .flat_map(|r| (0..side).flat_map(move |c| [0.0, r as f32, c as f32]))
+        .collect();
+    let img_ids = Tensor::from_vec(ids, (1, side * side, 3), &device)?.to_dtype(dtype)?;
+    let text = random(&[1, text_len, json.joint_attention_dim])?;
+    let text_ids = Tensor::zeros((1, text_len, 3), dtype, &device)?;
+    let pooled = random(&[1, json.pooled_projection_dim])?;
+    let timestep = Tensor::full(0.9f32, 1, &device)?.to_dtype(dtype)?;
+    let guidance = Tensor::full(request.guidance as f32, 1, &device)?.to_dtype(dtype)?;
+    let guidance = json.guidance_embeds.then_some(&guidance);
+    let mut secs = Vec::new();
+    for _ in 0..options.steps.max(3) {
+        let started = Instant::now();
+        let out = transformer.forward(
+            &latents, &img_ids, &text, &text_ids, &timestep, &pooled, guidance,
+        )?;
+        out.flatten_all()?
+            .get(0)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
+        secs.push(started.elapsed().as_secs_f64());
+    }
+    Ok(median(&mut secs))
+}
+
+/// The UNet on the shapes of a guided step.
+fn bare_unet_forward(mut model: SdModel, options: &BenchOptions) -> Result<f64, BenchError> {
+    let device = model.device().clone();
     model.load(Component::Unet)?;
     let unet = model
         .unet()
@@ -350,7 +413,7 @@ fn bare_unet_forward(
             .to_scalar::<f32>()?;
         secs.push(started.elapsed().as_secs_f64());
     }
-    Ok((device::describe(&device), dtype, median(&mut secs)))
+    Ok(median(&mut secs))
 }
 
 /// The median of `values` (0 when empty).

@@ -15,7 +15,8 @@ pub struct BenchReport {
     pub size_px: u32,
     /// Denoising steps per job.
     pub steps: usize,
-    /// Guidance scale (above 1, every step runs the UNet on a batch of two).
+    /// Guidance scale (SD above 1: every step runs the UNet on a batch of two; FLUX dev: the
+    /// distilled guidance, one forward).
     pub guidance: f64,
     /// "cpu", "cuda:0", "metal:0".
     pub device: String,
@@ -33,9 +34,10 @@ pub struct BenchReport {
     pub after_unload_anon_rss_bytes: Option<u64>,
     /// Each residency mode.
     pub modes: Modes,
-    /// The bare UNet forward at the same shapes, outside the engine (median).
-    pub unet_forward_secs_median: f64,
-    /// How much longer a full-mode step takes than the bare UNet forward, in percent.
+    /// The bare denoiser forward (UNet or FLUX transformer) at the same shapes, outside the
+    /// engine (median).
+    pub denoiser_forward_secs_median: f64,
+    /// How much longer a full-mode step takes than the bare denoiser forward, in percent.
     pub loop_overhead_percent: f64,
     /// Whether weight files could be dropped from the page cache before each cold load.
     pub cold_loads_from_disk: bool,
@@ -46,7 +48,7 @@ pub struct BenchReport {
 pub struct Modes {
     /// Every component loaded together.
     pub full: ModeReport,
-    /// Text encoders, then UNet, then VAE (low-memory mode).
+    /// Text encoders, then the denoiser, then the VAE (low-memory mode).
     pub staged: ModeReport,
 }
 
@@ -146,8 +148,8 @@ impl BenchReport {
         }
         let _ = writeln!(
             out,
-            "bare UNet forward (median): {:.3}s; Easel's step overhead over it: {:+.1}%",
-            self.unet_forward_secs_median, self.loop_overhead_percent
+            "bare denoiser forward (median): {:.3}s; Easel's step overhead over it: {:+.1}%",
+            self.denoiser_forward_secs_median, self.loop_overhead_percent
         );
         if let (Some(full), Some(staged)) = (
             self.modes.full.peak_rss_bytes,

@@ -65,15 +65,20 @@ pub enum Strategy {
     Staged,
     /// Staged, and the VAE runs tile by tile.
     StagedTiledVae,
+    /// Staged with the model's quantized (GGUF) transformer: only for a FLUX folder that
+    /// holds one beside its full-precision file.
+    StagedQuantized,
 }
 
 impl Strategy {
-    /// The next strategy down, using less memory; `None` from the last.
-    pub fn next(self) -> Option<Strategy> {
+    /// The next strategy down, using less memory, for a model that has (`quantized_exists`)
+    /// or lacks a quantized transformer; `None` from the last.
+    pub fn next(self, quantized_exists: bool) -> Option<Strategy> {
         match self {
             Strategy::Full => Some(Strategy::Staged),
             Strategy::Staged => Some(Strategy::StagedTiledVae),
-            Strategy::StagedTiledVae => None,
+            Strategy::StagedTiledVae => quantized_exists.then_some(Strategy::StagedQuantized),
+            Strategy::StagedQuantized => None,
         }
     }
 
@@ -83,6 +88,7 @@ impl Strategy {
             Strategy::Full => "full",
             Strategy::Staged => "low-memory (staged)",
             Strategy::StagedTiledVae => "low-memory with tiled VAE",
+            Strategy::StagedQuantized => "low-memory with the quantized (GGUF) transformer",
         }
     }
 }

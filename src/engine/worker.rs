@@ -428,13 +428,19 @@ impl Worker {
         };
         loop {
             model.set_vae_tiling(match strategy {
-                Strategy::StagedTiledVae => VaeTiling::Cores(FALLBACK_TILE_CORE_LATENTS),
+                Strategy::StagedTiledVae | Strategy::StagedQuantized => {
+                    VaeTiling::Cores(FALLBACK_TILE_CORE_LATENTS)
+                }
                 Strategy::Full | Strategy::Staged => VaeTiling::Auto,
             });
+            if let OpenedModel::Flux(flux) = model {
+                // Each job starts from the full-precision transformer where there is one.
+                flux.prefer_quantized(strategy == Strategy::StagedQuantized);
+            }
             let timings = StageTimings::default();
             let attempt = match strategy {
                 Strategy::Full => self.run_full(job, request, model, timings),
-                Strategy::Staged | Strategy::StagedTiledVae => {
+                Strategy::Staged | Strategy::StagedTiledVae | Strategy::StagedQuantized => {
                     self.run_staged(job, request, model, timings)
                 }
             };
@@ -446,7 +452,11 @@ impl Worker {
                 Err(PipelineError::OutOfMemory(message)) => message,
                 Err(other) => return Err(other),
             };
-            let retrying_with = strategy.next();
+            let quantized_exists = match model {
+                OpenedModel::Flux(flux) => flux.can_switch_to_quantized(),
+                OpenedModel::Sd(_) => false,
+            };
+            let retrying_with = strategy.next(quantized_exists);
             tracing::warn!(
                 job,
                 strategy = strategy.describe(),

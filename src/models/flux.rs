@@ -317,9 +317,10 @@ impl FluxModel {
         }
     }
 
-    /// Whether the folder has a GGUF transformer to fall back to.
-    pub fn has_quantized(&self) -> bool {
-        find_gguf(&self.dir).is_some()
+    /// Whether the transformer in use is full precision and a GGUF one is there to fall back
+    /// to.
+    pub fn can_switch_to_quantized(&self) -> bool {
+        matches!(self.transformer_file, TransformerFile::Full(_)) && find_gguf(&self.dir).is_some()
     }
 
     /// The native output size in pixels (the autoencoder's sample size).
@@ -457,7 +458,7 @@ impl FluxModel {
     }
 
     /// candle's autoencoder config from `vae/config.json`.
-    fn autoencoder_config(&self) -> AutoencoderConfig {
+    pub fn autoencoder_config(&self) -> AutoencoderConfig {
         let vae = &self.vae_config;
         let ch = vae.block_out_channels.first().copied().unwrap_or(128);
         AutoencoderConfig {
