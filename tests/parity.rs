@@ -105,6 +105,21 @@ fn replay_command_passes_a_case_and_fails_a_tampered_one() {
         "{stdout}"
     );
 
+    // A FLUX case through the command: packed step latents and its own noise roles.
+    let flux = std::process::Command::new(exe)
+        .arg("replay")
+        .arg(parity.join("cases/flux_dev_inpaint.json"))
+        .arg("--models")
+        .arg(parity.join("models"))
+        .output()
+        .expect("run easel replay");
+    let flux_stdout = String::from_utf8_lossy(&flux.stdout);
+    assert!(flux.status.success(), "FLUX replay failed: {flux_stdout}");
+    assert!(
+        flux_stdout.contains("PASS") && flux_stdout.contains("step  5"),
+        "{flux_stdout}"
+    );
+
     // The same case with its golden image nudged beyond tolerance must fail.
     let temp = tempfile::tempdir().expect("temp dir");
     let tampered = temp.path().join("tampered.json");
