@@ -267,6 +267,21 @@ fn flux_sizes_must_be_multiples_of_16() {
     );
 }
 
+/// The transformer's bytes in each memory report that holds one.
+fn transformer_bytes(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Memory(report) => report
+                .weights_bytes
+                .iter()
+                .find(|w| w.component == "transformer")
+                .map(|w| w.bytes),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The tiny schnell folder with its transformer as a GGUF (Q8_0 where the rows allow it),
 /// beside the single safetensors file or (`keep_full` false) in its place.
 fn quantized_copy(keep_full: bool) -> (tempfile::TempDir, PathBuf) {
@@ -309,18 +324,7 @@ fn a_gguf_transformer_loads_and_generates_close_to_the_full_one() {
         &engine,
         engine.generate(flux_request(&quantized)).expect("send"),
     );
-    let held: Vec<u64> = end
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Memory(report) => report
-                .weights_bytes
-                .iter()
-                .find(|w| w.component == "transformer")
-                .map(|w| w.bytes),
-            _ => None,
-        })
-        .collect();
+    let held = transformer_bytes(&end.events);
     let gguf_bytes = std::fs::metadata(quantized.join("flux1-schnell-Q8_0.gguf"))
         .expect("gguf")
         .len();
@@ -396,18 +400,7 @@ fn out_of_memory_falls_back_to_the_gguf_transformer_when_the_folder_has_one() {
     let gguf_bytes = std::fs::metadata(folder.join("flux1-schnell-Q8_0.gguf"))
         .expect("gguf")
         .len();
-    let transformer_bytes: Vec<u64> = end
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Memory(report) => report
-                .weights_bytes
-                .iter()
-                .find(|w| w.component == "transformer")
-                .map(|w| w.bytes),
-            _ => None,
-        })
-        .collect();
+    let transformer_bytes = transformer_bytes(&end.events);
     assert_eq!(
         transformer_bytes.last(),
         Some(&gguf_bytes),

@@ -22,7 +22,7 @@ use super::config::{read_json, ClipTextConfig, ModelIndex, SchedulerConfig, VaeC
 use super::error::ModelError;
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::PromptTokenizer;
-use super::weights::{component_files, weights_error, weights_var_builder};
+use super::weights::{component_files, files_bytes, weights_error, weights_var_builder};
 
 /// Pixels per latent of the FLUX autoencoder.
 pub const FLUX_LATENT_SCALE: usize = 8;
@@ -572,12 +572,4 @@ fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn files_bytes(files: &[PathBuf]) -> u64 {
-    files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum()
 }

@@ -15,7 +15,7 @@ use super::error::ModelError;
 use super::tokenizer::PromptTokenizer;
 use super::unet::{Unet, UnetShape};
 use super::vae::{Vae, VaeTiling};
-use super::weights::{component_files, weights_error, weights_var_builder};
+use super::weights::{component_files, files_bytes, weights_error, weights_var_builder};
 
 /// Which Stable Diffusion family a folder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,12 +290,4 @@ impl SdModel {
     pub fn vae(&self) -> Option<&Vae> {
         self.vae.as_ref()
     }
-}
-
-fn files_bytes(files: &[PathBuf]) -> u64 {
-    files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum()
 }

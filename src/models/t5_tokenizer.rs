@@ -4,9 +4,8 @@
 
 use std::path::Path;
 
-use super::config::{read_json, TokenizerConfig};
 use super::error::ModelError;
-use super::tokenizer::TokenizedPrompt;
+use super::tokenizer::{TokenizedPrompt, TokenizerFiles};
 
 /// A T5 (SentencePiece) tokenizer with its end and pad tokens resolved.
 pub struct T5Tokenizer {
@@ -27,37 +26,11 @@ impl std::fmt::Debug for T5Tokenizer {
 impl T5Tokenizer {
     /// Loads `tokenizer.json` and `tokenizer_config.json` (optional) from `dir`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let path = dir.join("tokenizer.json");
-        if !path.is_file() {
-            return Err(ModelError::MissingFile {
-                what: "T5 tokenizer",
-                path,
-            });
-        }
-        let tokenizer =
-            tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        let config_path = dir.join("tokenizer_config.json");
-        let config: TokenizerConfig = if config_path.is_file() {
-            read_json(&config_path, "tokenizer config")?
-        } else {
-            TokenizerConfig::default()
-        };
-        let id_of = |token: Option<&str>, fallback: &str| -> Result<u32, ModelError> {
-            let text = token.unwrap_or(fallback);
-            tokenizer
-                .token_to_id(text)
-                .ok_or_else(|| ModelError::Tokenizer {
-                    path: path.clone(),
-                    message: format!("the special token {text:?} is not in the vocabulary"),
-                })
-        };
-        let eos_id = id_of(config.eos_token.as_ref().map(|t| t.text()), "</s>")?;
-        let pad_id = id_of(config.pad_token.as_ref().map(|t| t.text()), "<pad>")?;
+        let files = TokenizerFiles::load(dir, "T5 tokenizer")?;
+        let eos_id = files.special_id(files.config.eos_token.as_ref(), "</s>")?;
+        let pad_id = files.special_id(files.config.pad_token.as_ref(), "<pad>")?;
         Ok(Self {
-            tokenizer,
+            tokenizer: files.tokenizer,
             eos_id,
             pad_id,
         })

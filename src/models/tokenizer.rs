@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::config::{read_json, TokenizerConfig};
+use super::config::{read_json, SpecialToken, TokenizerConfig};
 use super::error::ModelError;
 
 /// A prompt as token ids, with the words that did not fit.
@@ -38,45 +38,17 @@ impl std::fmt::Debug for PromptTokenizer {
 impl PromptTokenizer {
     /// Loads `tokenizer.json` and `tokenizer_config.json` (optional) from `dir`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let path = dir.join("tokenizer.json");
-        if !path.is_file() {
-            return Err(ModelError::MissingFile {
-                what: "tokenizer",
-                path,
-            });
-        }
-        let tokenizer =
-            tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        let config_path = dir.join("tokenizer_config.json");
-        let config: TokenizerConfig = if config_path.is_file() {
-            read_json(&config_path, "tokenizer config")?
-        } else {
-            TokenizerConfig::default()
-        };
-        let id_of = |token: Option<&str>, fallback: &str| -> Result<u32, ModelError> {
-            let text = token.unwrap_or(fallback);
-            tokenizer
-                .token_to_id(text)
-                .ok_or_else(|| ModelError::Tokenizer {
-                    path: path.clone(),
-                    message: format!("the special token {text:?} is not in the vocabulary"),
-                })
-        };
-        let bos_id = id_of(
-            config.bos_token.as_ref().map(|t| t.text()),
-            "<|startoftext|>",
-        )?;
-        let eos_id = id_of(config.eos_token.as_ref().map(|t| t.text()), "<|endoftext|>")?;
-        let pad_id = id_of(config.pad_token.as_ref().map(|t| t.text()), "<|endoftext|>")?;
+        let files = TokenizerFiles::load(dir, "tokenizer")?;
+        let config = &files.config;
+        let bos_id = files.special_id(config.bos_token.as_ref(), "<|startoftext|>")?;
+        let eos_id = files.special_id(config.eos_token.as_ref(), "<|endoftext|>")?;
+        let pad_id = files.special_id(config.pad_token.as_ref(), "<|endoftext|>")?;
         let max_length = config
             .model_max_length
             .filter(|&m| (3.0..=4096.0).contains(&m))
             .map_or(77, |m| m as usize);
         Ok(Self {
-            tokenizer,
+            tokenizer: files.tokenizer,
             bos_id,
             eos_id,
             pad_id,
@@ -109,5 +81,55 @@ impl PromptTokenizer {
         ids.push(self.eos_id);
         ids.resize(self.max_length, self.pad_id);
         Ok(TokenizedPrompt { ids, cut_off })
+    }
+}
+
+/// A tokenizer folder's `tokenizer.json` and its (optional) `tokenizer_config.json`.
+pub(super) struct TokenizerFiles {
+    /// The parsed `tokenizer.json`.
+    pub tokenizer: tokenizers::Tokenizer,
+    /// The special tokens and length (defaults when the file is absent).
+    pub config: TokenizerConfig,
+    path: std::path::PathBuf,
+}
+
+impl TokenizerFiles {
+    /// Reads both files from `dir`; `what` names the tokenizer in a missing-file error.
+    pub fn load(dir: &Path, what: &'static str) -> Result<Self, ModelError> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(ModelError::MissingFile { what, path });
+        }
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config = if config_path.is_file() {
+            read_json(&config_path, "tokenizer config")?
+        } else {
+            TokenizerConfig::default()
+        };
+        Ok(Self {
+            tokenizer,
+            config,
+            path,
+        })
+    }
+
+    /// The id of `token` (as the config names it), else of `fallback`.
+    pub fn special_id(
+        &self,
+        token: Option<&SpecialToken>,
+        fallback: &str,
+    ) -> Result<u32, ModelError> {
+        let text = token.map_or(fallback, SpecialToken::text);
+        self.tokenizer
+            .token_to_id(text)
+            .ok_or_else(|| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("the special token {text:?} is not in the vocabulary"),
+            })
     }
 }

@@ -125,3 +125,12 @@ pub fn weights_error(files: &[PathBuf], config: &Path, error: candle_core::Error
         message: format!("they do not match {}: {error}", config.display()),
     }
 }
+
+/// The total size of `files` in bytes (files that can't be read count 0).
+pub fn files_bytes(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}

@@ -55,19 +55,6 @@ pub struct EncodedPrompt {
     cut_off: Option<String>,
 }
 
-/// Runs one generation. Components must be loaded.
-pub fn generate(
-    model: &FluxModel,
-    request: &GenerateRequest,
-    noise: &mut dyn NoiseSource,
-    observer: &mut dyn StepObserver,
-    mut timings: StageTimings,
-) -> Result<Generated, PipelineError> {
-    let prompt = encode(model, request, &mut timings)?;
-    let denoised = denoise(model, request, &prompt, noise, observer, timings)?;
-    decode(model, request, denoised)
-}
-
 /// Steps 1 and 2: checks the request and encodes the prompt (CLIP and T5 loaded).
 pub fn encode(
     model: &FluxModel,

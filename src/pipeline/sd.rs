@@ -69,19 +69,6 @@ pub fn check_inputs(
     Ok(size)
 }
 
-/// Runs one generation. Components must be loaded (`run::load_these`).
-pub fn generate(
-    model: &SdModel,
-    request: &GenerateRequest,
-    noise: &mut dyn NoiseSource,
-    observer: &mut dyn StepObserver,
-    mut timings: StageTimings,
-) -> Result<Generated, PipelineError> {
-    let prompt = encode(model, request, &mut timings)?;
-    let denoised = denoise(model, request, &prompt, noise, observer, timings)?;
-    decode(model, request, denoised)
-}
-
 /// The encoded prompt, ready for `denoise`; the text encoders can be dropped once it is made.
 #[derive(Debug)]
 pub struct EncodedPrompt(Conditioning);
