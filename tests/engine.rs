@@ -6,7 +6,8 @@
 mod common;
 
 use common::jobs::{
-    engine, engine_with, failure, finished, wait_for, wait_for_with, JobEnd, Outcome, WAIT,
+    cancel_after_second_step, engine, engine_with, engine_with_slow_steps, failure, finished,
+    wait_for, JobEnd, Outcome, WAIT,
 };
 
 use std::path::Path;
@@ -173,17 +174,7 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
 #[test]
 fn cancel_mid_run_then_a_new_job_succeeds() {
     // Each step waits a little so that the cancel lands mid-run.
-    let hook = Arc::new(|point: FaultPoint| {
-        if matches!(point, FaultPoint::BeforeStep { .. }) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Fault::Proceed
-    });
-    let engine = engine_with(EngineConfig {
-        device: DeviceChoice::Cpu,
-        fault_hook: Some(hook),
-        ..Default::default()
-    });
+    let engine = engine_with_slow_steps();
     let model = common::model("sd15-tiny");
     let job = engine
         .generate(GenerateRequest {
@@ -191,13 +182,7 @@ fn cancel_mid_run_then_a_new_job_succeeds() {
             ..tiny_request(&model)
         })
         .expect("send");
-    let mut sent = false;
-    let end = wait_for_with(&engine, job, |event| {
-        if matches!(event, Event::Step { step: 2, .. }) && !sent {
-            engine.cancel(job).expect("send cancel");
-            sent = true;
-        }
-    });
+    let end = cancel_after_second_step(&engine, job);
     assert!(
         matches!(end.outcome, Outcome::Cancelled),
         "the job must end as cancelled"

@@ -9,11 +9,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::Duration;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
-use common::jobs::{engine, engine_with, failure, finished, wait_for, wait_for_with, Outcome};
+use common::jobs::{
+    cancel_after_second_step, engine, engine_with, engine_with_slow_steps, failure, finished,
+    wait_for, Outcome,
+};
 use easel::device::DeviceChoice;
 use easel::engine::{EngineConfig, EngineError, Event, Fault, FaultPoint, Strategy};
 use easel::pipeline::request::{GenerateRequest, RequestError, SourceImage};
@@ -180,17 +182,7 @@ fn flux_is_deterministic_and_staged_gives_the_same_bytes() {
 
 #[test]
 fn flux_cancel_mid_run_then_a_new_job_succeeds() {
-    let hook = Arc::new(|point: FaultPoint| {
-        if matches!(point, FaultPoint::BeforeStep { .. }) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Fault::Proceed
-    });
-    let engine = engine_with(EngineConfig {
-        device: DeviceChoice::Cpu,
-        fault_hook: Some(hook),
-        ..Default::default()
-    });
+    let engine = engine_with_slow_steps();
     let model = common::model("flux-tiny-dev");
     let job = engine
         .generate(GenerateRequest {
@@ -198,13 +190,7 @@ fn flux_cancel_mid_run_then_a_new_job_succeeds() {
             ..flux_request(&model)
         })
         .expect("send");
-    let mut sent = false;
-    let end = wait_for_with(&engine, job, |event| {
-        if matches!(event, Event::Step { step: 2, .. }) && !sent {
-            engine.cancel(job).expect("send cancel");
-            sent = true;
-        }
-    });
+    let end = cancel_after_second_step(&engine, job);
     assert!(matches!(end.outcome, Outcome::Cancelled), "cancelled");
     let steps = end
         .events

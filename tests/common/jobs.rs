@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use easel::device::DeviceChoice;
-use easel::engine::{Engine, EngineConfig, EngineError, Event, JobId, JobOutput};
+use easel::engine::{
+    Engine, EngineConfig, EngineError, Event, Fault, FaultPoint, JobId, JobOutput,
+};
 
 /// The longest a test waits for an engine event.
 pub const WAIT: Duration = Duration::from_secs(300);
@@ -83,4 +85,30 @@ pub fn failure(end: JobEnd) -> EngineError {
         Outcome::Finished(_) => panic!("expected a failure, the job finished"),
         Outcome::Cancelled => panic!("expected a failure, the job was cancelled"),
     }
+}
+
+/// An engine on the CPU whose steps each wait a little, so that a cancel lands mid-run.
+pub fn engine_with_slow_steps() -> Engine {
+    let hook = Arc::new(|point: FaultPoint| {
+        if matches!(point, FaultPoint::BeforeStep { .. }) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Fault::Proceed
+    });
+    engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        fault_hook: Some(hook),
+        ..Default::default()
+    })
+}
+
+/// Waits for `job`, cancelling it once its second step is reported.
+pub fn cancel_after_second_step(engine: &Engine, job: JobId) -> JobEnd {
+    let mut sent = false;
+    wait_for_with(engine, job, |event| {
+        if matches!(event, Event::Step { step: 2, .. }) && !sent {
+            engine.cancel(job).expect("send cancel");
+            sent = true;
+        }
+    })
 }
