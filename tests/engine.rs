@@ -7,7 +7,7 @@ mod common;
 
 use common::jobs::{
     cancel_after_second_step, engine, engine_with, engine_with_slow_steps, failure, finished,
-    wait_for, JobEnd, Outcome, WAIT,
+    staged_engine, wait_for, JobEnd, Outcome, WAIT,
 };
 
 use std::path::Path;
@@ -587,11 +587,7 @@ fn residency_policies_give_memory_back_after_each_job_or_when_idle() {
 #[test]
 fn staged_mode_holds_one_stage_at_a_time_and_gives_the_same_image() {
     let model = common::model("sdxl-tiny");
-    let staged = engine_with(EngineConfig {
-        device: DeviceChoice::Cpu,
-        staged: true,
-        ..Default::default()
-    });
+    let staged = staged_engine();
     let end = wait_for(
         &staged,
         staged.generate(tiny_request(&model)).expect("send"),

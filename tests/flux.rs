@@ -14,7 +14,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 use common::jobs::{
     cancel_after_second_step, engine, engine_with, engine_with_slow_steps, failure, finished,
-    wait_for, Outcome,
+    staged_engine, wait_for, Outcome,
 };
 use easel::device::DeviceChoice;
 use easel::engine::{EngineConfig, EngineError, Event, Fault, FaultPoint, Strategy};
@@ -149,11 +149,7 @@ fn flux_is_deterministic_and_staged_gives_the_same_bytes() {
     ));
     assert_ne!(first.image, other_seed.image, "another seed, another image");
 
-    let staged = engine_with(EngineConfig {
-        device: DeviceChoice::Cpu,
-        staged: true,
-        ..Default::default()
-    });
+    let staged = staged_engine();
     let end = wait_for(
         &staged,
         staged.generate(flux_request(&model)).expect("send"),

@@ -364,19 +364,11 @@ fn bare_transformer_forward(
     let timestep = Tensor::full(0.9f32, 1, &device)?.to_dtype(dtype)?;
     let guidance = Tensor::full(request.guidance as f32, 1, &device)?.to_dtype(dtype)?;
     let guidance = json.guidance_embeds.then_some(&guidance);
-    let mut secs = Vec::new();
-    for _ in 0..options.steps.max(3) {
-        let started = Instant::now();
-        let out = transformer.forward(
+    median_forward_secs(options.steps.max(3), || {
+        transformer.forward(
             &latents, &img_ids, &text, &text_ids, &timestep, &pooled, guidance,
-        )?;
-        out.flatten_all()?
-            .get(0)?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?;
-        secs.push(started.elapsed().as_secs_f64());
-    }
-    Ok(median(&mut secs))
+        )
+    })
 }
 
 /// The UNet on the shapes of a guided step.
@@ -402,12 +394,22 @@ fn bare_unet_forward(mut model: SdModel, options: &BenchOptions) -> Result<f64, 
         }),
         None => None,
     };
-    let mut secs = Vec::new();
-    for _ in 0..options.steps.max(3) {
+    median_forward_secs(options.steps.max(3), || {
+        unet.forward(&latents, 999.0, &text, text_time.as_ref())
+    })
+}
+
+/// The median time of `runs` calls of `forward`, each waited for by reading a value back
+/// from the device.
+fn median_forward_secs(
+    runs: usize,
+    mut forward: impl FnMut() -> candle_core::Result<Tensor>,
+) -> Result<f64, BenchError> {
+    let mut secs = Vec::with_capacity(runs);
+    for _ in 0..runs {
         let started = Instant::now();
-        let out = unet.forward(&latents, 999.0, &text, text_time.as_ref())?;
-        // Wait for the device: the result is read back.
-        out.flatten_all()?
+        forward()?
+            .flatten_all()?
             .get(0)?
             .to_dtype(DType::F32)?
             .to_scalar::<f32>()?;

@@ -21,10 +21,10 @@ use crate::models::vae::VaeTiling;
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::preview::latent_preview;
 use crate::pipeline::request::GenerateRequest;
+use crate::pipeline::result::{Denoised, Generated};
 use crate::pipeline::run::{
-    check_inputs, decode, denoise, encode, generate, load_these, Denoised, EncodedPrompt,
+    check_inputs, decode, denoise, encode, generate, load_these, EncodedPrompt,
 };
-use crate::pipeline::sd::Generated;
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 
 /// Tile side (in latents, 512 pixels) of the VAE when a job falls back to a tiled VAE.
@@ -405,7 +405,7 @@ impl Worker {
         let mut denoised = self.denoise_observed(job, request, model, &prompt, timings)?;
         model.unload(denoiser);
         self.release_memory();
-        self.load(job, model, &[Component::Vae], denoised.timings_mut())?;
+        self.load(job, model, &[Component::Vae], &mut denoised.timings)?;
         self.report_model_memory(model);
         self.inject(FaultPoint::BeforeDecode(job))?;
         let generated = decode(model, request, denoised)?;

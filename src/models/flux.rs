@@ -300,20 +300,16 @@ impl FluxModel {
     }
 
     /// Uses the GGUF transformer in the folder (when `quantized` and one exists) or the full
-    /// one; a loaded transformer of the other kind is dropped. Returns whether it changed.
-    pub fn prefer_quantized(&mut self, quantized: bool) -> bool {
+    /// one; a loaded transformer of the other kind is dropped.
+    pub fn prefer_quantized(&mut self, quantized: bool) {
         let wanted = if quantized {
             find_gguf(&self.dir).map(TransformerFile::Quantized)
         } else {
             find_full_transformer(&self.dir).map(TransformerFile::Full)
         };
-        match wanted {
-            Some(file) if file != self.transformer_file => {
-                self.transformer_file = file;
-                self.unload(Component::Transformer);
-                true
-            }
-            _ => false,
+        if let Some(file) = wanted.filter(|file| *file != self.transformer_file) {
+            self.transformer_file = file;
+            self.unload(Component::Transformer);
         }
     }
 

@@ -6,15 +6,13 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use image::{GrayImage, RgbImage};
 
 use super::image::{
-    binarize, decoded_to_unit_hwc, feather_mask, fit_mask, fit_rgb, image_to_tensor,
-    mask_to_latent, mask_to_unit, paste_back, unit_hwc_to_image,
+    binarize, feather_mask, fit_mask, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit,
 };
 use super::noise::{NoiseRole, NoiseSource};
 use super::request::{GenerateRequest, Mode, RequestError};
-use super::sd::Generated;
+use super::result::{Denoised, Generated};
 use super::{PipelineError, StageTimings, StepControl, StepObserver};
 use crate::models::component::Component;
 use crate::models::flux::{FluxModel, FLUX_LATENT_SCALE, FLUX_PATCH_PX};
@@ -97,19 +95,6 @@ pub fn encode(
         // T5 carries the prompt's detail; CLIP's 77 tokens only make the pooled summary.
         cut_off: t5_tokens.cut_off,
     })
-}
-
-/// Denoised latents and what decoding needs; the transformer can be dropped once they exist.
-#[derive(Debug)]
-pub struct Denoised {
-    /// Unpacked latents `[1, 16, h/8, w/8]`.
-    latents: Tensor,
-    painted_mask: Option<GrayImage>,
-    source_image: Option<RgbImage>,
-    size_px: (u32, u32),
-    /// The job's stages so far.
-    pub timings: StageTimings,
-    prompt_cut_off: Option<String>,
 }
 
 /// Steps 3 and 4: prepares the latents and denoises them (transformer loaded, and the
@@ -253,29 +238,9 @@ pub fn decode(
     let autoencoder = model
         .autoencoder()
         .ok_or(PipelineError::NotLoaded(Component::Vae))?;
-    let Denoised {
-        latents,
-        painted_mask,
-        source_image,
-        size_px,
-        mut timings,
-        prompt_cut_off,
-    } = denoised;
     let started = Instant::now();
-    let decoded = decoded_to_unit_hwc(&autoencoder.decode(&latents)?.to_dtype(DType::F32)?)?;
-    let raw = unit_hwc_to_image(&decoded)?;
-    let image = match (&painted_mask, &source_image, request.paste_back) {
-        (Some(mask), Some(original), true) => paste_back(original, &raw, mask),
-        _ => raw,
-    };
-    timings.push("decode", started.elapsed());
-    Ok(Generated {
-        image,
-        decoded,
-        size_px,
-        timings,
-        prompt_cut_off,
-    })
+    let pixels = autoencoder.decode(&denoised.latents)?;
+    denoised.finish(&pixels, request.paste_back, started)
 }
 
 /// diffusers' `scale_noise`: `sigma * noise + (1 - sigma) * sample`.

@@ -5,6 +5,7 @@ pub mod image;
 pub mod noise;
 pub mod preview;
 pub mod request;
+pub mod result;
 pub mod run;
 pub mod sd;
 

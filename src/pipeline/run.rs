@@ -3,7 +3,7 @@
 
 use super::noise::NoiseSource;
 use super::request::{GenerateRequest, RequestError};
-use super::sd::Generated;
+use super::result::{Denoised, Generated};
 use super::{flux, sd, PipelineError, StageTimings, StepObserver};
 use crate::models::component::Component;
 use crate::models::opened::OpenedModel;
@@ -15,25 +15,6 @@ pub enum EncodedPrompt {
     Sd(sd::EncodedPrompt),
     /// FLUX's T5 sequence and CLIP pooled vector.
     Flux(flux::EncodedPrompt),
-}
-
-/// Denoised latents of either family.
-#[derive(Debug)]
-pub enum Denoised {
-    /// Stable Diffusion.
-    Sd(sd::Denoised),
-    /// FLUX.
-    Flux(flux::Denoised),
-}
-
-impl Denoised {
-    /// The job's stages so far (a staged run adds the decoder's load).
-    pub fn timings_mut(&mut self) -> &mut StageTimings {
-        match self {
-            Denoised::Sd(d) => &mut d.timings,
-            Denoised::Flux(d) => &mut d.timings,
-        }
-    }
 }
 
 /// Checks the request against the model before any weights load; returns the output size.
@@ -90,12 +71,14 @@ pub fn denoise(
 ) -> Result<Denoised, PipelineError> {
     match (model, prompt) {
         (OpenedModel::Sd(m), EncodedPrompt::Sd(p)) => {
-            sd::denoise(m, request, p, noise, observer, timings).map(Denoised::Sd)
+            sd::denoise(m, request, p, noise, observer, timings)
         }
         (OpenedModel::Flux(m), EncodedPrompt::Flux(p)) => {
-            flux::denoise(m, request, p, noise, observer, timings).map(Denoised::Flux)
+            flux::denoise(m, request, p, noise, observer, timings)
         }
-        _ => Err(mixed_families()),
+        _ => Err(PipelineError::Compute(
+            "a prompt encoded by one model family was given to another".into(),
+        )),
     }
 }
 
@@ -105,10 +88,9 @@ pub fn decode(
     request: &GenerateRequest,
     denoised: Denoised,
 ) -> Result<Generated, PipelineError> {
-    match (model, denoised) {
-        (OpenedModel::Sd(m), Denoised::Sd(d)) => sd::decode(m, request, d),
-        (OpenedModel::Flux(m), Denoised::Flux(d)) => flux::decode(m, request, d),
-        _ => Err(mixed_families()),
+    match model {
+        OpenedModel::Sd(m) => sd::decode(m, request, denoised),
+        OpenedModel::Flux(m) => flux::decode(m, request, denoised),
     }
 }
 
@@ -123,8 +105,4 @@ pub fn generate(
     let prompt = encode(model, request, &mut timings)?;
     let denoised = denoise(model, request, &prompt, noise, observer, timings)?;
     decode(model, request, denoised)
-}
-
-fn mixed_families() -> PipelineError {
-    PipelineError::Compute("a phase of one model family was given another family's data".into())
 }

@@ -5,33 +5,17 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use image::RgbImage;
 
 use super::image::{
-    binarize, decoded_to_unit_hwc, feather_mask, fit_mask, fit_rgb, image_to_tensor,
-    mask_to_latent, mask_to_unit, paste_back, unit_hwc_to_image,
+    binarize, feather_mask, fit_mask, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit,
 };
 use super::noise::{NoiseRole, NoiseSource};
 use super::request::{GenerateRequest, Mode, RequestError};
+use super::result::{Denoised, Generated};
 use super::{PipelineError, StageTimings, StepControl, StepObserver};
 use crate::models::sd::{Component, Family, SdModel};
 use crate::models::unet::TextTimeConditioning;
 use crate::schedulers::start_step;
-
-/// What a finished generation gives.
-#[derive(Debug, Clone)]
-pub struct Generated {
-    /// The result, with paste-back applied when asked.
-    pub image: RgbImage,
-    /// The raw decode, `[h, w, 3]` f32 in 0..1, before any paste-back.
-    pub decoded: Tensor,
-    /// The width and height that were generated.
-    pub size_px: (u32, u32),
-    /// Where time went.
-    pub timings: StageTimings,
-    /// Prompt text cut off at the text encoder's token limit.
-    pub prompt_cut_off: Option<String>,
-}
 
 /// The prompt as the UNet sees it.
 #[derive(Debug)]
@@ -88,18 +72,6 @@ pub fn encode(
     let cond = encode_prompt(model, request, guided, size, model.device())?;
     timings.push("encode prompt", started.elapsed());
     Ok(EncodedPrompt(cond))
-}
-
-/// Denoised latents and what decoding needs; the UNet can be dropped once they are made.
-#[derive(Debug)]
-pub struct Denoised {
-    latents: Tensor,
-    painted_mask: Option<image::GrayImage>,
-    source_image: Option<RgbImage>,
-    size_px: (u32, u32),
-    /// The job's stages so far (a staged run adds its VAE load).
-    pub timings: StageTimings,
-    prompt_cut_off: Option<String>,
 }
 
 /// Steps 3 and 4: prepares the latents and denoises them (UNet and VAE loaded).
@@ -278,29 +250,9 @@ pub fn decode(
     let vae = model
         .vae()
         .ok_or(PipelineError::NotLoaded(Component::Vae))?;
-    let Denoised {
-        latents,
-        painted_mask,
-        source_image,
-        size_px,
-        mut timings,
-        prompt_cut_off,
-    } = denoised;
     let started = Instant::now();
-    let decoded = decoded_to_unit_hwc(&vae.decode(&latents)?)?;
-    let raw = unit_hwc_to_image(&decoded)?;
-    let image = match (&painted_mask, &source_image, request.paste_back) {
-        (Some(mask), Some(original), true) => paste_back(original, &raw, mask),
-        _ => raw,
-    };
-    timings.push("decode", started.elapsed());
-    Ok(Generated {
-        image,
-        decoded,
-        size_px,
-        timings,
-        prompt_cut_off,
-    })
+    let pixels = vae.decode(&denoised.latents)?;
+    denoised.finish(&pixels, request.paste_back, started)
 }
 
 /// Encodes prompt and negative prompt as the model's family does.

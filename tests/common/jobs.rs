@@ -87,6 +87,15 @@ pub fn failure(end: JobEnd) -> EngineError {
     }
 }
 
+/// An engine on the CPU in low-memory (staged) mode.
+pub fn staged_engine() -> Engine {
+    engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        staged: true,
+        ..Default::default()
+    })
+}
+
 /// An engine on the CPU whose steps each wait a little, so that a cancel lands mid-run.
 pub fn engine_with_slow_steps() -> Engine {
     let hook = Arc::new(|point: FaultPoint| {
