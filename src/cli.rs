@@ -74,6 +74,15 @@ enum Command {
     Replay(ReplayArgs),
     /// Measure load, step and decode times and memory, full and staged (see README).
     Bench(BenchArgs),
+    /// Download a catalog model (`easel models` lists them) or a diffusers repository
+    /// (org/name) into the models folder; resumes what a cut download left.
+    Download {
+        /// A catalog id (sd15, sdxl, flux-schnell, ...) or a hub repository.
+        model: String,
+    },
+    /// List the catalog: what each model does, whether it is downloaded, its size and
+    /// whether it fits this device.
+    Models,
     /// Print every setting with where its value came from (flag, env, file, default).
     Config {
         /// Print only the settings file's path.
@@ -84,10 +93,10 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct GenerateArgs {
-    /// A model folder: Stable Diffusion in the diffusers layout, or FLUX.1 as its hub repo
-    /// ships it (both with model_index.json).
+    /// A catalog id (`easel models`), a downloaded hub repository (org/name), or a model
+    /// folder: Stable Diffusion in the diffusers layout, or FLUX.1 as its hub repo ships it.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// What to draw.
     #[arg(long)]
     prompt: String,
@@ -206,6 +215,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Generate(args)) => generate(args, engine, &resolved.settings),
         Some(Command::Replay(args)) => replay(args),
         Some(Command::Bench(args)) => bench(args, engine, &resolved.settings),
+        Some(Command::Download { model }) => {
+            crate::cli_models::download(&model, &resolved.settings)
+        }
+        Some(Command::Models) => crate::cli_models::list(&resolved.settings),
         Some(Command::Config { .. }) => Ok(ExitCode::SUCCESS),
         None => {
             let paths = crate::ui::AppPaths::from_settings(&resolved.settings);
@@ -292,17 +305,24 @@ fn generate(
         }),
         None => None,
     };
-    // FLUX's distilled models want their own steps and guidance, not Stable Diffusion's.
-    let (default_steps, default_guidance) =
-        match FluxModel::open(&args.model, &Device::Cpu, DType::F32) {
-            Ok(flux) => flux.variant.default_steps_and_guidance(),
-            Err(_) => (defaults.steps, defaults.guidance),
-        };
+    let model = crate::cli_models::model_folder(&args.model, defaults)?;
+    // A catalog model runs as it is meant to; FLUX's distilled models want their own steps
+    // and guidance, not Stable Diffusion's.
+    let catalog_defaults = easel::hub::catalog::find(&args.model).map(|e| e.defaults);
+    let (default_steps, default_guidance) = match (
+        catalog_defaults,
+        FluxModel::open(&model, &Device::Cpu, DType::F32),
+    ) {
+        (Some(d), _) => (d.steps, d.guidance),
+        (None, Ok(flux)) => flux.variant.default_steps_and_guidance(),
+        (None, Err(_)) => (defaults.steps, defaults.guidance),
+    };
+    let default_sampler = catalog_defaults.map_or(defaults.sampler, |d| d.sampler);
     let request = GenerateRequest {
-        model: args.model.clone(),
+        model,
         prompt: args.prompt.clone(),
         negative_prompt: args.negative.clone(),
-        sampler: args.scheduler.unwrap_or(defaults.sampler),
+        sampler: args.scheduler.unwrap_or(default_sampler),
         steps: args.steps.unwrap_or(default_steps),
         guidance: args.guidance.unwrap_or(default_guidance),
         max_sequence_length: args.max_sequence_length,

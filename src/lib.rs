@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod device;
 pub mod engine;
+pub mod hub;
 pub mod image_file;
 pub mod models;
 pub mod output;

@@ -1,6 +1,7 @@
 //! The `easel` command: the window with no subcommand; `generate` and `replay` headless.
 
 mod cli;
+mod cli_models;
 mod logging;
 mod ui;
 

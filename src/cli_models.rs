@@ -1,0 +1,190 @@
+//! `easel download` and `easel models`: the catalog on the command line, downloads with
+//! progress on stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use easel::device::{self, DeviceChoice};
+use easel::engine::memory::system_memory_bytes;
+use easel::hub::catalog::{self, CatalogEntry};
+use easel::hub::fit::{self, format_gb, Verdict};
+use easel::hub::{self, CacheRoots, Downloaded, HubClient, ModelRef};
+use easel::settings::{self, Settings};
+
+/// Where models are looked for: Easel's folder, then the user's hub cache.
+pub fn cache_roots(settings: &Settings) -> CacheRoots {
+    CacheRoots::with_user_cache(&settings.models_dir)
+}
+
+/// Whether downloads should take half-precision files: when the run will be 16-bit (a GPU
+/// on `auto`, or f16/bf16 asked for).
+pub fn prefers_fp16(settings: &Settings) -> bool {
+    match settings::dtype_of(settings.dtype) {
+        Some(dtype) => dtype != candle_core::DType::F32,
+        None => {
+            settings.device != DeviceChoice::Cpu && cfg!(any(feature = "cuda", feature = "metal"))
+        }
+    }
+}
+
+/// The folder to open for `--model`: a folder as given, else a catalog id or a hub
+/// repository found on disk (never fetched here).
+pub fn model_folder(name: &str, settings: &Settings) -> anyhow::Result<PathBuf> {
+    let path = PathBuf::from(name);
+    if path.is_dir() {
+        return Ok(path);
+    }
+    Ok(hub::model_folder(name, &cache_roots(settings))?)
+}
+
+/// `easel download NAME`: fetches a catalog model or a diffusers repository.
+pub fn download(name: &str, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let model = ModelRef::parse(name)?;
+    let client = HubClient::from_environment()?;
+    let roots = cache_roots(settings);
+    if let ModelRef::Catalog(entry) = model {
+        let bytes = entry.approx_download_bytes(prefers_fp16(settings));
+        eprintln!(
+            "{}: about {} from {} ({})",
+            entry.name,
+            format_gb(bytes),
+            entry.repo,
+            entry.licence
+        );
+    }
+    let mut reporter = ProgressLine::default();
+    let cancel = AtomicBool::new(false);
+    let outcome = hub::download(
+        model,
+        &client,
+        &roots,
+        prefers_fp16(settings),
+        &cancel,
+        &mut |progress| reporter.show(progress),
+    )
+    .with_context(|| format!("downloading {name}"))?;
+    let located = outcome.located();
+    let how = match &outcome {
+        Downloaded::Fetched(_) => "downloaded and checked",
+        Downloaded::InUserCache(_) => "already in your Hugging Face cache; nothing downloaded",
+        Downloaded::Unchecked(_) => {
+            "already downloaded (the hub is unreachable, so not re-checked)"
+        }
+    };
+    eprintln!("{name}: {how}");
+    println!("{}", located.folder.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Progress on stderr, a line at most every half second and one at the end of each file.
+#[derive(Default)]
+struct ProgressLine {
+    last: Option<Instant>,
+    files_done: usize,
+}
+
+impl ProgressLine {
+    fn show(&mut self, progress: &hub::DownloadProgress) {
+        let file_finished = progress.files_done != self.files_done;
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(500));
+        if !(file_finished || due) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        self.files_done = progress.files_done;
+        let percent = if progress.bytes_total > 0 {
+            100.0 * progress.bytes_done as f64 / progress.bytes_total as f64
+        } else {
+            100.0
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "  {percent:5.1}%  {} of {}  {:.1} MB/s  file {}/{}  {}",
+            format_gb(progress.bytes_done),
+            format_gb(progress.bytes_total),
+            progress.bytes_per_sec / 1e6,
+            progress.files_done,
+            progress.files_total,
+            progress.file
+        );
+    }
+}
+
+/// `easel models`: every catalog entry, where it is, its size and whether it fits.
+pub fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let roots = cache_roots(settings);
+    let fp16 = prefers_fp16(settings);
+    let bytes_per_weight = if fp16 { 2 } else { 4 };
+    let (device_name, available) = available_memory(settings.device);
+    println!(
+        "# {device_name}, {} free; sizes at each model's default size in {}",
+        available.map_or("unknown".to_string(), format_gb),
+        if fp16 { "16-bit" } else { "f32" }
+    );
+    for entry in catalog::entries() {
+        println!(
+            "{}",
+            describe_entry(entry, &roots, fp16, bytes_per_weight, available)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_entry(
+    entry: &'static CatalogEntry,
+    roots: &CacheRoots,
+    fp16: bool,
+    bytes_per_weight: u64,
+    available: Option<u64>,
+) -> String {
+    let estimate = fit::estimate(
+        entry,
+        bytes_per_weight,
+        entry.defaults.width_px,
+        entry.defaults.height_px,
+    );
+    let verdict = Verdict::of(&estimate, available);
+    let place = match hub::locate(ModelRef::Catalog(entry), roots) {
+        Some(found) if found.in_user_cache => {
+            format!("in your Hugging Face cache ({})", found.snapshot.display())
+        }
+        Some(found) => format!("downloaded ({})", found.folder.display()),
+        None => "not downloaded".to_string(),
+    };
+    format!(
+        "{:<18} {}\n    {} | {} | download {} | needs {} (low-memory {}): {}{}\n    {}",
+        entry.id,
+        entry.name,
+        entry.capabilities.describe(),
+        place,
+        format_gb(entry.approx_download_bytes(fp16)),
+        format_gb(estimate.full_bytes),
+        format_gb(estimate.staged_bytes),
+        verdict.describe(),
+        if entry.gated {
+            " | gated: needs a token"
+        } else {
+            ""
+        },
+        entry.licence,
+    )
+}
+
+/// The device's name and its free memory: the GPU's where one is used, else the machine's.
+fn available_memory(choice: DeviceChoice) -> (String, Option<u64>) {
+    match device::open(choice) {
+        Ok(device) => {
+            let name = device::describe(&device);
+            let free = fit::free_bytes(device::device_memory_bytes(&device), system_memory_bytes());
+            (name, free)
+        }
+        Err(_) => ("cpu".to_string(), system_memory_bytes().map(|(_, a)| a)),
+    }
+}

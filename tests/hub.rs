@@ -1,0 +1,464 @@
+//! Downloads against a fake hub on 127.0.0.1 serving the tiny parity models under the
+//! catalog's real repository names: the cache layout, progress, resume after a cut,
+//! damaged files replaced, gated repositories and tokens, offline use, and the user's own
+//! hub cache reused. No test touches the internet.
+
+// Tests may panic on setup failures: that is how a test reports them.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::fake_hub::FakeHub;
+use common::jobs;
+use easel::hub::catalog;
+use easel::hub::download::sha256_of;
+use easel::hub::{self, CacheRoots, DownloadProgress, Downloaded, HubClient, HubError, ModelRef};
+use easel::pipeline::request::GenerateRequest;
+
+const SD15_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
+const SD15_TOKENIZER_REPO: &str = "openai/clip-vit-base-patch32";
+const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
+const VAE: &str = "vae/diffusion_pytorch_model.safetensors";
+const TEXT_ENCODER: &str = "text_encoder/model.safetensors";
+const GATED_REPO: &str = "easel-test/gated-sd";
+const TOKEN: &str = "hf_testsecret_4242";
+
+/// Serves the tiny SD 1.5 as the catalog's SD 1.5 repository, without the tokenizer.json the
+/// real repository lacks, and that tokenizer from the repository candle borrows it from.
+fn serve_sd15(hub: &FakeHub) {
+    let tiny = common::model("sd15-tiny");
+    hub.serve_folder(SD15_REPO, &tiny, &["tokenizer/tokenizer.json"], false);
+    let tokenizer = std::fs::read(tiny.join("tokenizer/tokenizer.json")).expect("tokenizer");
+    hub.serve_file(SD15_TOKENIZER_REPO, "tokenizer.json", tokenizer);
+}
+
+fn sd15() -> ModelRef<'static> {
+    ModelRef::Catalog(catalog::find("sd15").expect("sd15 in the catalog"))
+}
+
+fn client(hub: &FakeHub) -> HubClient {
+    HubClient::new(Some(hub.url()), None).expect("a hub client")
+}
+
+fn download_sd15(
+    hub: &FakeHub,
+    roots: &CacheRoots,
+    cancel: &AtomicBool,
+    progress: &mut Vec<DownloadProgress>,
+) -> Result<Downloaded, HubError> {
+    hub::download(sd15(), &client(hub), roots, false, cancel, &mut |p| {
+        progress.push(p.clone())
+    })
+}
+
+fn repo_folder(root: &Path, repo: &str) -> PathBuf {
+    root.join(format!("models--{}", repo.replace('/', "--")))
+}
+
+fn blob(root: &Path, hub: &FakeHub, repo: &str, path: &str) -> PathBuf {
+    repo_folder(root, repo)
+        .join("blobs")
+        .join(hub.sha256(repo, path))
+}
+
+/// Generates a 64x64 image from `folder` with the engine, two steps.
+fn generates(folder: &Path) {
+    let engine = jobs::engine();
+    let mut request = GenerateRequest::new(folder, "a red fox");
+    request.steps = 2;
+    request.width = Some(64);
+    request.height = Some(64);
+    let job = engine.generate(request).expect("engine running");
+    let output = jobs::finished(jobs::wait_for(&engine, job));
+    assert_eq!(output.image.dimensions(), (64, 64));
+}
+
+fn gets_of(hub: &FakeHub, path: &str) -> Vec<String> {
+    hub.requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/resolve/") && r.contains(path))
+        .collect()
+}
+
+#[test]
+fn a_download_lands_in_the_cache_layout_reports_progress_and_generates() {
+    let hub = FakeHub::start();
+    serve_sd15(&hub);
+    let models = tempfile::tempdir().expect("temp dir");
+    let roots = CacheRoots::only(models.path());
+    let mut progress = Vec::new();
+    let outcome = download_sd15(&hub, &roots, &AtomicBool::new(false), &mut progress)
+        .expect("the download succeeds");
+    let Downloaded::Fetched(located) = outcome else {
+        panic!("expected a fetch, got {outcome:?}");
+    };
+
+    // The hub's layout: refs/main names the commit, snapshot files link to sha256 blobs.
+    let folder = repo_folder(models.path(), SD15_REPO);
+    let commit = hub.commit(SD15_REPO);
+    let recorded = std::fs::read_to_string(folder.join("refs/main")).expect("refs/main");
+    assert_eq!(recorded.trim(), commit);
+    let snapshot_unet = folder.join("snapshots").join(&commit).join(UNET);
+    let link = std::fs::read_link(&snapshot_unet).expect("a link into blobs");
+    let expected_target = Path::new("../../../blobs").join(hub.sha256(SD15_REPO, UNET));
+    assert_eq!(link, expected_target);
+    let blob_path = blob(models.path(), &hub, SD15_REPO, UNET);
+    assert_eq!(
+        sha256_of(&blob_path).expect("readable"),
+        hub.sha256(SD15_REPO, UNET)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(folder.join("blobs"))
+        .expect("blobs")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".incomplete"))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial files left");
+    // The borrowed tokenizer sits in its own repository's folder, linked into the model.
+    let tokenizer = located.folder.join("tokenizer/tokenizer.json");
+    assert!(tokenizer.is_file(), "{}", tokenizer.display());
+    assert!(std::fs::canonicalize(&tokenizer)
+        .expect("resolves")
+        .starts_with(
+            std::fs::canonicalize(repo_folder(models.path(), SD15_TOKENIZER_REPO)).expect("exists")
+        ));
+
+    // Progress: never backwards, ending at the total of every file.
+    let served_total: u64 = catalog::find("sd15")
+        .expect("entry")
+        .repo_paths(false)
+        .iter()
+        .map(|p| hub.size(SD15_REPO, p))
+        .sum::<u64>()
+        + hub.size(SD15_TOKENIZER_REPO, "tokenizer.json");
+    assert!(progress.len() > 2);
+    for pair in progress.windows(2) {
+        assert!(pair[1].bytes_done >= pair[0].bytes_done, "{pair:?}");
+        assert!(pair[1].files_done >= pair[0].files_done, "{pair:?}");
+    }
+    let last = progress.last().expect("progress");
+    assert_eq!(last.bytes_total, served_total);
+    assert_eq!(last.bytes_done, served_total);
+    assert_eq!(last.files_done, last.files_total);
+
+    // Found again without the network, and it generates.
+    assert_eq!(
+        hub::model_folder("sd15", &roots).expect("located"),
+        located.folder
+    );
+    generates(&located.folder);
+}
+
+#[test]
+fn a_cut_connection_resumes_from_the_bytes_on_disk() {
+    let hub = FakeHub::start();
+    serve_sd15(&hub);
+    let models = tempfile::tempdir().expect("temp dir");
+    let roots = CacheRoots::only(models.path());
+    hub.cut_next_get(SD15_REPO, UNET, 100_000);
+    download_sd15(&hub, &roots, &AtomicBool::new(false), &mut Vec::new())
+        .expect("the download recovers from the cut");
+    let gets = gets_of(&hub, UNET);
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert!(
+        gets[1].contains("bytes=100000-"),
+        "resumed with a range: {gets:?}"
+    );
+    let blob_path = blob(models.path(), &hub, SD15_REPO, UNET);
+    assert_eq!(
+        sha256_of(&blob_path).expect("readable"),
+        hub.sha256(SD15_REPO, UNET)
+    );
+}
+
+#[test]
+fn a_cancelled_download_keeps_its_bytes_and_the_next_one_resumes() {
+    let hub = FakeHub::start();
+    serve_sd15(&hub);
+    let models = tempfile::tempdir().expect("temp dir");
+    let roots = CacheRoots::only(models.path());
+    let cancel = AtomicBool::new(false);
+    let result = hub::download(sd15(), &client(&hub), &roots, false, &cancel, &mut |p| {
+        if p.file.ends_with(UNET) && p.bytes_done > 0 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    });
+    assert!(matches!(result, Err(HubError::Cancelled)), "{result:?}");
+    let partial = repo_folder(models.path(), SD15_REPO)
+        .join("blobs")
+        .join(format!("{}.incomplete", hub.sha256(SD15_REPO, UNET)));
+    let kept = std::fs::metadata(&partial)
+        .expect("the partial file is kept")
+        .len();
+    assert!(kept > 0 && kept < hub.size(SD15_REPO, UNET), "{kept}");
+
+    download_sd15(&hub, &roots, &AtomicBool::new(false), &mut Vec::new()).expect("resumes");
+    let gets = gets_of(&hub, UNET);
+    assert!(
+        gets.last()
+            .is_some_and(|g| g.contains(&format!("bytes={kept}-"))),
+        "{gets:?}"
+    );
+    let blob_path = blob(models.path(), &hub, SD15_REPO, UNET);
+    assert_eq!(
+        sha256_of(&blob_path).expect("readable"),
+        hub.sha256(SD15_REPO, UNET)
+    );
+}
+
+#[test]
+fn damaged_files_are_replaced_and_intact_ones_kept() {
+    let hub = FakeHub::start();
+    serve_sd15(&hub);
+    let models = tempfile::tempdir().expect("temp dir");
+    let roots = CacheRoots::only(models.path());
+    download_sd15(&hub, &roots, &AtomicBool::new(false), &mut Vec::new()).expect("first");
+    // Same size, wrong content; and a truncated file.
+    let unet = blob(models.path(), &hub, SD15_REPO, UNET);
+    let size = std::fs::metadata(&unet).expect("unet").len();
+    std::fs::write(&unet, vec![0u8; size as usize]).expect("damage the UNet");
+    let vae = blob(models.path(), &hub, SD15_REPO, VAE);
+    let bytes = std::fs::read(&vae).expect("vae");
+    std::fs::write(&vae, &bytes[..bytes.len() / 2]).expect("truncate the VAE");
+
+    download_sd15(&hub, &roots, &AtomicBool::new(false), &mut Vec::new()).expect("second");
+    for (path, file) in [(UNET, &unet), (VAE, &vae)] {
+        assert_eq!(
+            sha256_of(file).expect("readable"),
+            hub.sha256(SD15_REPO, path)
+        );
+        assert_eq!(gets_of(&hub, path).len(), 2, "{path} fetched again");
+    }
+    assert_eq!(
+        gets_of(&hub, TEXT_ENCODER).len(),
+        1,
+        "intact files are not fetched again"
+    );
+}
+
+#[test]
+fn a_model_in_the_users_hub_cache_is_used_where_it_is() {
+    let hub = FakeHub::start();
+    serve_sd15(&hub);
+    let user_cache = tempfile::tempdir().expect("temp dir");
+    download_sd15(
+        &hub,
+        &CacheRoots::only(user_cache.path()),
+        &AtomicBool::new(false),
+        &mut Vec::new(),
+    )
+    .expect("fills the user's cache");
+    let requests_before = hub.requests().len();
+
+    let models = tempfile::tempdir().expect("temp dir");
+    let roots = CacheRoots {
+        models_dir: models.path().to_path_buf(),
+        user_hub_cache: Some(user_cache.path().to_path_buf()),
+    };
+    let outcome =
+        download_sd15(&hub, &roots, &AtomicBool::new(false), &mut Vec::new()).expect("found");
+    let Downloaded::InUserCache(located) = outcome else {
+        panic!("expected the user's cache, got {outcome:?}");
+    };
+    assert_eq!(hub.requests().len(), requests_before, "nothing fetched");
+    assert!(
+        !repo_folder(models.path(), SD15_REPO).exists(),
+        "nothing copied"
+    );
+    let unet = std::fs::canonicalize(located.folder.join(UNET)).expect("resolves");
+    assert!(unet.starts_with(std::fs::canonicalize(user_cache.path()).expect("exists")));
+    generates(&located.folder);
+}
+
+fn easel(args: &[&str], hub_url: &str, home: &Path, token: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_easel"));
+    command
+        .env("EASEL_CONFIG", "/nonexistent/easel.toml")
+        .env("EASEL_DATA_DIR", home.join("data"))
+        .env("HF_ENDPOINT", hub_url)
+        .env("HF_HOME", home.join("hf"))
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HUGGINGFACE_HUB_CACHE")
+        .env_remove("HF_TOKEN_PATH")
+        .env_remove("HF_TOKEN")
+        .args(args);
+    if let Some(token) = token {
+        command.env("HF_TOKEN", token);
+    }
+    command.output().expect("run easel")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn a_gated_repository_needs_the_token_and_never_shows_it() {
+    let hub = FakeHub::start();
+    hub.serve_folder(GATED_REPO, &common::model("sd15-tiny"), &[], true);
+    hub.require_token(TOKEN);
+    let home = tempfile::tempdir().expect("temp dir");
+    let models = home.path().join("models");
+    let models = models.to_str().expect("utf-8");
+    let download = ["download", GATED_REPO, "--models-dir", models];
+
+    let without = easel(&download, hub.url(), home.path(), None);
+    assert!(!without.status.success());
+    let said = text(&without);
+    assert!(
+        said.contains("gated") && said.contains("HF_TOKEN"),
+        "{said}"
+    );
+
+    let wrong = easel(&download, hub.url(), home.path(), Some("hf_wrong_token_77"));
+    assert!(!wrong.status.success());
+    let said = text(&wrong);
+    assert!(said.contains("refused"), "{said}");
+    assert!(
+        !said.contains("hf_wrong_token_77"),
+        "the token is never shown: {said}"
+    );
+
+    let with = easel(&download, hub.url(), home.path(), Some(TOKEN));
+    assert!(with.status.success(), "{}", text(&with));
+    let out = home.path().join("gated.png");
+    let generate = [
+        "generate",
+        "--model",
+        GATED_REPO,
+        "--models-dir",
+        models,
+        "--prompt",
+        "a fox",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ];
+    let generated = easel(&generate, hub.url(), home.path(), Some(TOKEN));
+    assert!(generated.status.success(), "{}", text(&generated));
+    // Not in what was printed, the log, or the PNG.
+    let log = std::fs::read_to_string(home.path().join("data/easel.log")).unwrap_or_default();
+    let png = std::fs::read(&out).expect("the PNG");
+    for shown in [
+        text(&with),
+        text(&generated),
+        log,
+        String::from_utf8_lossy(&png).into_owned(),
+    ] {
+        assert!(!shown.contains(TOKEN), "the token leaked: {shown}");
+    }
+}
+
+#[test]
+fn offline_a_downloaded_model_generates_and_a_missing_one_says_download_first() {
+    let hub = FakeHub::start();
+    serve_sd15(&hub);
+    let url = hub.url().to_string();
+    let home = tempfile::tempdir().expect("temp dir");
+    let models = home.path().join("models");
+    let models = models.to_str().expect("utf-8");
+    let fetched = easel(
+        &["download", "sd15", "--models-dir", models],
+        &url,
+        home.path(),
+        None,
+    );
+    assert!(fetched.status.success(), "{}", text(&fetched));
+    assert!(text(&fetched).contains("100.0%"), "{}", text(&fetched));
+    hub.stop();
+
+    let out = home.path().join("offline.png");
+    let out = out.to_str().expect("utf-8");
+    let generate = |model: &str| {
+        let args = [
+            "generate",
+            "--model",
+            model,
+            "--models-dir",
+            models,
+            "--prompt",
+            "a fox",
+            "--steps",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ];
+        easel(&args, &url, home.path(), None)
+    };
+    let cached = generate("sd15");
+    assert!(cached.status.success(), "{}", text(&cached));
+    assert!(Path::new(out).is_file());
+
+    let missing = generate("sdxl");
+    assert!(!missing.status.success());
+    let said = text(&missing);
+    assert!(
+        said.contains("not downloaded yet") && said.contains("easel download sdxl"),
+        "{said}"
+    );
+
+    let recheck = easel(
+        &["download", "sd15", "--models-dir", models],
+        &url,
+        home.path(),
+        None,
+    );
+    assert!(recheck.status.success(), "{}", text(&recheck));
+    assert!(
+        text(&recheck).contains("not re-checked"),
+        "{}",
+        text(&recheck)
+    );
+    let unreachable = easel(
+        &["download", "sdxl", "--models-dir", models],
+        &url,
+        home.path(),
+        None,
+    );
+    assert!(!unreachable.status.success());
+    assert!(
+        text(&unreachable).contains("could not reach"),
+        "{}",
+        text(&unreachable)
+    );
+
+    let listed = easel(
+        &["models", "--models-dir", models, "--device", "cpu"],
+        &url,
+        home.path(),
+        None,
+    );
+    assert!(listed.status.success(), "{}", text(&listed));
+    let listing = text(&listed);
+    for entry in catalog::entries() {
+        assert!(listing.contains(entry.id), "{} listed: {listing}", entry.id);
+    }
+    let sd15_line = listing
+        .lines()
+        .skip_while(|l| !l.starts_with("sd15 "))
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(sd15_line.contains("downloaded ("), "{sd15_line}");
+    assert!(listing.contains("not downloaded"), "{listing}");
+}
