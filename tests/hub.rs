@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::fake_hub::FakeHub;
 use common::jobs;
+use easel::engine::{DownloadRequest, Event};
 use easel::hub::catalog;
 use easel::hub::download::sha256_of;
 use easel::hub::{self, CacheRoots, DownloadProgress, Downloaded, HubClient, HubError, ModelRef};
@@ -461,4 +462,74 @@ fn offline_a_downloaded_model_generates_and_a_missing_one_says_download_first() 
         .to_string();
     assert!(sd15_line.contains("downloaded ("), "{sd15_line}");
     assert!(listing.contains("not downloaded"), "{listing}");
+}
+
+fn download_request(hub: &FakeHub, models: &Path) -> DownloadRequest {
+    DownloadRequest {
+        model: "sd15".to_string(),
+        roots: CacheRoots::only(models),
+        prefer_fp16: false,
+        endpoint: Some(hub.url().to_string()),
+        token: None,
+    }
+}
+
+#[test]
+fn the_engine_reports_download_progress_and_cancels_beside_its_jobs() {
+    let hub = FakeHub::start();
+    serve_sd15(&hub);
+    let models = tempfile::tempdir().expect("temp dir");
+    let engine = jobs::engine();
+    let download = engine
+        .download(download_request(&hub, models.path()))
+        .expect("engine running");
+    let mut seen: Vec<DownloadProgress> = Vec::new();
+    let folder = loop {
+        match engine.events().recv_timeout(jobs::WAIT).expect("an event") {
+            Event::DownloadProgress {
+                download: d,
+                progress,
+            } if d == download => seen.push(progress),
+            Event::DownloadFinished {
+                download: d,
+                outcome,
+            } if d == download => break outcome.located().folder.clone(),
+            Event::DownloadFailed { error, .. } => panic!("download failed: {error}"),
+            _ => {}
+        }
+    };
+    assert!(seen.windows(2).all(|p| p[1].bytes_done >= p[0].bytes_done));
+    let last = seen.last().expect("progress");
+    assert_eq!(
+        (last.bytes_done, last.files_done),
+        (last.bytes_total, last.files_total)
+    );
+    generates(&folder);
+
+    // A slow download is cancelled part way; its bytes stay for the next one.
+    let slow = tempfile::tempdir().expect("temp dir");
+    hub.slow_down(std::time::Duration::from_millis(20));
+    let download = engine
+        .download(download_request(&hub, slow.path()))
+        .expect("engine running");
+    loop {
+        match engine.events().recv_timeout(jobs::WAIT).expect("an event") {
+            Event::DownloadProgress {
+                download: d,
+                progress,
+            } if d == download && progress.file.ends_with(UNET) => {
+                engine.cancel_download(download).expect("engine running");
+            }
+            Event::DownloadFailed { download: d, error } if d == download => {
+                assert!(matches!(error, HubError::Cancelled), "{error}");
+                break;
+            }
+            Event::DownloadFinished { .. } => panic!("the download should have been cancelled"),
+            _ => {}
+        }
+    }
+    let partial = repo_folder(slow.path(), SD15_REPO)
+        .join("blobs")
+        .join(format!("{}.incomplete", hub.sha256(SD15_REPO, UNET)));
+    assert!(partial.is_file(), "the partial file is kept");
 }

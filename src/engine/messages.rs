@@ -7,12 +7,31 @@ use image::RgbImage;
 
 use super::error::EngineError;
 use super::memory::MemoryReport;
+use crate::hub::{CacheRoots, DownloadProgress, Downloaded, HubError, HubToken};
 use crate::pipeline::request::{GenerateRequest, Mode};
 use crate::pipeline::StageTimings;
 use crate::schedulers::SamplerKind;
 
 /// Identifies one generation from request to result.
 pub type JobId = u64;
+
+/// Identifies one download from request to end.
+pub type DownloadId = u64;
+
+/// A model to fetch from the hub (see `hub::download`).
+#[derive(Debug, Clone)]
+pub struct DownloadRequest {
+    /// A catalog id or a hub repository (`org/name`).
+    pub model: String,
+    /// Where to look for it and where it lands.
+    pub roots: CacheRoots,
+    /// Take half-precision files where the repository has them.
+    pub prefer_fp16: bool,
+    /// The hub's address; `None` for `HF_ENDPOINT` or huggingface.co.
+    pub endpoint: Option<String>,
+    /// The access token; `None` for the user's (`HF_TOKEN`, the token file).
+    pub token: Option<HubToken>,
+}
 
 /// What the engine is asked to do.
 #[derive(Debug)]
@@ -30,7 +49,16 @@ pub enum Request {
     Unload,
     /// From now on, drop models as `ResidencyPolicy` says.
     SetResidency(ResidencyPolicy),
-    /// Cancel what runs and end the thread.
+    /// Fetch a model on a thread of its own, beside any job.
+    Download {
+        /// The id the caller will see in events.
+        download: DownloadId,
+        /// What to fetch.
+        request: DownloadRequest,
+    },
+    /// Stop a download after its current chunk; what arrived is kept for a resume.
+    CancelDownload(DownloadId),
+    /// Cancel what runs (jobs and downloads) and end the thread.
     Shutdown,
 }
 
@@ -220,4 +248,25 @@ pub enum Event {
     Memory(MemoryReport),
     /// Every model was dropped.
     Unloaded,
+    /// A download moved on (at most every 100 ms, and at each file's start and end).
+    DownloadProgress {
+        /// The download.
+        download: DownloadId,
+        /// Bytes and files so far, and the rate.
+        progress: DownloadProgress,
+    },
+    /// A download ended with the model on disk.
+    DownloadFinished {
+        /// The download.
+        download: DownloadId,
+        /// Where the model is and how it got there.
+        outcome: Downloaded,
+    },
+    /// A download stopped: cancelled (`HubError::Cancelled`), refused, cut off, or failed.
+    DownloadFailed {
+        /// The download.
+        download: DownloadId,
+        /// Why, and what to do.
+        error: HubError,
+    },
 }

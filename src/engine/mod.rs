@@ -1,6 +1,7 @@
 //! The inference engine: one named background thread that owns the device and the models,
 //! driven only by typed messages over bounded channels. No UI code in here.
 
+mod downloads;
 pub mod error;
 pub mod memory;
 pub mod messages;
@@ -17,7 +18,10 @@ use crate::device::{self, DeviceChoice};
 use crate::models::sd::Component;
 use crate::pipeline::request::GenerateRequest;
 pub use error::{EngineError, EngineStopped};
-pub use messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy, Strategy};
+pub use messages::{
+    DownloadId, DownloadRequest, Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy,
+    Strategy,
+};
 
 /// Called after every event; the window passes one that requests a repaint.
 pub type WakeUp = Arc<dyn Fn() + Send + Sync>;
@@ -85,6 +89,7 @@ pub struct Engine {
     requests: Sender<Request>,
     events: Receiver<Event>,
     next_job: AtomicU64,
+    next_download: AtomicU64,
     device_name: String,
     dtype: candle_core::DType,
     dtype_warning: Option<String>,
@@ -113,6 +118,7 @@ impl Engine {
             requests: request_tx,
             events: event_rx,
             next_job: AtomicU64::new(1),
+            next_download: AtomicU64::new(1),
             device_name,
             dtype,
             dtype_warning,
@@ -148,6 +154,18 @@ impl Engine {
     /// Cancels a queued or running job.
     pub fn cancel(&self, job: JobId) -> Result<(), EngineStopped> {
         self.send(Request::Cancel(job))
+    }
+
+    /// Starts a download beside any job and returns its id.
+    pub fn download(&self, request: DownloadRequest) -> Result<DownloadId, EngineStopped> {
+        let download = self.next_download.fetch_add(1, Ordering::Relaxed);
+        self.send(Request::Download { download, request })?;
+        Ok(download)
+    }
+
+    /// Stops a download after its current chunk (what arrived is kept).
+    pub fn cancel_download(&self, download: DownloadId) -> Result<(), EngineStopped> {
+        self.send(Request::CancelDownload(download))
     }
 
     /// Drops every loaded model (after the running job, if any).

@@ -3,11 +3,13 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 
+use super::downloads::Downloads;
 use super::error::EngineError;
 use super::memory::{
     process_rss_bytes, return_freed_heap, system_memory_bytes, HeldWeights, MemoryReport,
@@ -49,9 +51,14 @@ impl Outbox {
         }
     }
 
+    /// An outbox for another thread, to the same listener.
+    pub(super) fn detached(&self) -> Outbox {
+        Outbox::new(self.events.clone(), Arc::clone(&self.wake))
+    }
+
     /// Sends `event`; false when nobody listens any more. The engine then stops at the next
     /// point where it can (see `listener_gone`), since nobody could see its results.
-    fn send(&self, event: Event) -> bool {
+    pub(super) fn send(&self, event: Event) -> bool {
         let delivered = self.events.send(event).is_ok();
         if delivered {
             (self.wake)();
@@ -89,6 +96,8 @@ pub(super) struct Worker {
     pending: VecDeque<(JobId, Box<GenerateRequest>)>,
     shutting_down: bool,
     unload_after_job: bool,
+    /// Downloads running beside the jobs.
+    downloads: Downloads,
 }
 
 impl Worker {
@@ -115,6 +124,7 @@ impl Worker {
             pending: VecDeque::new(),
             shutting_down: false,
             unload_after_job: false,
+            downloads: Downloads::default(),
         }
     }
 
@@ -206,7 +216,17 @@ impl Worker {
                 self.idle_since = Instant::now();
                 None
             }
+            Request::Download { download, request } => {
+                self.downloads
+                    .start(download, request, self.outbox.detached());
+                None
+            }
+            Request::CancelDownload(download) => {
+                self.downloads.cancel(download);
+                None
+            }
             Request::Shutdown => {
+                self.downloads.cancel_all();
                 self.shutting_down = true;
                 None
             }
@@ -235,7 +255,17 @@ impl Worker {
                 self.residency = policy;
                 false
             }
+            Request::Download { download, request } => {
+                self.downloads
+                    .start(download, request, self.outbox.detached());
+                false
+            }
+            Request::CancelDownload(download) => {
+                self.downloads.cancel(download);
+                false
+            }
             Request::Shutdown => {
+                self.downloads.cancel_all();
                 self.shutting_down = true;
                 true
             }

@@ -24,6 +24,9 @@ impl EaselApp {
         let mut newest_preview = None;
         for event in self.engine.drain() {
             self.status.on_event(&event);
+            if let Some(folder) = self.models_panel.on_event(&event) {
+                self.use_model_folder(&folder, self.prompt.settings.model.is_none());
+            }
             match event {
                 Event::Step {
                     job,

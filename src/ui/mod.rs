@@ -3,11 +3,13 @@
 
 mod app_files;
 mod app_jobs;
+mod app_models;
 mod app_settings;
 pub mod background;
 pub mod canvas;
 pub mod engine_link;
 pub mod model_list;
+pub mod models_panel;
 pub mod prompt_panel;
 pub mod references;
 pub mod results;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easel::engine::{EngineConfig, Event, JobId, JobOutput};
+use easel::hub::CacheRoots;
 use easel::output::{save_png_with_parameters, RecalledParameters};
 use easel::pipeline::request::{GenerateRequest, SourceImage};
 use easel::settings::{Resolved, Settings};
@@ -32,6 +35,7 @@ use background::Background;
 use canvas::{CanvasAction, CanvasPanel};
 use engine_link::EngineLink;
 use model_list::{scan_models_dir, ModelEntry};
+use models_panel::ModelsPanel;
 use prompt_panel::{PromptAction, PromptContext, PromptPanel};
 use references::{ReferenceAction, References};
 use results::{ResultAction, ResultEntry, ResultsPanel};
@@ -109,6 +113,10 @@ pub struct EaselApp {
     resolve_settings: Box<dyn Fn() -> Resolved>,
     /// The settings window.
     pub settings_panel: SettingsPanel,
+    /// The Models window (catalog, downloads).
+    pub models_panel: ModelsPanel,
+    /// The hub's address for downloads; `None` for `HF_ENDPOINT` or huggingface.co.
+    hub_endpoint: Option<String>,
 }
 
 impl EaselApp {
@@ -116,6 +124,10 @@ impl EaselApp {
     /// on the first frame.
     pub fn new(paths: AppPaths, engine_config: EngineConfig) -> Self {
         let (session, problem) = Session::load(&paths.data_dir);
+        // Catalog models found on disk (the user's hub cache included) get their folders
+        // assembled before the scan, so the picker offers them.
+        let mut models_panel = ModelsPanel::default();
+        models_panel.refresh(&CacheRoots::with_user_cache(&paths.models_dir));
         let mut models = scan_models_dir(&paths.models_dir);
         for dir in &session.opened_models {
             if let Ok(entry) = ModelEntry::read(dir) {
@@ -161,8 +173,17 @@ impl EaselApp {
                 easel::settings::resolve(&default_settings_file, &|_| None, &[])
             }),
             settings_panel: SettingsPanel::default(),
+            models_panel,
+            hub_endpoint: None,
             paths,
         }
+    }
+
+    /// Downloads from `endpoint` instead of `HF_ENDPOINT` or huggingface.co (tests' fake hub).
+    #[cfg(test)]
+    pub fn with_hub_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.hub_endpoint = Some(endpoint.into());
+        self
     }
 
     /// Whether jobs are queued or running.
@@ -215,6 +236,9 @@ impl EaselApp {
                 if ui.button("Settings").clicked() {
                     self.settings_panel.open = !self.settings_panel.open;
                 }
+                if ui.button("Models").clicked() {
+                    self.models_panel.open = !self.models_panel.open;
+                }
                 if self.has_background_work() {
                     ui.spinner().on_hover_text("Saving results or reading images");
                 }
@@ -248,6 +272,10 @@ impl EaselApp {
 
         if let Some((key, value)) = self.settings_panel.ui(&ctx, &self.settings) {
             self.change_setting(&ctx, key, &value);
+        }
+        let models_context = self.models_context();
+        if let Some(action) = self.models_panel.ui(&ctx, &models_context) {
+            self.act_on_models(action);
         }
         match prompt_action {
             Some(PromptAction::Generate) => self.generate(),

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
+use easel::hub::catalog;
 use easel::models::opened::{LatentSpace, OpenedModel};
 
 /// A model folder the picker can offer.
@@ -72,18 +73,29 @@ impl ModelEntry {
     }
 }
 
-/// Every model folder found directly under `dir` (ones that fail to read are skipped: they
-/// are reported when picked by hand).
+/// Every model folder found directly under `dir`, and the catalog's downloaded models
+/// (`dir/catalog/<id>`, named as the catalog names them). Ones that fail to read are skipped:
+/// they are reported when picked by hand.
 pub fn scan_models_dir(dir: &Path) -> Vec<ModelEntry> {
+    let mut found = model_folders_in(dir);
+    for mut entry in model_folders_in(&dir.join("catalog")) {
+        if let Some(listed) = catalog::find(&entry.name) {
+            entry.name = listed.name.to_string();
+        }
+        found.push(entry);
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
+fn model_folders_in(dir: &Path) -> Vec<ModelEntry> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut found: Vec<ModelEntry> = entries
+    entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.join("model_index.json").is_file())
         .filter_map(|p| ModelEntry::read(&p).ok())
-        .collect();
-    found.sort_by(|a, b| a.name.cmp(&b.name));
-    found
+        .collect()
 }

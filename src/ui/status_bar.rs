@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use easel::engine::memory::MemoryReport;
 use easel::engine::Event;
+use easel::hub::HubError;
 use eframe::egui;
 
 /// Where the models stand, as the engine last said.
@@ -147,6 +148,14 @@ impl StatusBar {
                 self.memory = Some(report.clone());
             }
             Event::Unloaded => self.model_state = ModelState::Unloaded,
+            // The Models window shows downloads; a failure is also the last error here, in
+            // case that window is closed.
+            Event::DownloadFailed { error, .. } if !matches!(error, HubError::Cancelled) => {
+                self.last_error = Some(error.to_string());
+            }
+            Event::DownloadProgress { .. }
+            | Event::DownloadFinished { .. }
+            | Event::DownloadFailed { .. } => {}
         }
     }
 

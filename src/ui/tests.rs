@@ -601,3 +601,45 @@ fn picking_a_flux_model_takes_its_defaults_and_generates() {
     assert_eq!(harness.state().prompt.settings.negative_prompt, "blurry");
     assert!(harness.state().status.last_error.is_none());
 }
+
+#[path = "../../tests/common/fake_hub.rs"]
+mod fake_hub;
+
+#[test]
+fn the_models_window_shows_the_fit_downloads_and_offers_the_model() {
+    let hub = fake_hub::FakeHub::start();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parity/models/sd15-tiny");
+    hub.serve_folder(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        &tiny,
+        &["tokenizer/tokenizer.json"],
+        false,
+    );
+    let tokenizer = std::fs::read(tiny.join("tokenizer/tokenizer.json")).expect("tokenizer");
+    hub.serve_file("openai/clip-vit-base-patch32", "tokenizer.json", tokenizer);
+    let folders = Folders::new();
+    let app = EaselApp::new(folders.paths(), plain_engine()).with_hub_endpoint(hub.url());
+    let mut harness = window_of(app);
+    harness.step();
+    harness.get_by_label("Models").click();
+    for _ in 0..3 {
+        harness.step();
+    }
+    // Sizes and the verdict are there before anything is fetched.
+    let sd15_sizes = harness
+        .get_all_by_label_contains("Download 4.3 GB · needs")
+        .count();
+    assert_eq!(sd15_sizes, 2, "SD 1.5 and its inpainting model");
+    harness
+        .get_by_label("Download Stable Diffusion 1.5")
+        .click();
+    run_until(&mut harness, "the download", |app| {
+        app.models_panel.located("sd15").is_some()
+    });
+    let folder = folders.paths().models_dir.join("catalog/sd15");
+    assert!(harness.state().models.iter().any(|m| m.path == folder));
+    harness.step();
+    harness.get_by_label("Use Stable Diffusion 1.5").click();
+    harness.step();
+    assert_eq!(harness.state().prompt.settings.model, Some(folder));
+}

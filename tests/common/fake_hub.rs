@@ -39,6 +39,8 @@ struct HubState {
     cut: Option<(String, String, usize)>,
     /// Every request, as "METHOD target range".
     log: Vec<String>,
+    /// A pause after every 64 KiB of a file's body, to make downloads slow.
+    pause_per_chunk: Option<std::time::Duration>,
 }
 
 /// The running fake hub.
@@ -146,6 +148,11 @@ impl FakeHub {
     /// The next GET of `path` in `repo` sends `bytes` bytes of the body and hangs up.
     pub fn cut_next_get(&self, repo: &str, path: &str, bytes: usize) {
         self.state.lock().expect("hub state").cut = Some((repo.into(), path.into(), bytes));
+    }
+
+    /// Pauses after every 64 KiB of every file's body from now on.
+    pub fn slow_down(&self, pause_per_chunk: std::time::Duration) {
+        self.state.lock().expect("hub state").pause_per_chunk = Some(pause_per_chunk);
     }
 
     /// The commit `repo` is served at.
@@ -451,8 +458,21 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>) {
         let _ = stream.shutdown(Shutdown::Both);
         return;
     }
+    let pause = state.pause_per_chunk;
     drop(state);
-    respond(&mut stream, status, &headers, &body);
+    match pause {
+        None => respond(&mut stream, status, &headers, &body),
+        Some(pause) => {
+            respond(&mut stream, status, &headers, &[]);
+            for chunk in body.chunks(64 << 10) {
+                if stream.write_all(chunk).is_err() {
+                    return;
+                }
+                let _ = stream.flush();
+                std::thread::sleep(pause);
+            }
+        }
+    }
 }
 
 /// `bytes=START-` or `bytes=START-END` (inclusive) as a half-open range within `total`.

@@ -1,0 +1,78 @@
+//! The window's side of the Models window: starting and cancelling downloads on the engine,
+//! and offering a downloaded model in the prompt panel.
+
+use super::*;
+use easel::engine::DownloadRequest;
+use easel::hub::fit;
+use models_panel::{ModelsAction, ModelsContext};
+
+impl EaselApp {
+    /// Where models are looked for: the models folder, then the user's hub cache.
+    pub(super) fn cache_roots(&self) -> CacheRoots {
+        CacheRoots::with_user_cache(&self.paths.models_dir)
+    }
+
+    /// What the Models window judges sizes against: the latest memory report and the
+    /// engine's precision.
+    pub(super) fn models_context(&self) -> ModelsContext {
+        let memory = self.status.memory.as_ref();
+        let free_bytes = memory.and_then(|m| fit::free_bytes(m.device_bytes, m.system_bytes));
+        ModelsContext {
+            free_bytes,
+            bytes_per_weight: if self.runs_16_bit() { 2 } else { 4 },
+        }
+    }
+
+    fn runs_16_bit(&self) -> bool {
+        self.engine
+            .engine()
+            .is_ok_and(|e| e.dtype() != candle_core::DType::F32)
+    }
+
+    pub(super) fn act_on_models(&mut self, action: ModelsAction) {
+        match action {
+            ModelsAction::Download(entry) => {
+                let request = DownloadRequest {
+                    model: entry.id.to_string(),
+                    roots: self.cache_roots(),
+                    prefer_fp16: self.runs_16_bit(),
+                    endpoint: self.hub_endpoint.clone(),
+                    token: None,
+                };
+                match self.engine.engine().and_then(|e| e.download(request)) {
+                    Ok(download) => self.models_panel.started(entry.id, download),
+                    Err(_) => self
+                        .status
+                        .show_error("The engine stopped: restart it, then download again"),
+                }
+            }
+            ModelsAction::Cancel(download) => {
+                if self
+                    .engine
+                    .engine()
+                    .and_then(|e| e.cancel_download(download))
+                    .is_err()
+                {
+                    self.status
+                        .show_error("The engine stopped; the download ended with it");
+                }
+            }
+            ModelsAction::Use(folder) => self.use_model_folder(&folder, true),
+        }
+    }
+
+    /// Adds the model in `folder` to the picker (once); picks it when `pick`.
+    pub(super) fn use_model_folder(&mut self, folder: &std::path::Path, pick: bool) {
+        match ModelEntry::read(folder) {
+            Ok(entry) => {
+                if pick {
+                    self.prompt.settings.pick_model(&entry);
+                }
+                if !self.models.iter().any(|m| m.path == entry.path) {
+                    self.models.push(entry);
+                }
+            }
+            Err(error) => self.status.show_error(error),
+        }
+    }
+}
