@@ -533,3 +533,64 @@ fn the_engine_reports_download_progress_and_cancels_beside_its_jobs() {
         .join(format!("{}.incomplete", hub.sha256(SD15_REPO, UNET)));
     assert!(partial.is_file(), "the partial file is kept");
 }
+
+#[test]
+fn flux_downloads_take_the_single_files_and_borrowed_tokenizers_and_generate() {
+    let hub = FakeHub::start();
+    let schnell = common::model("flux-tiny-schnell");
+    let without_tokenizers = ["tokenizer/tokenizer.json", "tokenizer_2/tokenizer.json"];
+    hub.serve_folder(
+        "black-forest-labs/FLUX.1-schnell",
+        &schnell,
+        &without_tokenizers,
+        false,
+    );
+    let read = |path: &str| std::fs::read(schnell.join(path)).expect("tokenizer");
+    hub.serve_file(
+        "openai/clip-vit-large-patch14",
+        "tokenizer.json",
+        read("tokenizer/tokenizer.json"),
+    );
+    hub.serve_file(
+        "lmz/mt5-tokenizers",
+        "t5-v1_1-xxl.tokenizer.json",
+        read("tokenizer_2/tokenizer.json"),
+    );
+    // Any other FLUX repository, as it is on the hub, by name.
+    hub.serve_folder(
+        "easel-test/flux-dev",
+        &common::model("flux-tiny-dev"),
+        &[],
+        false,
+    );
+    let models = tempfile::tempdir().expect("temp dir");
+    let roots = CacheRoots::only(models.path());
+    let cancel = AtomicBool::new(false);
+
+    let entry = ModelRef::Catalog(catalog::find("flux-schnell").expect("in the catalog"));
+    let catalog_model = hub::download(entry, &client(&hub), &roots, false, &cancel, &mut |_| {})
+        .expect("FLUX.1 schnell downloads");
+    let repo_model = hub::download(
+        ModelRef::Repo("easel-test/flux-dev"),
+        &client(&hub),
+        &roots,
+        false,
+        &cancel,
+        &mut |_| {},
+    )
+    .expect("a FLUX repository downloads");
+    // Easel reads the Black Forest Labs single files, so the diffusers transformer and VAE
+    // weights are never fetched.
+    let requests = hub.requests();
+    assert!(requests
+        .iter()
+        .any(|r| r.contains("/resolve/") && r.contains("flux1-dev.safetensors")));
+    assert!(
+        !requests.iter().any(|r| r.contains("/resolve/")
+            && (r.contains("transformer/diffusion_pytorch_model")
+                || r.contains("vae/diffusion_pytorch_model"))),
+        "{requests:#?}"
+    );
+    generates(&catalog_model.located().folder);
+    generates(&repo_model.located().folder);
+}

@@ -31,13 +31,13 @@ impl EaselApp {
 
     pub(super) fn act_on_models(&mut self, action: ModelsAction) {
         match action {
-            ModelsAction::Download(entry) => {
+            ModelsAction::Download(entry, token) => {
                 let request = DownloadRequest {
                     model: entry.id.to_string(),
                     roots: self.cache_roots(),
                     prefer_fp16: self.runs_16_bit(),
                     endpoint: self.hub_endpoint.clone(),
-                    token: None,
+                    token,
                 };
                 match self.engine.engine().and_then(|e| e.download(request)) {
                     Ok(download) => self.models_panel.started(entry.id, download),

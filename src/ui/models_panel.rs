@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use easel::engine::{DownloadId, Event};
 use easel::hub::catalog::{self, CatalogEntry};
 use easel::hub::fit::{self, format_gb, Verdict};
-use easel::hub::{self, CacheRoots, DownloadProgress, HubError, Located, ModelRef};
+use easel::hub::{self, CacheRoots, DownloadProgress, HubError, HubToken, Located, ModelRef};
 use eframe::egui;
 
 /// A catalog entry's download, as the window knows it.
@@ -28,8 +28,8 @@ pub enum DownloadState {
 /// What the user asked for in the window.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelsAction {
-    /// Download this entry.
-    Download(&'static CatalogEntry),
+    /// Download this entry, with the token typed in the window (else the user's own).
+    Download(&'static CatalogEntry, Option<HubToken>),
     /// Stop this download.
     Cancel(DownloadId),
     /// Pick the model in this folder in the prompt panel.
@@ -53,6 +53,8 @@ pub struct ModelsPanel {
     pub downloads: HashMap<&'static str, DownloadState>,
     /// Where each entry on disk is, by catalog id.
     located: HashMap<&'static str, Located>,
+    /// A token typed for gated models, used for downloads and never saved.
+    token_draft: String,
 }
 
 impl ModelsPanel {
@@ -137,6 +139,16 @@ impl ModelsPanel {
                         format_gb(free)
                     ),
                     None => "Free memory unknown; estimates at each model's default size".into(),
+                });
+                ui.horizontal(|ui| {
+                    let label = ui.label("Hub token for gated models");
+                    ui.add(
+                        egui::TextEdit::singleline(&mut self.token_draft)
+                            .password(true)
+                            .hint_text("HF_TOKEN or the hub token file when empty")
+                            .desired_width(260.0),
+                    )
+                    .labelled_by(label.id);
                 });
                 egui::ScrollArea::vertical().show(ui, |ui| {
                     for entry in catalog::entries() {
@@ -225,7 +237,8 @@ impl ModelsPanel {
                         format!("Download {}", entry.name)
                     };
                     if ui.button(label).clicked() {
-                        action = Some(ModelsAction::Download(entry));
+                        let token = HubToken::new(self.token_draft.clone());
+                        action = Some(ModelsAction::Download(entry, token));
                     }
                 }
             },
