@@ -56,6 +56,17 @@ impl Verdict {
     }
 }
 
+/// Bytes of weights per pipeline stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartBytes {
+    /// Text encoders together.
+    pub text_bytes: u64,
+    /// UNet or transformer.
+    pub denoiser_bytes: u64,
+    /// VAE or autoencoder.
+    pub vae_bytes: u64,
+}
+
 /// The peak memory of `entry` generating `width_px` x `height_px` with weights of
 /// `bytes_per_weight` (4 for f32, 2 for f16/bf16).
 pub fn estimate(
@@ -74,12 +85,37 @@ pub fn estimate(
             })
             .sum()
     };
-    let text_bytes = part_bytes(Part::TextEncoder);
-    let denoiser_bytes = part_bytes(Part::Denoiser);
-    let vae_bytes = part_bytes(Part::Vae);
+    let parts = PartBytes {
+        text_bytes: part_bytes(Part::TextEncoder),
+        denoiser_bytes: part_bytes(Part::Denoiser),
+        vae_bytes: part_bytes(Part::Vae),
+    };
+    estimate_parts(
+        parts,
+        entry.architecture,
+        bytes_per_weight,
+        width_px,
+        height_px,
+    )
+}
+
+/// The peak memory of weights `parts` of `architecture` at `width_px` x `height_px`, with
+/// activations of `bytes_per_weight` (4 for f32, 2 for f16/bf16).
+pub fn estimate_parts(
+    parts: PartBytes,
+    architecture: Architecture,
+    bytes_per_weight: u64,
+    width_px: u32,
+    height_px: u32,
+) -> MemoryEstimate {
+    let PartBytes {
+        text_bytes,
+        denoiser_bytes,
+        vae_bytes,
+    } = parts;
     let b = bytes_per_weight;
     let (w, h) = (u64::from(width_px), u64::from(height_px));
-    let denoiser_act = denoiser_activations(entry.architecture, w, h, b);
+    let denoiser_act = denoiser_activations(architecture, w, h, b);
     let vae_act = vae_decode_activations(w, h, b);
     let weights_bytes = text_bytes + denoiser_bytes + vae_bytes;
     let activations_bytes = denoiser_act.max(vae_act);

@@ -245,6 +245,7 @@ impl EaselApp {
                 self.status.ui(ui);
             });
         });
+        let models_context = self.models_context();
         egui::Panel::left("prompt")
             .resizable(true)
             .default_size(320.0)
@@ -256,6 +257,8 @@ impl EaselApp {
                         busy: self.is_busy(),
                         prompt_cut_off: self.prompt_cut_off.as_deref(),
                         init_size_px: self.references.init().map(|r| r.image.dimensions()),
+                        free_bytes: models_context.free_bytes,
+                        bytes_per_weight: models_context.bytes_per_weight,
                     };
                     prompt_action = self.prompt.ui(ui, &context);
                 });
@@ -273,7 +276,6 @@ impl EaselApp {
         if let Some((key, value)) = self.settings_panel.ui(&ctx, &self.settings) {
             self.change_setting(&ctx, key, &value);
         }
-        let models_context = self.models_context();
         if let Some(action) = self.models_panel.ui(&ctx, &models_context) {
             self.act_on_models(action);
         }

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use easel::hub::catalog;
+use easel::hub::catalog::{self, Architecture};
+use easel::hub::fit::{estimate_parts, MemoryEstimate, PartBytes};
+use easel::models::component::Component;
 use easel::models::opened::{LatentSpace, OpenedModel};
 
 /// A model folder the picker can offer.
@@ -24,6 +26,8 @@ pub struct ModelEntry {
     /// Steps and guidance the model wants when it is picked (FLUX's distilled models), or
     /// `None` to keep what the panel has.
     pub recommended_steps_guidance: Option<(usize, f64)>,
+    /// Bytes of its weight files per stage, for the will-it-fit estimate.
+    pub weights: PartBytes,
 }
 
 impl ModelEntry {
@@ -42,7 +46,16 @@ impl ModelEntry {
                 Some(flux.variant.default_steps_and_guidance()),
             ),
         };
+        let bytes_of = |components: &[Component]| -> u64 {
+            components.iter().map(|c| model.file_bytes(*c)).sum()
+        };
+        let weights = PartBytes {
+            text_bytes: bytes_of(&model.text_encoders()),
+            denoiser_bytes: bytes_of(&[Component::Unet, Component::Transformer]),
+            vae_bytes: bytes_of(&[Component::Vae]),
+        };
         Ok(Self {
+            weights,
             name: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -53,6 +66,23 @@ impl ModelEntry {
             inpainting,
             recommended_steps_guidance,
         })
+    }
+
+    /// The will-it-fit estimate at `size_px` with activations of `bytes_per_weight`, from the
+    /// sizes of the weight files (16-bit files running in f32 take twice what they weigh).
+    pub fn memory_estimate(&self, size_px: (u32, u32), bytes_per_weight: u64) -> MemoryEstimate {
+        let architecture = match self.latent_space {
+            LatentSpace::StableDiffusion => Architecture::Sd15,
+            LatentSpace::StableDiffusionXl => Architecture::Sdxl,
+            LatentSpace::Flux => Architecture::Flux,
+        };
+        estimate_parts(
+            self.weights,
+            architecture,
+            bytes_per_weight,
+            size_px.0,
+            size_px.1,
+        )
     }
 
     /// Whether the model has a negative prompt and a choice of sampler (FLUX has neither).

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use easel::hub::fit::{format_gb, Verdict};
 use easel::output::RecalledParameters;
 use easel::pipeline::request::Mode;
 use easel::schedulers::SamplerKind;
@@ -125,6 +126,10 @@ pub struct PromptContext<'a> {
     pub prompt_cut_off: Option<&'a str>,
     /// The init image's size, which the output takes when there is one.
     pub init_size_px: Option<(u32, u32)>,
+    /// The memory a model can use now, where known (for the will-it-fit line).
+    pub free_bytes: Option<u64>,
+    /// 2 when the engine runs in 16 bits, 4 in f32.
+    pub bytes_per_weight: u64,
 }
 
 /// The prompt panel.
@@ -284,6 +289,29 @@ impl PromptPanel {
                     });
                     ui.end_row();
                 }
+            }
+            let picked = s
+                .model
+                .as_ref()
+                .and_then(|m| context.models.iter().find(|e| &e.path == m));
+            if let Some(entry) = picked {
+                let size_px = context.init_size_px.unwrap_or((s.width_px, s.height_px));
+                let estimate = entry.memory_estimate(size_px, context.bytes_per_weight);
+                let verdict = Verdict::of(&estimate, context.free_bytes);
+                ui.label("Memory");
+                let line = format!(
+                    "≈ {} ({} low-memory): {}",
+                    format_gb(estimate.full_bytes),
+                    format_gb(estimate.staged_bytes),
+                    verdict.describe()
+                );
+                let hover = "Estimated from the weight files and the size: weights plus the largest activations";
+                match verdict {
+                    Verdict::TooBig => ui.colored_label(ui.visuals().warn_fg_color, line),
+                    _ => ui.label(line),
+                }
+                .on_hover_text(hover);
+                ui.end_row();
             }
             if context.mode != Mode::TextToImage {
                 labelled_drag(

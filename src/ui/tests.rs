@@ -621,6 +621,8 @@ fn the_models_window_shows_the_fit_downloads_and_offers_the_model() {
     let app = EaselApp::new(folders.paths(), plain_engine()).with_hub_endpoint(hub.url());
     let mut harness = window_of(app);
     harness.step();
+    // The picked model's estimate is shown before it loads.
+    harness.get_by_label_contains("low-memory): ");
     harness.get_by_label("Models").click();
     for _ in 0..3 {
         harness.step();
