@@ -78,6 +78,19 @@ fn generates(folder: &Path) {
     assert_eq!(output.image.dimensions(), (64, 64));
 }
 
+/// Asserts that SD 1.5's `path` sits in the cache as the hub serves it.
+fn assert_intact(root: &Path, hub: &FakeHub, path: &str) {
+    let blob_path = blob(root, hub, SD15_REPO, path);
+    let sha256 = sha256_of(&blob_path).expect("readable");
+    assert_eq!(sha256, hub.sha256(SD15_REPO, path), "{path}");
+}
+
+/// Where SD 1.5's `path` grows while it downloads.
+fn partial(root: &Path, hub: &FakeHub, path: &str) -> PathBuf {
+    let name = format!("{}.incomplete", hub.sha256(SD15_REPO, path));
+    repo_folder(root, SD15_REPO).join("blobs").join(name)
+}
+
 fn gets_of(hub: &FakeHub, path: &str) -> Vec<String> {
     hub.requests()
         .into_iter()
@@ -107,11 +120,7 @@ fn a_download_lands_in_the_cache_layout_reports_progress_and_generates() {
     let link = std::fs::read_link(&snapshot_unet).expect("a link into blobs");
     let expected_target = Path::new("../../../blobs").join(hub.sha256(SD15_REPO, UNET));
     assert_eq!(link, expected_target);
-    let blob_path = blob(models.path(), &hub, SD15_REPO, UNET);
-    assert_eq!(
-        sha256_of(&blob_path).expect("readable"),
-        hub.sha256(SD15_REPO, UNET)
-    );
+    assert_intact(models.path(), &hub, UNET);
     let leftovers: Vec<_> = std::fs::read_dir(folder.join("blobs"))
         .expect("blobs")
         .filter_map(Result::ok)
@@ -168,11 +177,7 @@ fn a_cut_connection_resumes_from_the_bytes_on_disk() {
         gets[1].contains("bytes=100000-"),
         "resumed with a range: {gets:?}"
     );
-    let blob_path = blob(models.path(), &hub, SD15_REPO, UNET);
-    assert_eq!(
-        sha256_of(&blob_path).expect("readable"),
-        hub.sha256(SD15_REPO, UNET)
-    );
+    assert_intact(models.path(), &hub, UNET);
 }
 
 #[test]
@@ -188,9 +193,7 @@ fn a_cancelled_download_keeps_its_bytes_and_the_next_one_resumes() {
         }
     });
     assert!(matches!(result, Err(HubError::Cancelled)), "{result:?}");
-    let partial = repo_folder(models.path(), SD15_REPO)
-        .join("blobs")
-        .join(format!("{}.incomplete", hub.sha256(SD15_REPO, UNET)));
+    let partial = partial(models.path(), &hub, UNET);
     let kept = std::fs::metadata(&partial)
         .expect("the partial file is kept")
         .len();
@@ -203,11 +206,7 @@ fn a_cancelled_download_keeps_its_bytes_and_the_next_one_resumes() {
             .is_some_and(|g| g.contains(&format!("bytes={kept}-"))),
         "{gets:?}"
     );
-    let blob_path = blob(models.path(), &hub, SD15_REPO, UNET);
-    assert_eq!(
-        sha256_of(&blob_path).expect("readable"),
-        hub.sha256(SD15_REPO, UNET)
-    );
+    assert_intact(models.path(), &hub, UNET);
 }
 
 #[test]
@@ -226,11 +225,8 @@ fn damaged_files_are_replaced_and_intact_ones_kept() {
     std::fs::write(&vae, &bytes[..bytes.len() / 2]).expect("truncate the VAE");
 
     download_sd15(&hub, &roots, &AtomicBool::new(false), &mut Vec::new()).expect("second");
-    for (path, file) in [(UNET, &unet), (VAE, &vae)] {
-        assert_eq!(
-            sha256_of(file).expect("readable"),
-            hub.sha256(SD15_REPO, path)
-        );
+    for path in [UNET, VAE] {
+        assert_intact(models.path(), &hub, path);
         assert_eq!(gets_of(&hub, path).len(), 2, "{path} fetched again");
     }
     assert_eq!(
@@ -528,9 +524,7 @@ fn the_engine_reports_download_progress_and_cancels_beside_its_jobs() {
             _ => {}
         }
     }
-    let partial = repo_folder(slow.path(), SD15_REPO)
-        .join("blobs")
-        .join(format!("{}.incomplete", hub.sha256(SD15_REPO, UNET)));
+    let partial = partial(slow.path(), &hub, UNET);
     assert!(partial.is_file(), "the partial file is kept");
 }
 
