@@ -260,6 +260,12 @@ impl HubClient {
             let listing = &plan.listing;
             let folder = RepoFolder::new(root, &listing.repo);
             for path in &plan.paths {
+                if !is_plain_relative(path) {
+                    return Err(HubError::Hub {
+                        repo: listing.repo.clone(),
+                        message: format!("it lists a file outside the repository: {path:?}"),
+                    });
+                }
                 let file = listing
                     .files
                     .get(path)
@@ -592,6 +598,16 @@ impl Tally {
     }
 }
 
+/// Whether a listed path stays inside the snapshot folder (no `..`, not absolute).
+fn is_plain_relative(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 fn partial_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -644,4 +660,26 @@ pub fn pick_path(listing: &RepoListing, wanted: &str, fallback: &str) -> Result<
             repo: listing.repo.clone(),
             path: fallback.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_paths_must_stay_inside_the_snapshot() {
+        assert!(is_plain_relative(
+            "unet/diffusion_pytorch_model.safetensors"
+        ));
+        for bad in [
+            "../config.json",
+            "/etc/passwd",
+            "unet/../../x",
+            "a//b",
+            "a\\b",
+            "",
+        ] {
+            assert!(!is_plain_relative(bad), "{bad}");
+        }
+    }
 }
