@@ -288,6 +288,29 @@ fn easel(args: &[&str], hub_url: &str, home: &Path, token: Option<&str>) -> Outp
     command.output().expect("run easel")
 }
 
+/// `easel generate` of a 64x64 fox in two steps on the CPU.
+fn generate_args<'a>(model: &'a str, models_dir: &'a str, out: &'a str) -> [&'a str; 17] {
+    [
+        "generate",
+        "--model",
+        model,
+        "--models-dir",
+        models_dir,
+        "--prompt",
+        "a fox",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    ]
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -326,25 +349,7 @@ fn a_gated_repository_needs_the_token_and_never_shows_it() {
     let with = easel(&download, hub.url(), home.path(), Some(TOKEN));
     assert!(with.status.success(), "{}", text(&with));
     let out = home.path().join("gated.png");
-    let generate = [
-        "generate",
-        "--model",
-        GATED_REPO,
-        "--models-dir",
-        models,
-        "--prompt",
-        "a fox",
-        "--steps",
-        "2",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--device",
-        "cpu",
-        "--out",
-        out.to_str().expect("utf-8"),
-    ];
+    let generate = generate_args(GATED_REPO, models, out.to_str().expect("utf-8"));
     let generated = easel(&generate, hub.url(), home.path(), Some(TOKEN));
     assert!(generated.status.success(), "{}", text(&generated));
     // Not in what was printed, the log, or the PNG.
@@ -381,25 +386,7 @@ fn offline_a_downloaded_model_generates_and_a_missing_one_says_download_first() 
     let out = home.path().join("offline.png");
     let out = out.to_str().expect("utf-8");
     let generate = |model: &str| {
-        let args = [
-            "generate",
-            "--model",
-            model,
-            "--models-dir",
-            models,
-            "--prompt",
-            "a fox",
-            "--steps",
-            "2",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--device",
-            "cpu",
-            "--out",
-            out,
-        ];
+        let args = generate_args(model, models, out);
         easel(&args, &url, home.path(), None)
     };
     let cached = generate("sd15");
