@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use easel::device::{self, DeviceChoice};
+use easel::device;
 use easel::engine::memory::system_memory_bytes;
 use easel::hub::catalog::{self, CatalogEntry};
 use easel::hub::fit::{self, format_gb, Verdict};
@@ -21,13 +21,29 @@ pub fn cache_roots(settings: &Settings) -> CacheRoots {
     CacheRoots::with_user_cache(&settings.models_dir)
 }
 
-/// Whether downloads should take half-precision files: when the run will be 16-bit (a GPU
-/// on `auto`, or f16/bf16 asked for).
-pub fn prefers_fp16(settings: &Settings) -> bool {
-    match settings::dtype_of(settings.dtype) {
-        Some(dtype) => dtype != candle_core::DType::F32,
-        None => {
-            settings.device != DeviceChoice::Cpu && cfg!(any(feature = "cuda", feature = "metal"))
+/// The device the engine would run on, as the engine picks it and its precision.
+struct RunTarget {
+    /// "cpu", "cuda:0", "metal:0".
+    name: String,
+    /// Memory a model can use there now, where known.
+    free_bytes: Option<u64>,
+    /// Whether weights run in 16 bits (so downloads take fp16 files).
+    half_precision: bool,
+}
+
+impl RunTarget {
+    /// Opens the configured device (the CPU if it cannot be opened) and resolves the dtype
+    /// setting on it the way the engine does.
+    fn of(settings: &Settings) -> Self {
+        let device = device::open(settings.device).unwrap_or(candle_core::Device::Cpu);
+        let (dtype, _) = device::usable_dtype(&device, settings::dtype_of(settings.dtype));
+        Self {
+            name: device::describe(&device),
+            free_bytes: fit::free_bytes(
+                device::device_memory_bytes(&device),
+                system_memory_bytes(),
+            ),
+            half_precision: dtype != candle_core::DType::F32,
         }
     }
 }
@@ -47,8 +63,9 @@ pub fn download(name: &str, settings: &Settings) -> anyhow::Result<ExitCode> {
     let model = ModelRef::parse(name)?;
     let client = HubClient::from_environment()?;
     let roots = cache_roots(settings);
+    let fp16 = RunTarget::of(settings).half_precision;
     if let ModelRef::Catalog(entry) = model {
-        let bytes = entry.approx_download_bytes(prefers_fp16(settings));
+        let bytes = entry.approx_download_bytes(fp16);
         eprintln!(
             "{}: about {} from {} ({})",
             entry.name,
@@ -59,14 +76,9 @@ pub fn download(name: &str, settings: &Settings) -> anyhow::Result<ExitCode> {
     }
     let mut reporter = ProgressLine::default();
     let cancel = AtomicBool::new(false);
-    let outcome = hub::download(
-        model,
-        &client,
-        &roots,
-        prefers_fp16(settings),
-        &cancel,
-        &mut |progress| reporter.show(progress),
-    )
+    let outcome = hub::download(model, &client, &roots, fp16, &cancel, &mut |progress| {
+        reporter.show(progress)
+    })
     .with_context(|| format!("downloading {name}"))?;
     let located = outcome.located();
     let how = match &outcome {
@@ -120,9 +132,10 @@ impl ProgressLine {
 /// `easel models`: every catalog entry, where it is, its size and whether it fits.
 pub fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
     let roots = cache_roots(settings);
-    let fp16 = prefers_fp16(settings);
+    let target = RunTarget::of(settings);
+    let fp16 = target.half_precision;
     let bytes_per_weight = if fp16 { 2 } else { 4 };
-    let (device_name, available) = available_memory(settings.device);
+    let (device_name, available) = (target.name, target.free_bytes);
     println!(
         "# {device_name}, {} free; sizes at each model's default size in {}",
         available.map_or("unknown".to_string(), format_gb),
@@ -175,16 +188,4 @@ fn describe_entry(
         },
         entry.licence,
     )
-}
-
-/// The device's name and its free memory: the GPU's where one is used, else the machine's.
-fn available_memory(choice: DeviceChoice) -> (String, Option<u64>) {
-    match device::open(choice) {
-        Ok(device) => {
-            let name = device::describe(&device);
-            let free = fit::free_bytes(device::device_memory_bytes(&device), system_memory_bytes());
-            (name, free)
-        }
-        Err(_) => ("cpu".to_string(), system_memory_bytes().map(|(_, a)| a)),
-    }
 }

@@ -2,13 +2,14 @@
 //! never holds up a generation; their progress and endings reach the same event stream.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::messages::{DownloadId, DownloadRequest, Event};
-use super::worker::Outbox;
-use crate::hub::{self, HubClient, HubError, ModelRef};
+use super::worker::{panic_message, Outbox};
+use crate::hub::{self, Downloaded, HubClient, HubError, ModelRef};
 
 /// The downloads under way, by id, with their cancel flags.
 #[derive(Default)]
@@ -58,7 +59,36 @@ impl Downloads {
 }
 
 fn run(download: DownloadId, request: &DownloadRequest, cancel: &AtomicBool, outbox: &Outbox) {
-    let outcome = ModelRef::parse(&request.model).and_then(|model| {
+    // A panic must still end the download for the listener, or the window waits forever.
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        fetch(download, request, cancel, outbox)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(HubError::Hub {
+            repo: request.model.clone(),
+            message: format!("the download crashed: {}", panic_message(panic.as_ref())),
+        })
+    });
+    let event = match outcome {
+        Ok(outcome) => {
+            tracing::info!(download, model = %request.model, folder = %outcome.located().folder.display(), "download finished");
+            Event::DownloadFinished { download, outcome }
+        }
+        Err(error) => {
+            tracing::warn!(download, model = %request.model, %error, "download ended");
+            Event::DownloadFailed { download, error }
+        }
+    };
+    outbox.send(event);
+}
+
+fn fetch(
+    download: DownloadId,
+    request: &DownloadRequest,
+    cancel: &AtomicBool,
+    outbox: &Outbox,
+) -> Result<Downloaded, HubError> {
+    ModelRef::parse(&request.model).and_then(|model| {
         let client = HubClient::new(request.endpoint.as_deref(), request.token.clone())?;
         hub::download(
             model,
@@ -77,16 +107,5 @@ fn run(download: DownloadId, request: &DownloadRequest, cancel: &AtomicBool, out
                 }
             },
         )
-    });
-    let event = match outcome {
-        Ok(outcome) => {
-            tracing::info!(download, model = %request.model, folder = %outcome.located().folder.display(), "download finished");
-            Event::DownloadFinished { download, outcome }
-        }
-        Err(error) => {
-            tracing::warn!(download, model = %request.model, %error, "download ended");
-            Event::DownloadFailed { download, error }
-        }
-    };
-    outbox.send(event);
+    })
 }

@@ -247,6 +247,8 @@ impl HubClient {
             last_report: None,
             reported_file: String::new(),
             received_bytes: 0,
+            finished_bytes: 0,
+            current_file_bytes: 0,
             progress: DownloadProgress {
                 file: String::new(),
                 files_done: 0,
@@ -303,7 +305,7 @@ impl HubClient {
         let blob = folder.blob_path(&file.blob_id);
         if blob.is_file() {
             if check_content(&blob, file).is_ok() {
-                tally.progress.bytes_done += file.size_bytes;
+                tally.file_done(file.size_bytes);
                 return Ok(());
             }
             tracing::warn!(file = %blob.display(), "removing a damaged file to fetch it again");
@@ -315,12 +317,7 @@ impl HubClient {
         }
         let mut refetched = false;
         loop {
-            let counted = partial_len(&partial).min(file.size_bytes);
-            tally.progress.bytes_done += counted;
-            let result = self.stream_to(listing, file, &partial, cancel, tally, on_progress);
-            // The partial file's bytes are counted afresh on every pass.
-            tally.progress.bytes_done -= partial_len(&partial).min(file.size_bytes);
-            result?;
+            self.stream_to(listing, file, &partial, cancel, tally, on_progress)?;
             match check_content(&partial, file) {
                 Ok(()) => break,
                 Err(actual) if !refetched => {
@@ -340,7 +337,7 @@ impl HubClient {
             }
         }
         std::fs::rename(&partial, &blob).map_err(HubError::write(&blob))?;
-        tally.progress.bytes_done += file.size_bytes;
+        tally.file_done(file.size_bytes);
         Ok(())
     }
 
@@ -431,9 +428,7 @@ impl HubClient {
             .truncate(restart)
             .open(partial)
             .map_err(|e| Failure::Final(HubError::write(partial)(e)))?;
-        if restart {
-            tally.progress.bytes_done -= start;
-        }
+        tally.file_on_disk(if restart { 0 } else { start });
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Failure::Retry(self.redact(&e.to_string())))?;
             out.write_all(&chunk)
@@ -565,19 +560,34 @@ fn is_transport(error: &HFError) -> bool {
     matches!(error, HFError::Request { .. })
 }
 
-/// Progress so far and when it was last reported.
+/// Progress so far and when it was last reported. Bytes done are the finished files plus
+/// what the current file has on disk, so a resumed file counts its kept bytes.
 struct Tally {
     started: Instant,
     last_report: Option<Instant>,
     reported_file: String,
     received_bytes: u64,
+    finished_bytes: u64,
+    current_file_bytes: u64,
     progress: DownloadProgress,
 }
 
 impl Tally {
+    /// The current file has `bytes` on disk before more arrive.
+    fn file_on_disk(&mut self, bytes: u64) {
+        self.current_file_bytes = bytes;
+        self.progress.bytes_done = self.finished_bytes + bytes;
+    }
+
+    /// A file of `bytes` is in place, fetched or found intact.
+    fn file_done(&mut self, bytes: u64) {
+        self.finished_bytes += bytes;
+        self.file_on_disk(0);
+    }
+
     fn received(&mut self, bytes: u64) {
         self.received_bytes += bytes;
-        self.progress.bytes_done += bytes;
+        self.file_on_disk(self.current_file_bytes + bytes);
         let secs = self.started.elapsed().as_secs_f64();
         if secs > 0.0 {
             self.progress.bytes_per_sec = self.received_bytes as f64 / secs;

@@ -141,16 +141,16 @@ pub fn download(
     cancel: &AtomicBool,
     on_progress: &mut dyn FnMut(&DownloadProgress),
 ) -> Result<Downloaded, HubError> {
-    if let Some(found) = locate(model, roots).filter(|l| l.in_user_cache) {
+    let on_disk = locate(model, roots);
+    if let Some(found) = on_disk.clone().filter(|l| l.in_user_cache) {
         return Ok(Downloaded::InUserCache(found));
     }
-    let plans = match plan(model, client, prefer_fp16) {
-        Ok(plans) => plans,
-        Err(HubError::Unreachable { .. }) if locate(model, roots).is_some() => {
-            let found = locate(model, roots).ok_or_else(|| not_downloaded(model))?;
-            return Ok(Downloaded::Unchecked(found));
+    let plans = match (plan(model, client, prefer_fp16), on_disk) {
+        (Ok(plans), _) => plans,
+        (Err(HubError::Unreachable { .. }), Some(found)) => {
+            return Ok(Downloaded::Unchecked(found))
         }
-        Err(error) => return Err(error),
+        (Err(error), _) => return Err(error),
     };
     client.fetch(&plans, &roots.models_dir, cancel, on_progress)?;
     let only_ours = CacheRoots::only(&roots.models_dir);

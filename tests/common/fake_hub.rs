@@ -268,6 +268,11 @@ fn error_response(stream: &mut TcpStream, status: &str, code: &str, message: &st
     respond(stream, status, &headers, body.as_bytes());
 }
 
+/// A 404 with the hub's error code.
+fn not_found(stream: &mut TcpStream, code: &str, message: &str) {
+    error_response(stream, "404 Not Found", code, message);
+}
+
 /// Splits `org/name/rest...` into the repository and the rest.
 fn split_repo(path: &str) -> Option<(String, &str)> {
     let mut parts = path.splitn(3, '/');
@@ -301,21 +306,11 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>) {
             return error_response(&mut stream, "400 Bad Request", "BadRequest", "bad path");
         };
         let Some(served) = state.repos.get(&repo) else {
-            return error_response(
-                &mut stream,
-                "404 Not Found",
-                "RepoNotFound",
-                "Repository not found",
-            );
+            return not_found(&mut stream, "RepoNotFound", "Repository not found");
         };
         if let Some(revision) = rest.strip_prefix("revision/") {
             if revision != "main" && revision != served.commit {
-                return error_response(
-                    &mut stream,
-                    "404 Not Found",
-                    "RevisionNotFound",
-                    "Invalid rev id",
-                );
+                return not_found(&mut stream, "RevisionNotFound", "Invalid rev id");
             }
             let siblings: Vec<serde_json::Value> = served
                 .files
@@ -364,25 +359,20 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>) {
             }
             return json_response(&mut stream, &serde_json::Value::Array(entries));
         }
-        return error_response(&mut stream, "404 Not Found", "NotFound", "no such endpoint");
+        return not_found(&mut stream, "NotFound", "no such endpoint");
     }
     // /{org}/{name}/resolve/{revision}/{path}
     let Some((repo, rest)) = split_repo(request.path.trim_start_matches('/')) else {
-        return error_response(&mut stream, "404 Not Found", "NotFound", "no such page");
+        return not_found(&mut stream, "NotFound", "no such page");
     };
     let Some(rest) = rest.strip_prefix("resolve/") else {
-        return error_response(&mut stream, "404 Not Found", "NotFound", "no such page");
+        return not_found(&mut stream, "NotFound", "no such page");
     };
     let Some((revision, path)) = rest.split_once('/') else {
-        return error_response(&mut stream, "404 Not Found", "NotFound", "no such page");
+        return not_found(&mut stream, "NotFound", "no such page");
     };
     let Some(served) = state.repos.get(&repo) else {
-        return error_response(
-            &mut stream,
-            "404 Not Found",
-            "RepoNotFound",
-            "Repository not found",
-        );
+        return not_found(&mut stream, "RepoNotFound", "Repository not found");
     };
     if served.gated {
         if let Err((status, message)) = authorized(&state) {
@@ -393,20 +383,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>) {
         return;
     };
     if revision != "main" && revision != served.commit {
-        return error_response(
-            &mut stream,
-            "404 Not Found",
-            "RevisionNotFound",
-            "Invalid rev id",
-        );
+        return not_found(&mut stream, "RevisionNotFound", "Invalid rev id");
     }
     let Some(file) = served.files.get(path) else {
-        return error_response(
-            &mut stream,
-            "404 Not Found",
-            "EntryNotFound",
-            "Entry not found",
-        );
+        return not_found(&mut stream, "EntryNotFound", "Entry not found");
     };
     let total = file.bytes.len();
     let mut headers = vec![
