@@ -1,6 +1,8 @@
 //! Command-line parsing and the headless commands.
 
 use std::io::Write;
+
+use crate::console::{note, out};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,9 +13,11 @@ use clap::{Parser, Subcommand};
 use candle_core::{DType, Device};
 use easel::bench::{Architecture, BenchModel, BenchOptions};
 use easel::engine::{Engine, EngineConfig, Event};
-use easel::image_file::read_image_file;
+use easel::image_file::{read_mask_file, read_rgb_image};
 use easel::models::flux::FluxModel;
-use easel::output::save_png_with_parameters;
+use easel::output::{save_new_result, save_png_with_parameters};
+
+pub use crate::cli_checks::UsageError;
 use easel::pipeline::request::{GenerateRequest, SourceImage};
 use easel::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
 use easel::schedulers::SamplerKind;
@@ -59,7 +63,7 @@ impl Cli {
         for pair in &self.set {
             let (key, value) = pair
                 .split_once('=')
-                .with_context(|| format!("--set {pair:?}: write it as KEY=VALUE"))?;
+                .ok_or_else(|| UsageError(format!("--set {pair:?}: write it as KEY=VALUE")))?;
             flags.push((key.trim().to_string(), value.trim().to_string()));
         }
         Ok(flags)
@@ -109,7 +113,8 @@ struct GenerateArgs {
     /// Inpainting mask (white repaints), the init image's size.
     #[arg(long, requires = "init")]
     mask: Option<PathBuf>,
-    /// Blur of the mask's edge in pixels, so the repainted region blends in.
+    /// Blur of the mask's edge in pixels, so the repainted region blends in (at most the
+    /// image's longer side).
     #[arg(long, default_value_t = 0)]
     feather: u32,
     /// How much to change the init image, 0 to 1.
@@ -143,9 +148,10 @@ struct GenerateArgs {
     /// Print per-stage timings after the run.
     #[arg(long)]
     timings: bool,
-    /// Where to write the PNG.
+    /// Where to write the PNG (a new file or one to replace, never the init image or mask);
+    /// default: the next numbered file in the outputs folder.
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,7 +201,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let flags = cli.setting_flags()?;
     let resolved = settings::resolve_from_process(&flags);
     if let Some(Command::Config { path }) = &cli.command {
-        return Ok(print_config(&resolved, *path));
+        return print_config(&resolved, *path);
     }
     let data_dir = crate::ui::AppPaths::from_settings(&resolved.settings).data_dir;
     crate::logging::init(&resolved.settings, &data_dir);
@@ -213,7 +219,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Some(Command::Generate(args)) => generate(args, engine, &resolved.settings),
-        Some(Command::Replay(args)) => replay(args),
+        // Exit 1 means the outputs differ; 2 that the case could not be run at all.
+        Some(Command::Replay(args)) => replay(args).or_else(|error| {
+            note!("easel: the case could not be replayed: {error:#}");
+            Ok(ExitCode::from(2))
+        }),
         Some(Command::Bench(args)) => bench(args, engine, &resolved.settings),
         Some(Command::Download { model }) => {
             crate::cli_models::download(&model, &resolved.settings)
@@ -255,36 +265,43 @@ fn bench(
     };
     let started = std::time::Instant::now();
     let report = easel::bench::run(&options, &mut |phase| {
-        eprintln!("[{:>6.1}s] {phase}", started.elapsed().as_secs_f64());
+        note!("[{:>6.1}s] {phase}", started.elapsed().as_secs_f64());
     })
     .context("the benchmark failed")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", report.table());
+        std::io::stdout()
+            .write_all(report.table().as_bytes())
+            .and_then(|()| std::io::stdout().flush())
+            .context("could not write to standard output; is it closed or full?")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `easel config`: every key, its value and its source; then the problems.
-fn print_config(resolved: &settings::Resolved, path_only: bool) -> ExitCode {
+fn print_config(resolved: &settings::Resolved, path_only: bool) -> anyhow::Result<ExitCode> {
     if path_only {
-        println!("{}", resolved.file.display());
-        return ExitCode::SUCCESS;
+        out!("{}", resolved.file.display())?;
+        return Ok(ExitCode::SUCCESS);
     }
-    println!("# settings file: {}", resolved.file.display());
+    out!("# settings file: {}", resolved.file.display())?;
     for (key, source) in &resolved.sources {
         let value = resolved.settings.get(key);
-        println!("{key:<18} = {:<28} # {source}", format!("{value:?}"));
+        out!("{key:<18} = {:<28} # {source}", format!("{value:?}"))?;
     }
     for problem in &resolved.problems {
-        println!("# problem: {problem}");
+        out!("# problem: {problem}")?;
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
-    read_image_file(path).map_err(anyhow::Error::msg)
+    let (image, notes) = read_rgb_image(path).map_err(anyhow::Error::msg)?;
+    for text in notes {
+        note!("note: {text}");
+    }
+    Ok(image)
 }
 
 fn generate(
@@ -292,6 +309,17 @@ fn generate(
     config: EngineConfig,
     defaults: &settings::Settings,
 ) -> anyhow::Result<ExitCode> {
+    // Where the result goes is settled before anything is read or loaded.
+    if let Some(out) = &args.out {
+        let sources: Vec<(&str, &Path)> = [("--init", &args.init), ("--mask", &args.mask)]
+            .into_iter()
+            .filter_map(|(flag, path)| path.as_deref().map(|p| (flag, p)))
+            .collect();
+        crate::cli_checks::check_out_path(out, &sources)?;
+    }
+    if let Some(message) = crate::cli_checks::single_file_message(Path::new(&args.model)) {
+        return Err(UsageError(message).into());
+    }
     let source = match &args.init {
         Some(init) => Some(SourceImage {
             image: load_rgb(init)?,
@@ -299,7 +327,7 @@ fn generate(
             mask: args
                 .mask
                 .as_deref()
-                .map(|m| load_rgb(m).map(|img| image::DynamicImage::ImageRgb8(img).to_luma8()))
+                .map(|m| read_mask_file(m).map_err(anyhow::Error::msg))
                 .transpose()?,
             feather_px: args.feather,
         }),
@@ -332,7 +360,7 @@ fn generate(
         source,
         paste_back: !args.no_paste_back,
     };
-    request.validate()?;
+    request.validate().map_err(|e| UsageError(format!("{e}")))?;
     let engine = Engine::spawn(config, Arc::new(|| {}))?;
 
     let job = engine.generate(request)?;
@@ -372,21 +400,27 @@ fn generate(
                 mut output,
             } if done == job => {
                 if let Some(cut) = &output.prompt_cut_off {
-                    eprintln!("note: the prompt was cut at 77 tokens; ignored: {cut:?}");
+                    note!("note: the prompt was cut at 77 tokens; ignored: {cut:?}");
                 }
                 let started = std::time::Instant::now();
-                save_png_with_parameters(&args.out, &output.image, &output.parameters)?;
+                let written = match &args.out {
+                    Some(out) => save_png_with_parameters(out, &output.image, &output.parameters)
+                        .map(|()| out.clone())?,
+                    None => {
+                        save_new_result(&defaults.outputs_dir, &output.image, &output.parameters)?
+                    }
+                };
                 output.timings.push("save", started.elapsed());
-                eprintln!("wrote {}", args.out.display());
+                note!("wrote {}", written.display());
                 if args.timings {
                     for (stage, took) in &output.timings.stages {
-                        println!("{stage:<20} {:>9.3} s", took.as_secs_f64());
+                        out!("{stage:<20} {:>9.3} s", took.as_secs_f64())?;
                     }
-                    println!(
+                    out!(
                         "{:<20} {:>9.3} s",
                         "total",
                         output.timings.total().as_secs_f64()
-                    );
+                    )?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -423,28 +457,28 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let report = case
         .run(&args.models, &candle_core::Device::Cpu)
         .with_context(|| format!("replaying {}", args.case.display()))?;
-    println!("case {}", report.name);
+    out!("case {}", report.name)?;
     for (index, diff) in report.step_max_diffs.iter().enumerate() {
         let verdict = if *diff <= LATENT_TOLERANCE {
             "ok"
         } else {
             "FAIL"
         };
-        println!(
+        out!(
             "  step {:>2} latents max |diff| {diff:.3e} {verdict}",
             index + 1
-        );
+        )?;
     }
     let verdict = if report.image_max_diff <= IMAGE_TOLERANCE {
         "ok"
     } else {
         "FAIL"
     };
-    println!("  image max |diff| {:.3e} {verdict}", report.image_max_diff);
-    println!(
+    out!("  image max |diff| {:.3e} {verdict}", report.image_max_diff)?;
+    out!(
         "  tolerance: image {IMAGE_TOLERANCE:e}, latents {LATENT_TOLERANCE:e}; took {:.2} s",
         report.elapsed.as_secs_f64()
-    );
+    )?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("could not create {}", dir.display()))?;
@@ -455,10 +489,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("could not write {}", path.display()))?;
     }
     if report.passed() {
-        println!("PASS");
+        out!("PASS")?;
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("FAIL");
+        out!("FAIL")?;
         Ok(ExitCode::FAILURE)
     }
 }

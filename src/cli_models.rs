@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::console::{note, out};
+
 use easel::device;
 use easel::engine::memory::system_memory_bytes;
 use easel::hub::catalog::{self, CatalogEntry};
@@ -66,7 +68,7 @@ pub fn download(name: &str, settings: &Settings) -> anyhow::Result<ExitCode> {
     let fp16 = RunTarget::of(settings).half_precision;
     if let ModelRef::Catalog(entry) = model {
         let bytes = entry.approx_download_bytes(fp16);
-        eprintln!(
+        note!(
             "{}: about {} from {} ({})",
             entry.name,
             format_gb(bytes),
@@ -88,8 +90,8 @@ pub fn download(name: &str, settings: &Settings) -> anyhow::Result<ExitCode> {
             "already downloaded (the hub is unreachable, so not re-checked)"
         }
     };
-    eprintln!("{name}: {how}");
-    println!("{}", located.folder.display());
+    note!("{name}: {how}");
+    out!("{}", located.folder.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -136,16 +138,16 @@ pub fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
     let fp16 = target.half_precision;
     let bytes_per_weight = if fp16 { 2 } else { 4 };
     let (device_name, available) = (target.name, target.free_bytes);
-    println!(
+    out!(
         "# {device_name}, {} free; sizes at each model's default size in {}",
         available.map_or("unknown".to_string(), format_gb),
         if fp16 { "16-bit" } else { "f32" }
-    );
+    )?;
     for entry in catalog::entries() {
-        println!(
+        out!(
             "{}",
             describe_entry(entry, &roots, fp16, bytes_per_weight, available)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

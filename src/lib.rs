@@ -1,6 +1,7 @@
 //! Easel: local diffusion models for artists. This library is the engine (no UI in it): model
 //! loading, schedulers, pipelines and the background inference thread, usable headless.
 
+pub mod atomic_file;
 pub mod bench;
 pub mod device;
 pub mod engine;

@@ -71,7 +71,7 @@ pub fn init(settings: &Settings, data_dir: &Path) {
     let file = match open_log_file(data_dir) {
         Ok(file) => Some(file),
         Err(e) => {
-            eprintln!(
+            crate::console::note!(
                 "easel: no log file in {} ({e}); logging to stderr only",
                 data_dir.display()
             );
@@ -103,6 +103,6 @@ pub fn init(settings: &Settings, data_dir: &Path) {
             .try_init(),
     };
     if let Err(e) = result {
-        eprintln!("easel: logging could not start: {e}");
+        crate::console::note!("easel: logging could not start: {e}");
     }
 }

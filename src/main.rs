@@ -1,7 +1,9 @@
 //! The `easel` command: the window with no subcommand; `generate` and `replay` headless.
 
 mod cli;
+mod cli_checks;
 mod cli_models;
+mod console;
 mod logging;
 mod ui;
 
@@ -14,8 +16,12 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("easel: {error:#}");
-            ExitCode::FAILURE
+            console::note_line(format_args!("easel: {error:#}"));
+            if error.downcast_ref::<cli::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Writing results: PNG files carrying their parameters in the A1111 `parameters` text chunk,
 //! which the tools artists already use can read back.
 
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
@@ -184,15 +183,61 @@ pub fn save_png_with_parameters(
     image: &RgbImage,
     parameters: &JobParameters,
 ) -> Result<(), OutputError> {
-    let fail = |message: String| OutputError {
+    crate::atomic_file::write_with(path, |out| encode_png(out, image, parameters)).map_err(|e| {
+        OutputError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Saves a result as the next free `NNNNN-SEED.png` in `dir` (numbered as A1111 numbers its
+/// outputs; the folder is created when missing) and returns its path. An earlier result is
+/// never replaced, even when another Easel saves into the same folder at the same moment.
+pub fn save_new_result(
+    dir: &Path,
+    image: &RgbImage,
+    parameters: &JobParameters,
+) -> Result<PathBuf, OutputError> {
+    let fail = |path: &Path, message: String| OutputError {
         path: path.to_path_buf(),
         message,
     };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fail(dir, format!("the folder cannot be created: {e}")))?;
+    let highest = std::fs::read_dir(dir)
+        .map_err(|e| fail(dir, format!("the folder cannot be read: {e}")))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.split('-').next()?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0);
+    for number in highest + 1..highest + 1000 {
+        let path = dir.join(format!("{number:05}-{}.png", parameters.seed));
+        match crate::atomic_file::write_new_with(&path, |out| encode_png(out, image, parameters)) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(fail(&path, e.to_string())),
+        }
+    }
+    Err(fail(
+        dir,
+        "no free result number after 1000 tries".to_string(),
+    ))
+}
+
+/// The PNG of `image` with `parameters` in its text chunk.
+fn encode_png(
+    out: &mut dyn std::io::Write,
+    image: &RgbImage,
+    parameters: &JobParameters,
+) -> std::io::Result<()> {
     let text = a1111_parameters(parameters);
-    let partial = path.with_extension("png.tmp");
-    let result = (|| -> Result<(), String> {
-        let file = std::fs::File::create(&partial).map_err(|e| e.to_string())?;
-        let mut encoder = png::Encoder::new(BufWriter::new(file), image.width(), image.height());
+    {
+        let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        let mut encoder = png::Encoder::new(out, image.width(), image.height());
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         let latin1 = text.chars().all(|c| u32::from(c) < 256);
@@ -201,19 +246,13 @@ pub fn save_png_with_parameters(
         } else {
             encoder.add_itxt_chunk("parameters".into(), text.clone())
         };
-        chunk.map_err(|e| e.to_string())?;
-        let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+        chunk.map_err(|e| invalid(&e))?;
+        let mut writer = encoder.write_header().map_err(|e| invalid(&e))?;
         writer
             .write_image_data(image.as_raw())
-            .map_err(|e| e.to_string())?;
-        writer.finish().map_err(|e| e.to_string())
-    })();
-    if let Err(message) = result {
-        // The partial file is useless; failing to remove it changes nothing for the user.
-        std::fs::remove_file(&partial).ok();
-        return Err(fail(message));
+            .map_err(|e| invalid(&e))?;
+        writer.finish().map_err(|e| invalid(&e))
     }
-    std::fs::rename(&partial, path).map_err(|e| fail(e.to_string()))
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn generate_writes_a_png_for_each_mode() {
+    if common::parity_missing() {
+        return;
+    }
     let temp = tempfile::tempdir().expect("temp dir");
     let model = common::model("sd15-tiny");
     let model = model.to_str().expect("utf-8 path");
@@ -84,6 +87,9 @@ fn generate_writes_a_png_for_each_mode() {
 
 #[test]
 fn bad_input_exits_non_zero_with_a_message() {
+    if common::parity_missing() {
+        return;
+    }
     let temp = tempfile::tempdir().expect("temp dir");
     let model = common::model("sd15-tiny");
     let model = model.to_str().expect("utf-8 path");
@@ -164,6 +170,9 @@ fn config_lists_every_value_with_its_source() {
 
 #[test]
 fn json_log_lines_carry_the_job_and_its_stage_timings() {
+    if common::parity_missing() {
+        return;
+    }
     let temp = tempfile::tempdir().expect("temp dir");
     let model = common::model("sd15-tiny");
     let out = temp.path().join("out.png");
@@ -218,6 +227,9 @@ fn json_log_lines_carry_the_job_and_its_stage_timings() {
 
 #[test]
 fn bench_reports_every_mode_as_json() {
+    if common::parity_missing() {
+        return;
+    }
     let model = common::model("sd15-tiny");
     let model = model.to_str().expect("utf-8 path");
     let run = easel(&[

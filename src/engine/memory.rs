@@ -35,22 +35,27 @@ impl MemoryReport {
     }
 }
 
-/// The process's resident set size, read from `/proc/self/statm` on Linux.
+/// The process's resident set size, on every platform `sysinfo` knows (Linux, macOS,
+/// Windows).
 pub fn process_rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(resident_pages * 4096)
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
+    let pid = sysinfo::get_current_pid().ok()?;
+    let mut system = System::new();
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        false,
+        ProcessRefreshKind::nothing().with_memory(),
+    );
+    system.process(pid).map(sysinfo::Process::memory)
 }
 
-/// The machine's `(total, available)` memory, read from `/proc/meminfo` on Linux.
+/// The machine's `(total, available)` memory, on every platform `sysinfo` knows; `None`
+/// where it reports nothing.
 pub fn system_memory_bytes() -> Option<(u64, u64)> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = meminfo.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    };
-    Some((field("MemTotal:")?, field("MemAvailable:")?))
+    let mut system = sysinfo::System::new();
+    system.refresh_memory_specifics(sysinfo::MemoryRefreshKind::nothing().with_ram());
+    let total = system.total_memory();
+    (total > 0).then(|| (total, system.available_memory()))
 }
 
 /// The anonymous part of the process's resident set (heap and stacks, not the mapped code
@@ -87,5 +92,18 @@ pub fn return_freed_heap() {
     #[allow(unsafe_code)]
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_and_the_machine_report_their_memory() {
+        let rss = process_rss_bytes().unwrap_or(0);
+        let (total, available) = system_memory_bytes().unwrap_or((0, 0));
+        assert!(rss > 1 << 20, "{rss}");
+        assert!(total > rss && available <= total, "{total} {available}");
     }
 }

@@ -78,6 +78,16 @@ impl RepoFolder {
         self.dir.join("blobs").join(format!("{blob_id}.incomplete"))
     }
 
+    /// The lock a download of this blob holds, as the Python client keeps them:
+    /// `root/.locks/models--org--name/<id>.lock`.
+    pub fn lock_path(&self, blob_id: &str) -> PathBuf {
+        let root = self.dir.parent().unwrap_or_else(|| Path::new("."));
+        let name = self.dir.file_name().unwrap_or_default();
+        root.join(".locks")
+            .join(name)
+            .join(format!("{blob_id}.lock"))
+    }
+
     /// The snapshot folder of `commit`.
     pub fn snapshot_dir(&self, commit: &str) -> PathBuf {
         self.dir.join("snapshots").join(commit)
@@ -103,7 +113,7 @@ impl RepoFolder {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        write_atomically(&path, commit.as_bytes())
+        crate::atomic_file::write_bytes(&path, commit.as_bytes())
     }
 
     /// The snapshot of `revision` if it holds every one of `paths` (as readable files).
@@ -132,7 +142,13 @@ impl RepoFolder {
 
 /// Whether `revision` is a full 40-hex-digit commit hash.
 pub fn is_commit_hash(revision: &str) -> bool {
-    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
+    is_hex_of_length(revision, 40)
+}
+
+/// Whether `text` is `length` hexadecimal digits: the only form of a hub's ids (commits and
+/// git object ids 40, sha256 64) that may become a file name.
+pub fn is_hex_of_length(text: &str, length: usize) -> bool {
+    text.len() == length && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Makes `link` point at `target` (relative to the link's folder), replacing what was there.
@@ -141,27 +157,32 @@ pub fn link_file(target: &Path, link: &Path) -> io::Result<()> {
     if let Some(parent) = link.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    if link.symlink_metadata().is_ok() {
-        std::fs::remove_file(link)?;
-    }
     #[cfg(unix)]
     {
-        std::os::unix::fs::symlink(target, link)
+        // Made beside the link and renamed over it, so the link is never missing: a reader
+        // sees the old target or the new one.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name = link
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let serial = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary =
+            link.with_file_name(format!(".{name}.{}.{serial}.link", std::process::id()));
+        std::fs::remove_file(&temporary).ok();
+        std::os::unix::fs::symlink(target, &temporary)?;
+        std::fs::rename(&temporary, link).inspect_err(|_| {
+            std::fs::remove_file(&temporary).ok();
+        })
     }
     #[cfg(not(unix))]
     {
         let resolved = link
             .parent()
             .map_or_else(|| target.to_path_buf(), |p| p.join(target));
-        std::fs::copy(resolved, link).map(|_| ())
+        let bytes = std::fs::read(resolved)?;
+        crate::atomic_file::write_bytes(link, &bytes)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temporary = path.with_extension("easel-tmp");
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]

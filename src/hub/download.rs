@@ -1,10 +1,19 @@
 //! Fetching repository files into a cache root in the hub's layout, through `hf-hub`.
 //!
-//! `hf-hub` neither resumes a cut transfer nor checks what arrived, so Easel drives its byte
-//! stream itself: a file grows as `blobs/<id>.incomplete`, a cut transfer continues with a
-//! `Range` request from the bytes already on disk, the finished file is checked against the
-//! size and sha256 the hub lists (a damaged one is removed and fetched again), and only then
-//! becomes `blobs/<id>` with its snapshot link. Cancel is honoured between chunks.
+//! `hf-hub` neither resumes a cut transfer nor checks what arrived, and its byte stream hides
+//! the status and headers that tell a partial answer from a whole one, so Easel makes the
+//! file requests itself: a file grows as `blobs/<id>.incomplete`, a cut transfer continues
+//! with a `Range` request from the bytes already on disk (appended only when the hub answers
+//! `206` with a `Content-Range` starting there; a `200` is the whole file and starts it
+//! over), the finished file is checked against the size and sha256 the hub lists (a damaged
+//! one is removed and fetched again), and only then becomes `blobs/<id>` with its snapshot
+//! link. One download at a time holds a blob's lock (`.locks/`, as the Python client keeps
+//! them), so two downloads of one file never write into each other. Cancel is honoured
+//! between chunks and while waiting for a lock.
+//!
+//! A hub is not trusted: the ids it sends become paths only when they are hex of the right
+//! length, listing pages are followed only on the endpoint's own host, and the token goes
+//! only there (reqwest drops it when a file request is redirected to another host).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -12,16 +21,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use hf_hub::HFError;
 use sha2::{Digest, Sha256};
 
-use super::cache::RepoFolder;
+use super::cache::{is_commit_hash, is_hex_of_length, RepoFolder};
 use super::error::HubError;
 use super::token::HubToken;
 
 /// Failed attempts in a row, without a byte of progress, before a file is given up.
 const ATTEMPTS_WITHOUT_PROGRESS: usize = 4;
+/// How often a download waiting for another's lock on the same blob looks again.
+const LOCK_POLL: Duration = Duration::from_millis(100);
 /// How often progress is reported while bytes flow.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -166,6 +176,12 @@ impl HubClient {
                 repo: repo.to_string(),
                 message: "its info has no commit".to_string(),
             })?;
+            if !is_commit_hash(&commit) {
+                return Err(HubError::Hub {
+                    repo: repo.to_string(),
+                    message: format!("it names its commit {commit:?}, which is not a commit hash"),
+                });
+            }
             let files = self.list_tree(repo, revision, &commit).await?;
             Ok(RepoListing {
                 repo: repo.to_string(),
@@ -211,6 +227,18 @@ impl HubClient {
             })?;
             for entry in page.into_iter().filter(|e| e.kind == "file") {
                 let sha256 = entry.lfs.map(|lfs| lfs.oid);
+                let ids_are_hex = is_hex_of_length(&entry.oid, 40)
+                    && sha256.as_deref().is_none_or(|s| is_hex_of_length(s, 64));
+                if !ids_are_hex {
+                    return Err(HubError::Hub {
+                        repo: repo.to_string(),
+                        message: format!(
+                            "it lists {:?} under an id that is not a hash ({:?}); nothing was written",
+                            entry.path,
+                            sha256.as_deref().unwrap_or(&entry.oid)
+                        ),
+                    });
+                }
                 let listed = ListedFile {
                     path: entry.path.clone(),
                     size_bytes: entry.size,
@@ -220,7 +248,15 @@ impl HubClient {
                 files.insert(entry.path, listed);
             }
             match next {
-                Some(next) => url = next,
+                Some(next) if same_origin(&next, self.endpoint()) => url = next,
+                Some(next) => {
+                    return Err(HubError::Hub {
+                        repo: repo.to_string(),
+                        message: format!(
+                            "its listing continues on another host ({next}), which Easel does not follow"
+                        ),
+                    })
+                }
                 None => return Ok(files),
             }
         }
@@ -303,6 +339,9 @@ impl HubClient {
         on_progress: &mut dyn FnMut(&DownloadProgress),
     ) -> Result<(), HubError> {
         let blob = folder.blob_path(&file.blob_id);
+        // Another download of this blob (the window and the command line, or two models
+        // sharing a file) finishes first; this one then finds the blob intact and reuses it.
+        let _lock = BlobLock::acquire(&folder.lock_path(&file.blob_id), cancel)?;
         if blob.is_file() {
             if check_content(&blob, file).is_ok() {
                 tally.file_done(file.size_bytes);
@@ -352,10 +391,14 @@ impl HubClient {
         tally: &mut Tally,
         on_progress: &mut dyn FnMut(&DownloadProgress),
     ) -> Result<(), HubError> {
-        let handle = self.repo(&listing.repo);
         let mut failures = 0;
         loop {
-            let start = partial_len(partial);
+            let mut start = partial_len(partial);
+            if start > file.size_bytes {
+                // Longer than the file can be: nothing of it is trusted.
+                truncate(partial, 0).map_err(HubError::write(partial))?;
+                start = 0;
+            }
             if start == file.size_bytes {
                 return Ok(());
             }
@@ -363,7 +406,6 @@ impl HubClient {
                 return Err(HubError::Cancelled);
             }
             let outcome = self.runtime.block_on(self.stream_once(
-                &handle,
                 listing,
                 file,
                 partial,
@@ -394,11 +436,13 @@ impl HubClient {
         }
     }
 
-    /// One request from byte `start` to the end, appended to `partial` chunk by chunk.
+    /// One request from byte `start` to the end, appended to `partial` chunk by chunk. The
+    /// bytes kept on disk are decided by the answer: `206` whose `Content-Range` starts at
+    /// `start` continues the file; `200` is the whole file and replaces it; anything else
+    /// that is not the hub's refusal starts the file over at the next attempt.
     #[allow(clippy::too_many_arguments)]
     async fn stream_once(
         &self,
-        handle: &hf_hub::repository::HFRepository<hf_hub::RepoTypeModel>,
         listing: &RepoListing,
         file: &ListedFile,
         partial: &Path,
@@ -407,43 +451,105 @@ impl HubClient {
         tally: &mut Tally,
         on_progress: &mut dyn FnMut(&DownloadProgress),
     ) -> Result<(), Failure> {
-        let request = handle
-            .download_file_stream()
-            .filename(file.path.clone())
-            .revision(listing.commit.clone())
-            .maybe_range((start > 0).then_some(start..file.size_bytes));
-        let (length, mut stream) = request.send().await.map_err(|e| {
-            if is_transport(&e) {
-                Failure::Retry(self.redact(&e.to_string()))
-            } else {
-                Failure::Final(self.hub_error(e, &listing.repo, &listing.revision))
+        let write_error = |e: std::io::Error| Failure::Final(HubError::write(partial)(e));
+        let url = self
+            .resolve_url(&listing.repo, &listing.commit, &file.path)
+            .map_err(Failure::Final)?;
+        let mut request = self.http.get(url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.secret());
+        }
+        if start > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={start}-"));
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| Failure::Retry(self.redact(&e.to_string())))?;
+        let status = response.status().as_u16();
+        let keep_bytes = match status {
+            200 => 0,
+            206 if content_range_start(response.headers()) == Some(start) => start,
+            206 | 416 => {
+                // A range the hub did not answer as asked: what is on disk cannot be
+                // continued, so the next attempt fetches the file from its first byte.
+                truncate(partial, 0).map_err(write_error)?;
+                return Err(Failure::Retry(format!(
+                    "the hub answered a request from byte {start} with status {status} and {:?}",
+                    response.headers().get(reqwest::header::CONTENT_RANGE)
+                )));
             }
-        })?;
-        // A server that ignores the range sends the whole file: start again from byte 0.
-        let restart = start > 0 && length == Some(file.size_bytes);
+            404 => {
+                return Err(Failure::Final(HubError::FileNotInRepo {
+                    repo: listing.repo.clone(),
+                    path: file.path.clone(),
+                }))
+            }
+            408 | 429 | 500..=599 => {
+                return Err(Failure::Retry(format!(
+                    "the hub answered with status {status}"
+                )))
+            }
+            _ => {
+                return Err(Failure::Final(self.status_error(
+                    status,
+                    &listing.repo,
+                    &listing.revision,
+                )))
+            }
+        };
+        truncate(partial, keep_bytes).map_err(write_error)?;
         let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(!restart)
-            .write(true)
-            .truncate(restart)
+            .append(true)
             .open(partial)
-            .map_err(|e| Failure::Final(HubError::write(partial)(e)))?;
-        tally.file_on_disk(if restart { 0 } else { start });
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Failure::Retry(self.redact(&e.to_string())))?;
-            out.write_all(&chunk)
-                .map_err(|e| Failure::Final(HubError::write(partial)(e)))?;
-            tally.received(chunk.len() as u64);
+            .map_err(write_error)?;
+        tally.file_on_disk(keep_bytes);
+        let mut written = keep_bytes;
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    out.flush().map_err(write_error)?;
+                    return Err(Failure::Retry(self.redact(&e.to_string())));
+                }
+            };
+            // A hub that sends more than the file holds is cut off at its listed size.
+            let room = file.size_bytes.saturating_sub(written);
+            let usable = &chunk[..chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+            out.write_all(usable).map_err(write_error)?;
+            written += usable.len() as u64;
+            tally.received(usable.len() as u64);
             tally.report(on_progress, false);
             if cancel.load(Ordering::Relaxed) {
-                out.flush()
-                    .map_err(|e| Failure::Final(HubError::write(partial)(e)))?;
+                out.flush().map_err(write_error)?;
                 return Err(Failure::Final(HubError::Cancelled));
             }
+            if usable.len() < chunk.len() {
+                break;
+            }
         }
-        out.flush()
-            .map_err(|e| Failure::Final(HubError::write(partial)(e)))?;
+        out.flush().map_err(write_error)?;
         Ok(())
+    }
+
+    /// `{endpoint}/{repo}/resolve/{commit}/{path}`, each path segment escaped.
+    fn resolve_url(&self, repo: &str, commit: &str, path: &str) -> Result<reqwest::Url, HubError> {
+        let invalid = |what: String| HubError::Hub {
+            repo: repo.to_string(),
+            message: what,
+        };
+        let base = format!(
+            "{}/{repo}/resolve/{commit}/",
+            self.endpoint().trim_end_matches('/')
+        );
+        let mut url = reqwest::Url::parse(&base)
+            .map_err(|e| invalid(format!("no file address can be made from {base:?}: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| invalid(format!("{base:?} cannot hold a file path")))?
+            .pop_if_empty()
+            .extend(path.split('/'));
+        Ok(url)
     }
 
     fn redact(&self, text: &str) -> String {
@@ -545,6 +651,71 @@ fn next_page(headers: &reqwest::header::HeaderMap) -> Option<String> {
                 .to_string()
         })
     })
+}
+
+/// The first byte a `Content-Range: bytes FIRST-LAST/TOTAL` answer holds.
+fn content_range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let value = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    let range = value.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
+}
+
+/// Whether `url` is on the same scheme, host and port as `endpoint`.
+fn same_origin(url: &str, endpoint: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(endpoint)) {
+        (Ok(url), Ok(endpoint)) => url.origin() == endpoint.origin(),
+        _ => false,
+    }
+}
+
+/// Cuts `path` to `bytes` (creating it when missing).
+fn truncate(path: &Path, bytes: u64) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    if file.metadata()?.len() != bytes {
+        file.set_len(bytes)?;
+    }
+    Ok(())
+}
+
+/// The exclusive lock on one blob, held while it is fetched; released when dropped.
+struct BlobLock {
+    _file: std::fs::File,
+}
+
+impl BlobLock {
+    /// Waits for the lock at `path`, giving up when `cancel` is set.
+    fn acquire(path: &Path, cancel: &AtomicBool) -> Result<Self, HubError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(HubError::write(parent))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(HubError::write(path))?;
+        let mut announced = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if !announced {
+                        tracing::info!(lock = %path.display(), "another download is fetching this file; waiting for it");
+                        announced = true;
+                    }
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(HubError::Cancelled);
+                    }
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(HubError::write(path)(e)),
+            }
+        }
+    }
 }
 
 /// How one request ended badly.

@@ -22,11 +22,16 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
+    let bad = |message: String| ModelError::BadConfig {
         what,
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if let Some(problem) = super::config_ranges::first_out_of_range(&value) {
+        return Err(bad(problem));
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
 }
 
 /// A value that diffusers accepts either once for all blocks or once per block.

@@ -387,6 +387,7 @@ impl FluxModel {
                         ))
                     }
                     TransformerFile::Quantized(path) => {
+                        super::gguf_check::check_gguf(path)?;
                         let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(
                             path,
                             &self.device,

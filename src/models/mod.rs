@@ -1,10 +1,13 @@
 //! Model architectures and the files they load from.
 
 pub mod clip;
+mod clip_bpe;
 pub mod component;
 pub mod config;
+mod config_ranges;
 pub mod error;
 pub mod flux;
+mod gguf_check;
 pub mod opened;
 pub mod sd;
 pub mod t5_tokenizer;

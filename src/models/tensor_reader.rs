@@ -16,7 +16,7 @@ use candle_nn::var_builder::SimpleBackend;
 
 /// Where one tensor lies.
 #[derive(Debug, Clone)]
-struct Entry {
+pub struct Entry {
     file: usize,
     dtype: DType,
     shape: Vec<usize>,
@@ -38,12 +38,13 @@ impl TensorReader {
         let mut entries = HashMap::new();
         for (index, path) in files.iter().enumerate() {
             let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+            let file_len = file.metadata().map_err(|e| e.to_string())?.len();
             let (header, data_start) = read_header(&mut file)?;
             for (name, info) in header {
                 if name == "__metadata__" {
                     continue;
                 }
-                let entry = entry_of(&info, index, data_start)
+                let entry = entry_of(&info, index, data_start, file_len)
                     .map_err(|message| format!("tensor {name}: {message}"))?;
                 entries.insert(name, entry);
             }
@@ -159,7 +160,15 @@ pub fn read_header(
     Ok((header, 8 + header_len))
 }
 
-fn entry_of(info: &serde_json::Value, file: usize, data_start: u64) -> Result<Entry, String> {
+/// Where one tensor of a header lies, checked: every size is computed without overflow, the
+/// data's length matches its shape and dtype, and it lies inside the file of `file_len`
+/// bytes (so nothing is allocated for data that is not there).
+pub fn entry_of(
+    info: &serde_json::Value,
+    file: usize,
+    data_start: u64,
+    file_len: u64,
+) -> Result<Entry, String> {
     let dtype = match info.get("dtype").and_then(|d| d.as_str()) {
         Some("F32") => DType::F32,
         Some("F16") => DType::F16,
@@ -175,7 +184,11 @@ fn entry_of(info: &serde_json::Value, file: usize, data_start: u64) -> Result<En
         .and_then(|s| s.as_array())
         .ok_or("no shape")?
         .iter()
-        .map(|d| d.as_u64().map(|d| d as usize).ok_or("a bad dimension"))
+        .map(|d| {
+            d.as_u64()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or("a bad dimension")
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let offsets = info
         .get("data_offsets")
@@ -185,21 +198,34 @@ fn entry_of(info: &serde_json::Value, file: usize, data_start: u64) -> Result<En
         offsets.first().and_then(|o| o.as_u64()),
         offsets.get(1).and_then(|o| o.as_u64()),
     ) {
-        (Some(start), Some(end)) if end >= start => (start, end),
+        (Some(start), Some(end)) if end >= start && offsets.len() == 2 => (start, end),
         _ => return Err("bad data offsets".into()),
     };
-    let len = (end - start) as usize;
-    let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |count, &d| count.checked_mul(d))
+        .and_then(|count| count.checked_mul(dtype.size_in_bytes()))
+        .ok_or_else(|| format!("its shape {shape:?} holds more bytes than any file can"))?;
+    let len = usize::try_from(end - start).map_err(|_| "bad data offsets".to_string())?;
     if len != expected {
         return Err(format!(
             "{len} bytes of data for a {shape:?} {dtype:?} tensor of {expected}"
+        ));
+    }
+    let (offset, stop) = match (data_start.checked_add(start), data_start.checked_add(end)) {
+        (Some(offset), Some(stop)) => (offset, stop),
+        _ => return Err("bad data offsets".into()),
+    };
+    if stop > file_len {
+        return Err(format!(
+            "the file is truncated: the data ends at byte {stop} but the file has {file_len}"
         ));
     }
     Ok(Entry {
         file,
         dtype,
         shape,
-        offset: data_start + start,
+        offset,
         len,
     })
 }

@@ -94,17 +94,20 @@ pub(super) struct TokenizerFiles {
 }
 
 impl TokenizerFiles {
-    /// Reads both files from `dir`; `what` names the tokenizer in a missing-file error.
+    /// Reads both files from `dir`; `what` names the tokenizer in a missing-file error. A
+    /// folder with CLIP's `vocab.json` and `merges.txt` but no `tokenizer.json` works too.
     pub fn load(dir: &Path, what: &'static str) -> Result<Self, ModelError> {
         let path = dir.join("tokenizer.json");
-        if !path.is_file() {
-            return Err(ModelError::MissingFile { what, path });
-        }
-        let tokenizer =
+        let tokenizer = if path.is_file() {
             tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
                 path: path.clone(),
                 message: e.to_string(),
-            })?;
+            })?
+        } else if let Some(tokenizer) = super::clip_bpe::load(dir)? {
+            tokenizer
+        } else {
+            return Err(ModelError::MissingFile { what, path });
+        };
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.is_file() {
             read_json(&config_path, "tokenizer config")?

@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::error::ModelError;
-use super::tensor_reader::{read_header, TensorReader};
+use super::tensor_reader::{entry_of, read_header, TensorReader};
 
 /// File names diffusers and transformers write a component's weights under, best first.
 const SINGLE_FILE_NAMES: [&str; 4] = [
@@ -103,17 +103,12 @@ fn check_safetensors(path: &Path) -> Result<(), ModelError> {
         })?
         .len();
     let (header, data_start) = read_header(&mut file).map_err(bad)?;
-    let data_len = header
+    for (name, info) in header
         .iter()
         .filter(|(name, _)| name.as_str() != "__metadata__")
-        .filter_map(|(_, info)| info.get("data_offsets")?.as_array()?.get(1)?.as_u64())
-        .max()
-        .unwrap_or(0);
-    let expected = data_start + data_len;
-    if file_len < expected {
-        return Err(bad(format!(
-            "the file is truncated: {file_len} bytes of {expected}"
-        )));
+    {
+        entry_of(info, 0, data_start, file_len)
+            .map_err(|message| bad(format!("tensor {name}: {message}")))?;
     }
     Ok(())
 }

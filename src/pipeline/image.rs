@@ -103,8 +103,10 @@ pub fn paste_back(original: &RgbImage, generated: &RgbImage, mask: &GrayImage) -
     out
 }
 /// `mask` blurred by about `radius_px` (three box passes, close to a Gaussian), so that a
-/// repainted region blends into the kept pixels when pasted back. 0 returns it unchanged.
+/// repainted region blends into the kept pixels when pasted back. 0 returns it unchanged; a
+/// radius beyond the image's longer side blurs no more than that side does.
 pub fn feather_mask(mask: &GrayImage, radius_px: u32) -> GrayImage {
+    let radius_px = radius_px.min(mask.width().max(mask.height()));
     if radius_px == 0 {
         return mask.clone();
     }
@@ -165,6 +167,12 @@ fn box_blur(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_feather_is_clamped_to_the_image() {
+        let edge = GrayImage::from_fn(16, 8, |x, _| image::Luma([if x < 8 { 0 } else { 255 }]));
+        assert_eq!(feather_mask(&edge, u32::MAX), feather_mask(&edge, 16));
+    }
 
     #[test]
     fn feathering_keeps_flat_regions_and_softens_an_edge_symmetrically() {

@@ -77,27 +77,39 @@ pub fn write_key(path: &Path, key: &str, value: &str) -> Result<(), String> {
         .set(key, value)
         .map_err(|why| format!("{key} = {value:?} is not valid: {why}"))?;
     let fail = |e: &dyn std::fmt::Display| format!("could not save {}: {e}", path.display());
-    let mut table: toml::Table = match std::fs::read_to_string(path) {
+    let mut document: toml_edit::DocumentMut = match std::fs::read_to_string(path) {
         Ok(text) => text.parse().map_err(|e| fail(&e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml_edit::DocumentMut::new(),
         Err(e) => return Err(fail(&e)),
     };
     let typed = match check.get(key) {
         text if text.parse::<i64>().is_ok() && key != "default_model" => {
-            toml::Value::Integer(text.parse().map_err(|e| fail(&e))?)
+            toml_edit::value(text.parse::<i64>().map_err(|e| fail(&e))?)
         }
         text if text.parse::<f64>().is_ok() && key != "default_model" => {
-            toml::Value::Float(text.parse().map_err(|e| fail(&e))?)
+            toml_edit::value(text.parse::<f64>().map_err(|e| fail(&e))?)
         }
-        text if text == "true" || text == "false" => toml::Value::Boolean(text == "true"),
-        text => toml::Value::String(text),
+        text if text == "true" || text == "false" => toml_edit::value(text == "true"),
+        text => toml_edit::value(text),
     };
-    table.insert(key.to_string(), typed);
+    // Only the value changes: the key's place, its comments and every other line stay.
+    match document
+        .get_mut(key)
+        .and_then(toml_edit::Item::as_value_mut)
+    {
+        Some(existing) => {
+            let decor = existing.decor().clone();
+            if let Ok(mut value) = typed.into_value() {
+                *value.decor_mut() = decor;
+                *existing = value;
+            }
+        }
+        None => {
+            document.insert(key, typed);
+        }
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
     }
-    let partial = path.with_extension("toml.tmp");
-    std::fs::write(&partial, toml::to_string(&table).map_err(|e| fail(&e))?)
-        .map_err(|e| fail(&e))?;
-    std::fs::rename(&partial, path).map_err(|e| fail(&e))
+    crate::atomic_file::write_bytes(path, document.to_string().as_bytes()).map_err(|e| fail(&e))
 }

@@ -4,6 +4,7 @@
 //! the next source down rather than stopping Easel).
 
 mod file;
+pub mod folders;
 mod values;
 
 use std::fmt;
@@ -171,7 +172,15 @@ pub fn dtype_of(choice: DtypeChoice) -> Option<candle_core::DType> {
     }
 }
 
-/// Resolves with the real environment and the config file `config_path` names.
+/// Resolves with the real environment and the config file `config_path` names, with the
+/// models and outputs folders made absolute (see `folders`).
 pub fn resolve_from_process(flags: &[(String, String)]) -> Resolved {
-    resolve(&config_path(), &|name| std::env::var(name).ok(), flags)
+    let mut resolved = resolve(&config_path(), &|name| std::env::var(name).ok(), flags);
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    folders::make_absolute(
+        &mut resolved,
+        &cwd,
+        &folders::PlatformFolders::of_this_user(&cwd),
+    );
+    resolved
 }

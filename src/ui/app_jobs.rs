@@ -64,11 +64,8 @@ impl EaselApp {
     pub(super) fn save_result(&mut self, ctx: &egui::Context, job: JobId, output: Box<JobOutput>) {
         let dir = self.paths.outputs_dir.clone();
         let spawned = self.saving.spawn("save-result", ctx, move || {
-            let saved = next_output_path(&dir, output.parameters.seed).and_then(|path| {
-                save_png_with_parameters(&path, &output.image, &output.parameters)
-                    .map(|()| path)
-                    .map_err(|e| e.to_string())
-            });
+            let saved =
+                save_new_result(&dir, &output.image, &output.parameters).map_err(|e| e.to_string());
             SavedResult { job, output, saved }
         });
         if let Err(error) = spawned {
@@ -158,20 +155,4 @@ impl EaselApp {
             }
         }
     }
-}
-
-/// The next free `NNNNN-SEED.png` in `dir` (numbered as A1111 numbers its outputs).
-fn next_output_path(dir: &Path, seed: u64) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("could not create the outputs folder {}: {e}", dir.display()))?;
-    let highest = std::fs::read_dir(dir)
-        .map_err(|e| format!("could not read the outputs folder {}: {e}", dir.display()))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.split('-').next()?.parse::<u64>().ok()
-        })
-        .max()
-        .unwrap_or(0);
-    Ok(dir.join(format!("{:05}-{seed}.png", highest + 1)))
 }

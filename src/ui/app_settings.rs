@@ -176,9 +176,13 @@ fn write_mask_atomically(path: &Path, pixels: &image::GrayImage) -> Result<(), S
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("could not create {}: {e}", dir.display()))?;
     }
-    let partial = path.with_extension("png.tmp");
+    let mut encoded = Vec::new();
     pixels
-        .save_with_format(&partial, image::ImageFormat::Png)
-        .and_then(|()| std::fs::rename(&partial, path).map_err(image::ImageError::IoError))
+        .write_to(
+            &mut std::io::Cursor::new(&mut encoded),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| format!("could not encode the mask for {}: {e}", path.display()))?;
+    easel::atomic_file::write_bytes(path, &encoded)
         .map_err(|e| format!("could not save the mask to {}: {e}", path.display()))
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use easel::engine::{EngineConfig, Event, JobId, JobOutput};
 use easel::hub::CacheRoots;
-use easel::output::{save_png_with_parameters, RecalledParameters};
+use easel::output::{save_new_result, save_png_with_parameters, RecalledParameters};
 use easel::pipeline::request::{GenerateRequest, SourceImage};
 use easel::settings::{Resolved, Settings};
 use eframe::egui;
@@ -65,11 +65,31 @@ impl AppPaths {
         Self {
             models_dir: settings.models_dir.clone(),
             outputs_dir: settings.outputs_dir.clone(),
-            data_dir: std::env::var_os("EASEL_DATA_DIR")
-                .map(PathBuf::from)
-                .or_else(|| eframe::storage_dir("Easel"))
-                .unwrap_or_else(|| PathBuf::from(".easel")),
+            data_dir: std::path::absolute(
+                std::env::var_os("EASEL_DATA_DIR")
+                    .map(PathBuf::from)
+                    .or_else(|| eframe::storage_dir("Easel"))
+                    .unwrap_or_else(|| PathBuf::from(".easel")),
+            )
+            .unwrap_or_else(|_| PathBuf::from("/tmp/easel")),
         }
+    }
+
+    /// What is wrong with the folders Easel writes to (created when missing), one message
+    /// each: said at start rather than at the first save.
+    pub fn problems(&self) -> Vec<String> {
+        [
+            ("results", &self.outputs_dir),
+            ("models", &self.models_dir),
+            ("the session", &self.data_dir),
+        ]
+        .into_iter()
+        .filter_map(|(what, dir)| {
+            easel::settings::folders::unwritable_reason(dir).map(|why| {
+                format!("{what} cannot be saved: {why}; choose another folder in Settings")
+            })
+        })
+        .collect()
     }
 }
 
@@ -147,7 +167,7 @@ impl EaselApp {
         // Until `with_settings` says otherwise: a file beside the session, no environment.
         let default_settings_file = paths.data_dir.join("easel.toml");
         let mut status = StatusBar::default();
-        if let Some(problem) = problem {
+        for problem in paths.problems().into_iter().chain(problem) {
             status.show_error(problem);
         }
         Self {

@@ -86,9 +86,7 @@ impl Session {
         };
         std::fs::create_dir_all(data_dir).map_err(|e| fail(&e))?;
         let text = serde_json::to_string_pretty(self).map_err(|e| fail(&e))?;
-        let partial = path.with_extension("json.tmp");
-        std::fs::write(&partial, text).map_err(|e| fail(&e))?;
-        std::fs::rename(&partial, &path).map_err(|e| fail(&e))
+        easel::atomic_file::write_bytes(&path, text.as_bytes()).map_err(|e| fail(&e))
     }
 }
 

@@ -3,7 +3,9 @@
 //! HEAD, GET and byte ranges, with the headers the real hub sends (`X-Repo-Commit`, `ETag`,
 //! `X-Linked-Etag`, `X-Linked-Size`, `Content-Range`). Gated repositories refuse requests
 //! without the right bearer token as the hub does (401 without one, 403 with a wrong one).
-//! Faults: the next GET of a file can be cut after some bytes.
+//! Faults: the next GET of a file, or every GET, can be cut after some bytes; hostile ids
+//! (a commit or blob id that is a path), a listing whose next page is on another host, and
+//! file requests redirected to another host (as the hub does to its CDN).
 
 #![allow(dead_code)]
 
@@ -41,6 +43,14 @@ struct HubState {
     log: Vec<String>,
     /// A pause after every 64 KiB of a file's body, to make downloads slow.
     pause_per_chunk: Option<std::time::Duration>,
+    /// Every GET of a file sends at most this many bytes of its body and hangs up.
+    cut_every: Option<usize>,
+    /// The listing's pages say that they continue at this address.
+    next_page: Option<String>,
+    /// File requests answer `302` to the same path on this base address.
+    redirect_files: Option<String>,
+    /// Ids the listing sends instead of the real ones: `(repo, path) -> oid`.
+    listed_oids: BTreeMap<(String, String), String>,
 }
 
 /// The running fake hub.
@@ -148,6 +158,38 @@ impl FakeHub {
     /// The next GET of `path` in `repo` sends `bytes` bytes of the body and hangs up.
     pub fn cut_next_get(&self, repo: &str, path: &str, bytes: usize) {
         self.state.lock().expect("hub state").cut = Some((repo.into(), path.into(), bytes));
+    }
+
+    /// Every GET of a file from now on sends at most `bytes` bytes of its body and hangs up,
+    /// ranged ones included.
+    pub fn cut_every_get(&self, bytes: usize) {
+        self.state.lock().expect("hub state").cut_every = Some(bytes);
+    }
+
+    /// Serves `repo` at `commit`, whatever that is (a hostile hub sends paths).
+    pub fn set_commit(&self, repo: &str, commit: &str) {
+        let mut state = self.state.lock().expect("hub state");
+        if let Some(served) = state.repos.get_mut(repo) {
+            served.commit = commit.to_string();
+        }
+    }
+
+    /// The listing names `path` of `repo` by `oid` (and `lfs.oid`) instead of its hash.
+    pub fn list_oid(&self, repo: &str, path: &str, oid: &str) {
+        let mut state = self.state.lock().expect("hub state");
+        state
+            .listed_oids
+            .insert((repo.to_string(), path.to_string()), oid.to_string());
+    }
+
+    /// Every listing page says that it continues at `url`.
+    pub fn next_page_at(&self, url: &str) {
+        self.state.lock().expect("hub state").next_page = Some(url.to_string());
+    }
+
+    /// File requests are redirected to the same path under `base` (another fake hub).
+    pub fn redirect_files_to(&self, base: &str) {
+        self.state.lock().expect("hub state").redirect_files = Some(base.to_string());
     }
 
     /// Pauses after every 64 KiB of every file's body from now on.
@@ -287,9 +329,14 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>) {
     };
     let range = request.headers.get("range").cloned().unwrap_or_default();
     let mut state = state.lock().expect("hub state");
+    let auth = if request.headers.contains_key("authorization") {
+        " auth"
+    } else {
+        ""
+    };
     state
         .log
-        .push(format!("{} {} {range}", request.method, request.path));
+        .push(format!("{} {} {range}{auth}", request.method, request.path));
     let authorized = |state: &HubState| {
         let sent = request.headers.get("authorization");
         match (&state.token, sent) {
@@ -342,22 +389,28 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>) {
                         entries.push(serde_json::json!({ "type": "directory", "oid": "0", "size": 0, "path": folder }));
                     }
                 }
+                let listed = state.listed_oids.get(&(repo.clone(), path.clone()));
                 let mut entry = serde_json::json!({
                     "type": "file",
-                    "oid": &file.sha256[..40],
+                    "oid": listed.map_or(&file.sha256[..40], |o| o.as_str()),
                     "size": file.bytes.len(),
                     "path": path,
                 });
                 if file.lfs {
                     entry["lfs"] = serde_json::json!({
-                        "oid": file.sha256,
+                        "oid": listed.unwrap_or(&file.sha256),
                         "size": file.bytes.len(),
                         "pointerSize": 134,
                     });
                 }
                 entries.push(entry);
             }
-            return json_response(&mut stream, &serde_json::Value::Array(entries));
+            let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+            if let Some(next) = &state.next_page {
+                headers.push(("Link".to_string(), format!("<{next}>; rel=\"next\"")));
+            }
+            let body = serde_json::Value::Array(entries).to_string();
+            return respond(&mut stream, "200 OK", &headers, body.as_bytes());
         }
         return not_found(&mut stream, "NotFound", "no such endpoint");
     }
@@ -388,6 +441,11 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>) {
     let Some(file) = served.files.get(path) else {
         return not_found(&mut stream, "EntryNotFound", "Entry not found");
     };
+    if let Some(base) = &state.redirect_files {
+        let location = format!("{base}{}", request.path);
+        let headers = [("Location".to_string(), location)];
+        return respond(&mut stream, "302 Found", &headers, &[]);
+    }
     let total = file.bytes.len();
     let mut headers = vec![
         ("X-Repo-Commit".to_string(), served.commit.clone()),
@@ -395,10 +453,9 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>) {
     ];
     if file.lfs {
         headers.push(("ETag".to_string(), format!("\"{}\"", file.sha256)));
-        if request.method == "HEAD" {
-            headers.push(("X-Linked-Etag".to_string(), format!("\"{}\"", file.sha256)));
-            headers.push(("X-Linked-Size".to_string(), total.to_string()));
-        }
+        // The hub sends the whole file's size with every answer, ranged ones included.
+        headers.push(("X-Linked-Etag".to_string(), format!("\"{}\"", file.sha256)));
+        headers.push(("X-Linked-Size".to_string(), total.to_string()));
     } else {
         headers.push(("ETag".to_string(), format!("\"{}\"", &file.sha256[..40])));
     }
@@ -423,8 +480,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>) {
         Some((cut_repo, cut_path, bytes)) if *cut_repo == repo && cut_path == path => Some(*bytes),
         _ => None,
     };
-    if let Some(bytes) = cut {
+    if cut.is_some() {
         state.cut = None;
+    }
+    if let Some(bytes) = cut.or(state.cut_every) {
         drop(state);
         let kept = bytes.min(body.len());
         let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");

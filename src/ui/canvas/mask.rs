@@ -395,18 +395,25 @@ impl MaskLayer {
         !self.redo.is_empty()
     }
 
-    /// Writes the mask as a greyscale PNG.
+    /// Writes the mask as a greyscale PNG, whole or not at all.
     pub fn save_png(&self, path: &Path) -> Result<(), String> {
+        let fail = |e: &dyn std::fmt::Display| {
+            format!("could not save the mask to {}: {e}", path.display())
+        };
+        let mut encoded = Vec::new();
         self.pixels
-            .save_with_format(path, image::ImageFormat::Png)
-            .map_err(|e| format!("could not save the mask to {}: {e}", path.display()))
+            .write_to(
+                &mut std::io::Cursor::new(&mut encoded),
+                image::ImageFormat::Png,
+            )
+            .map_err(|e| fail(&e))?;
+        easel::atomic_file::write_bytes(path, &encoded).map_err(|e| fail(&e))
     }
 
-    /// Reads a mask PNG (any format `image` reads; colour is converted to grey, alpha ignored).
+    /// Reads a mask image (any format `image` reads, by content; colour becomes grey,
+    /// transparent pixels unpainted).
     pub fn read_png(path: &Path) -> Result<GrayImage, String> {
-        image::open(path)
-            .map(|i| i.to_luma8())
-            .map_err(|e| format!("could not read the mask {}: {e}", path.display()))
+        easel::image_file::read_mask_file(path).map_err(|e| format!("could not read the mask: {e}"))
     }
 }
 
