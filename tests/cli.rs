@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn easel(args: &[&str]) -> Output {
@@ -266,6 +267,61 @@ fn bench_refuses_an_unknown_model_clearly() {
     assert!(!run.status.success());
     assert!(
         stderr(&run).contains("give sd15, sdxl or a diffusers model folder"),
+        "{}",
+        stderr(&run)
+    );
+}
+
+/// `easel generate` without --out, started as a Mac app from Finder is: in `/`, with no
+/// folder configured. `user_dirs` is the XDG `user-dirs.dirs` text, if any.
+fn generate_from_the_root_folder(home: &Path, user_dirs: Option<&str>) -> Output {
+    let config = home.join("config");
+    std::fs::create_dir_all(&config).expect("config folder");
+    if let Some(text) = user_dirs {
+        std::fs::write(config.join("user-dirs.dirs"), text).expect("user-dirs.dirs");
+    }
+    let model = common::model("sd15-tiny");
+    Command::new(env!("CARGO_BIN_EXE_easel"))
+        .current_dir("/")
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CONFIG_HOME", &config)
+        .env("EASEL_CONFIG", home.join("no-easel.toml"))
+        .env_remove("EASEL_DATA_DIR")
+        .env_remove("EASEL_OUTPUTS_DIR")
+        .env_remove("EASEL_MODELS_DIR")
+        .args(["generate", "--model", model.to_str().expect("utf-8")])
+        .args([
+            "--prompt", "a fox", "--steps", "2", "--width", "64", "--height", "64",
+        ])
+        .args(["--device", "cpu"])
+        .output()
+        .expect("run easel")
+}
+
+#[test]
+fn started_in_the_root_folder_results_land_in_the_platform_folders() {
+    if common::parity_missing() {
+        return;
+    }
+    let home = tempfile::tempdir().expect("temp dir");
+    let run = generate_from_the_root_folder(home.path(), None);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let result = home.path().join("data/easel/outputs/00001-0.png");
+    assert!(result.is_file(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains(&result.display().to_string()),
+        "{}",
+        stderr(&run)
+    );
+    assert!(!Path::new("/outputs").exists() && !Path::new("/models").exists());
+
+    // With a Pictures folder, results go to Pictures/Easel.
+    let run =
+        generate_from_the_root_folder(home.path(), Some("XDG_PICTURES_DIR=\"$HOME/Pictures\"\n"));
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        home.path().join("Pictures/Easel/00001-0.png").is_file(),
         "{}",
         stderr(&run)
     );

@@ -125,6 +125,7 @@ impl EaselApp {
         if painting || self.references.is_loading() || self.restore.is_some() {
             return;
         }
+        self.keep_images_without_files(background);
         let session = self.session();
         let masks_dir = self.paths.data_dir.join(MASKS_DIR);
         let ids_by_file: HashMap<String, u64> = self
@@ -144,7 +145,7 @@ impl EaselApp {
             }
             let pixels = reference.mask.pixels().clone();
             let path = masks_dir.join(&name);
-            let write = move || write_mask_atomically(&path, &pixels);
+            let write = move || write_png_atomically(&path, &pixels);
             let outcome = match background {
                 Some(ctx) => self.mask_writes.spawn("save-mask", ctx, write),
                 None => write(),
@@ -165,13 +166,53 @@ impl EaselApp {
     }
 }
 
+impl EaselApp {
+    /// Pasted images (and results used as init whose save failed) have no file: each gets
+    /// one in the data folder, written now, so that the session brings them back with their
+    /// masks after a restart.
+    fn keep_images_without_files(&mut self, background: Option<&egui::Context>) {
+        let folder = self.paths.data_dir.join(PASTED_DIR);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut writes = Vec::new();
+        for reference in self
+            .references
+            .items
+            .iter_mut()
+            .filter(|r| r.path.is_none())
+        {
+            let path = folder.join(format!("pasted-{stamp}-{}.png", reference.id));
+            reference.path = Some(path.clone());
+            writes.push((path, std::sync::Arc::clone(&reference.image)));
+        }
+        for (path, image) in writes {
+            let write = move || write_png_atomically(&path, &*image);
+            let outcome = match background {
+                Some(ctx) => self.mask_writes.spawn("save-pasted", ctx, write),
+                None => write(),
+            };
+            if let Err(error) = outcome {
+                self.status.show_error(error);
+            }
+        }
+    }
+}
+
 /// The file a reference's mask is kept in, inside the masks folder.
 fn mask_file_name(reference: u64) -> String {
     format!("mask-{reference}.png")
 }
 
-/// Writes a mask PNG beside its target and renames it, so a crash keeps the last good mask.
-fn write_mask_atomically(path: &Path, pixels: &image::GrayImage) -> Result<(), String> {
+/// Writes a PNG (a mask, a pasted image) whole or not at all, creating its folder.
+fn write_png_atomically<P>(
+    path: &Path,
+    pixels: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+) -> Result<(), String>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("could not create {}: {e}", dir.display()))?;
@@ -182,7 +223,7 @@ fn write_mask_atomically(path: &Path, pixels: &image::GrayImage) -> Result<(), S
             &mut std::io::Cursor::new(&mut encoded),
             image::ImageFormat::Png,
         )
-        .map_err(|e| format!("could not encode the mask for {}: {e}", path.display()))?;
+        .map_err(|e| format!("could not encode {}: {e}", path.display()))?;
     easel::atomic_file::write_bytes(path, &encoded)
-        .map_err(|e| format!("could not save the mask to {}: {e}", path.display()))
+        .map_err(|e| format!("could not save {}: {e}", path.display()))
 }

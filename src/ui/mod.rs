@@ -39,7 +39,7 @@ use models_panel::ModelsPanel;
 use prompt_panel::{PromptAction, PromptContext, PromptPanel};
 use references::{ReferenceAction, References};
 use results::{ResultAction, ResultEntry, ResultsPanel};
-use session::{SavedReference, Session, MASKS_DIR};
+use session::{SavedReference, Session, MASKS_DIR, PASTED_DIR};
 use settings_panel::SettingsPanel;
 use status_bar::StatusBar;
 

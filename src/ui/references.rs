@@ -23,7 +23,8 @@ pub struct Reference {
     pub id: u64,
     /// What the panel calls it.
     pub name: String,
-    /// The file it came from (pasted images have none and are not restored).
+    /// The file it came from; a pasted image gets one in the data folder when the session
+    /// is next written.
     pub path: Option<PathBuf>,
     /// The pixels.
     pub image: Arc<RgbImage>,

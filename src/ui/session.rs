@@ -1,5 +1,6 @@
-//! What survives a restart: prompt and settings, brush, the references (by path) with their
-//! masks (as PNGs beside the session file). Written atomically, so a crash mid-write keeps
+//! What survives a restart: prompt and settings, brush, the references (by path; pasted
+//! images are kept as PNGs in the data folder) with their masks (as PNGs beside the session
+//! file). Written atomically, so a crash mid-write keeps
 //! the previous session.
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ pub struct Session {
 pub const SESSION_FILE: &str = "session.json";
 /// The folder the masks go in, inside the data folder.
 pub const MASKS_DIR: &str = "masks";
+/// The folder pasted images are kept in, inside the data folder.
+pub const PASTED_DIR: &str = "pasted";
 
 impl Session {
     /// Reads the session in `data_dir`. A missing file is a fresh start; an unreadable one is

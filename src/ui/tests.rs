@@ -536,6 +536,60 @@ fn prompt_init_image_and_mask_survive_a_restart() {
 }
 
 #[test]
+fn a_results_folder_that_cannot_be_written_is_reported_at_start() {
+    if parity_missing() {
+        return;
+    }
+    let folders = Folders::new();
+    let blocker = folders.root.path().join("not-a-folder");
+    std::fs::write(&blocker, b"a file where the outputs folder should be").expect("write");
+    let mut paths = folders.paths();
+    paths.outputs_dir = blocker.join("outputs");
+    let mut harness = window(paths, plain_engine());
+    harness.step();
+    harness.get_by_label_contains("results cannot be saved");
+    harness.get_by_label_contains("not-a-folder/outputs");
+}
+
+#[test]
+fn a_pasted_image_and_its_mask_survive_a_restart() {
+    if parity_missing() {
+        return;
+    }
+    let folders = Folders::new();
+    let pixels = egui::ColorImage::from_rgb([48, 32], &[120u8; 48 * 32 * 3]);
+    {
+        let mut harness = window(folders.paths(), plain_engine());
+        harness.step();
+        harness
+            .input_mut()
+            .events
+            .push(Event::PasteImage(Arc::new(pixels)));
+        harness.step();
+        assert!(harness.state().references.init().is_some(), "pasted");
+        click(&mut harness, "Fill");
+        harness.state_mut().persist(None);
+    }
+    let kept = folders.paths().data_dir.join("pasted");
+    assert_eq!(
+        std::fs::read_dir(&kept).map(Iterator::count).unwrap_or(0),
+        1
+    );
+    let mut harness = window(folders.paths(), plain_engine());
+    run_until(&mut harness, "the restored pasted image", |app| {
+        app.references.init().is_some()
+    });
+    let init = harness.state().references.init().expect("init");
+    assert_eq!(init.image.dimensions(), (48, 32));
+    assert!(init.image.as_raw().iter().all(|&v| v == 120));
+    assert!(init.path.as_deref().is_some_and(|p| p.starts_with(&kept)));
+    assert!(
+        init.mask.pixels().iter().all(|&v| v == 255),
+        "the mask painted on the pasted image came back"
+    );
+}
+
+#[test]
 fn settings_problems_show_in_the_status_bar_and_defaults_seed_a_fresh_session() {
     if parity_missing() {
         return;
