@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use crate::console::{note, out};
+use crate::progress::{Progress, Unit};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,19 +31,24 @@ pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Device: auto, cpu, cuda, cuda:N or metal (setting `device`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     device: Option<String>,
     /// Weight precision: auto, f32, f16 or bf16 (setting `dtype`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     dtype: Option<String>,
     /// Where models are found (setting `models_dir`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     models_dir: Option<String>,
     /// Where results are saved (setting `outputs_dir`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     outputs_dir: Option<String>,
     /// Any setting, as KEY=VALUE (repeatable); `easel config` lists the keys.
-    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    #[arg(
+        long = "set",
+        global = true,
+        value_name = "KEY=VALUE",
+        help_heading = "Global options"
+    )]
     set: Vec<String>,
 }
 
@@ -136,10 +142,12 @@ struct GenerateArgs {
     /// Noise seed; the same seed and parameters give the same image.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Width in pixels (multiple of 8); default: the init image's or the model's.
+    /// Width in pixels, 64 to 4096: a multiple of 8 for Stable Diffusion (SD 1.x, 2.x, SDXL),
+    /// of 16 for FLUX; default: the init image's size, else the model's (512 SD 1.5, 768
+    /// SD 2.x, 1024 SDXL and FLUX).
     #[arg(long)]
     width: Option<u32>,
-    /// Height in pixels (multiple of 8).
+    /// Height in pixels, as --width.
     #[arg(long)]
     height: Option<u32>,
     /// Keep the raw decode outside the mask instead of pasting the original back.
@@ -364,7 +372,7 @@ fn generate(
     let engine = Engine::spawn(config, Arc::new(|| {}))?;
 
     let job = engine.generate(request)?;
-    let mut stderr = std::io::stderr();
+    let mut steps: Option<Progress> = None;
     loop {
         let event = engine
             .events()
@@ -376,29 +384,28 @@ fn generate(
                 progress,
                 ..
             } => {
-                // Progress output is best effort; a closed stderr must not stop the job.
                 let state = if progress < 1.0 { "loading" } else { "loaded" };
-                writeln!(stderr, "{state} {component}").ok();
+                note!("{state} {component}");
             }
             Event::Step {
                 step, of, elapsed, ..
             } => {
                 let per_step = elapsed.as_secs_f64() / step as f64;
-                let bar = progress_bar(step, of, 30);
-                write!(
-                    stderr,
-                    "\r{bar} step {step}/{of}  {per_step:.2} s/step  {:.0} s left ",
+                let timing = format!(
+                    "{per_step:.2} s/step  {:.0} s left",
                     per_step * (of - step) as f64
-                )
-                .ok();
-                if step == of {
-                    writeln!(stderr).ok();
-                }
+                );
+                steps
+                    .get_or_insert_with(|| Progress::new(Unit::Steps))
+                    .update(step as u64, of as u64, &timing);
             }
             Event::Finished {
                 job: done,
                 mut output,
             } if done == job => {
+                if let Some(bar) = &steps {
+                    bar.finish();
+                }
                 if let Some(cut) = &output.prompt_cut_off {
                     note!("note: the prompt was cut at 77 tokens; ignored: {cut:?}");
                 }
@@ -429,27 +436,21 @@ fn generate(
                 retrying_with: Some(next),
                 ..
             } => {
-                writeln!(
-                    stderr,
+                let text = format!(
                     "out of memory in {} mode; retrying in {} mode",
                     strategy.describe(),
                     next.describe()
-                )
-                .ok();
+                );
+                match &steps {
+                    Some(bar) => bar.say(&text),
+                    None => note!("{text}"),
+                }
             }
             Event::Failed { job: done, error } if done == job => bail!(error),
             Event::Cancelled { job: done } if done == job => bail!("the job was cancelled"),
             _ => {}
         }
     }
-}
-
-fn progress_bar(done: usize, total: usize, width: usize) -> String {
-    let filled = (done * width)
-        .checked_div(total)
-        .unwrap_or(width)
-        .min(width);
-    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {

@@ -1,15 +1,14 @@
 //! `easel download` and `easel models`: the catalog on the command line, downloads with
 //! progress on stderr.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::console::{note, out};
+use crate::progress::{Progress, Unit};
 
 use easel::device;
 use easel::engine::memory::system_memory_bytes;
@@ -76,12 +75,19 @@ pub fn download(name: &str, settings: &Settings) -> anyhow::Result<ExitCode> {
             entry.licence
         );
     }
-    let mut reporter = ProgressLine::default();
+    let mut bar = Progress::new(Unit::Bytes);
     let cancel = AtomicBool::new(false);
     let outcome = hub::download(model, &client, &roots, fp16, &cancel, &mut |progress| {
-        reporter.show(progress)
+        let file = format!(
+            "file {}/{} {}",
+            (progress.files_done + 1).min(progress.files_total),
+            progress.files_total,
+            progress.file
+        );
+        bar.update(progress.bytes_done, progress.bytes_total, &file);
     })
     .with_context(|| format!("downloading {name}"))?;
+    bar.finish();
     let located = outcome.located();
     let how = match &outcome {
         Downloaded::Fetched(_) => "downloaded and checked",
@@ -93,42 +99,6 @@ pub fn download(name: &str, settings: &Settings) -> anyhow::Result<ExitCode> {
     note!("{name}: {how}");
     out!("{}", located.folder.display())?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Progress on stderr, a line at most every half second and one at the end of each file.
-#[derive(Default)]
-struct ProgressLine {
-    last: Option<Instant>,
-    files_done: usize,
-}
-
-impl ProgressLine {
-    fn show(&mut self, progress: &hub::DownloadProgress) {
-        let file_finished = progress.files_done != self.files_done;
-        let due = self
-            .last
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(500));
-        if !(file_finished || due) {
-            return;
-        }
-        self.last = Some(Instant::now());
-        self.files_done = progress.files_done;
-        let percent = if progress.bytes_total > 0 {
-            100.0 * progress.bytes_done as f64 / progress.bytes_total as f64
-        } else {
-            100.0
-        };
-        let _ = writeln!(
-            std::io::stderr(),
-            "  {percent:5.1}%  {} of {}  {:.1} MB/s  file {}/{}  {}",
-            format_gb(progress.bytes_done),
-            format_gb(progress.bytes_total),
-            progress.bytes_per_sec / 1e6,
-            progress.files_done,
-            progress.files_total,
-            progress.file
-        );
-    }
 }
 
 /// `easel models`: every catalog entry, where it is, its size and whether it fits.

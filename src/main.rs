@@ -5,6 +5,7 @@ mod cli_checks;
 mod cli_models;
 mod console;
 mod logging;
+mod progress;
 mod ui;
 
 use std::process::ExitCode;
