@@ -108,7 +108,7 @@ impl Workspace {
             stderr.to_lowercase().contains(&needle.to_lowercase()),
             "{name}: expected {needle:?} in: {stderr}"
         );
-        let leftovers: Vec<String> = files_under(self.dir.path())
+        let leftovers: Vec<String> = common::files_under(self.dir.path())
             .into_iter()
             .filter(|f| f.ends_with(".tmp") || f.ends_with(".incomplete") || f.ends_with(".link"))
             .collect();
@@ -120,22 +120,6 @@ impl Workspace {
 
 fn text(path: &Path) -> String {
     path.to_str().expect("utf-8 path").to_string()
-}
-
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() && !path.is_symlink() {
-                pending.push(path);
-            } else {
-                found.push(text(&path));
-            }
-        }
-    }
-    found
 }
 
 /// `generate` of a 64x64 image in two steps with `model`, plus `extra`.

@@ -55,24 +55,6 @@ fn weight_gets(hub: &FakeHub) -> Vec<String> {
         .collect()
 }
 
-/// Every file under `dir`, recursively, as paths relative to it.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() && !path.is_symlink() {
-                pending.push(path);
-            } else {
-                let relative = path.strip_prefix(dir).expect("inside");
-                found.push(relative.to_string_lossy().into_owned());
-            }
-        }
-    }
-    found
-}
-
 /// The weights sit in the cache as served, and no partial file is left.
 fn assert_one_intact_blob(hub: &FakeHub, root: &Path) {
     let blob = repo_folder(root)
@@ -82,7 +64,7 @@ fn assert_one_intact_blob(hub: &FakeHub, root: &Path) {
         sha256_of(&blob).expect("the blob"),
         hub.sha256(REPO, WEIGHTS)
     );
-    let partials: Vec<_> = files_under(root)
+    let partials: Vec<_> = common::files_under(root)
         .into_iter()
         .filter(|f| f.ends_with(".incomplete") || f.ends_with(".tmp"))
         .collect();
@@ -157,7 +139,7 @@ fn a_commit_that_is_not_a_hash_is_refused_before_anything_is_written() {
     let models = tempfile::tempdir().expect("temp dir");
     let error = fetch(&client(&hub, None), models.path()).expect_err("refused");
     assert!(error.to_string().contains("not a commit hash"), "{error}");
-    assert!(files_under(models.path()).is_empty());
+    assert!(common::files_under(models.path()).is_empty());
 }
 
 #[test]
@@ -169,7 +151,7 @@ fn blob_ids_that_are_not_hashes_never_become_paths() {
         let models = tempfile::tempdir().expect("temp dir");
         let error = fetch(&client(&hub, None), models.path()).expect_err("refused");
         assert!(error.to_string().contains("not a hash"), "{error}");
-        assert!(files_under(models.path()).is_empty(), "{hostile}");
+        assert!(common::files_under(models.path()).is_empty(), "{hostile}");
     }
 }
 

@@ -58,6 +58,24 @@ pub fn parity_dir() -> PathBuf {
     dir
 }
 
+/// Every file under `dir`, recursively, as paths relative to it.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.is_symlink() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).expect("inside");
+                found.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}
+
 /// A parity model folder by name.
 pub fn model(name: &str) -> PathBuf {
     parity_dir().join("models").join(name)
