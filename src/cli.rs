@@ -11,11 +11,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use candle_core::{DType, Device};
 use easel::bench::{Architecture, BenchModel, BenchOptions};
 use easel::engine::{Engine, EngineConfig, Event};
+use easel::families::ModelInfo;
 use easel::image_file::{read_mask_file, read_rgb_image};
-use easel::models::flux::FluxModel;
 use easel::output::{save_new_result, save_png_with_parameters};
 
 pub use crate::cli_checks::UsageError;
@@ -342,18 +341,18 @@ fn generate(
         None => None,
     };
     let model = crate::cli_models::model_folder(&args.model, defaults)?;
-    // A catalog model runs as it is meant to; FLUX's distilled models want their own steps
-    // and guidance, not Stable Diffusion's.
-    let catalog_defaults = easel::hub::catalog::find(&args.model).map(|e| e.defaults);
-    let (default_steps, default_guidance) = match (
-        catalog_defaults,
-        FluxModel::open(&model, &Device::Cpu, DType::F32),
-    ) {
-        (Some(d), _) => (d.steps, d.guidance),
-        (None, Ok(flux)) => flux.variant.default_steps_and_guidance(),
-        (None, Err(_)) => (defaults.steps, defaults.guidance),
+    // A model that runs only as its defaults say (a catalog model, FLUX's distilled ones)
+    // takes them; other models take the user's settings.
+    let info = ModelInfo::read(&model)?;
+    let (default_steps, default_guidance, default_sampler) = if info.wants_its_defaults {
+        (
+            info.defaults.steps,
+            info.defaults.guidance,
+            info.defaults.sampler,
+        )
+    } else {
+        (defaults.steps, defaults.guidance, defaults.sampler)
     };
-    let default_sampler = catalog_defaults.map_or(defaults.sampler, |d| d.sampler);
     let request = GenerateRequest {
         model,
         prompt: args.prompt.clone(),

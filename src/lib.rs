@@ -5,6 +5,7 @@ pub mod atomic_file;
 pub mod bench;
 pub mod device;
 pub mod engine;
+pub mod families;
 pub mod hub;
 pub mod image_file;
 pub mod models;

@@ -9,11 +9,9 @@ use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
 use serde::Deserialize;
 
-use crate::models::opened::OpenedModel;
-use crate::pipeline::flux::pack;
+use crate::families::{generate, load_these};
 use crate::pipeline::noise::{NoiseRole, RecordedNoise};
 use crate::pipeline::request::{GenerateRequest, SourceImage};
-use crate::pipeline::run::{generate, load_these};
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 use crate::schedulers::SamplerKind;
 
@@ -221,27 +219,24 @@ impl ParityCase {
     /// Runs the case on `device` with the models in `models_dir`.
     pub fn run(&self, models_dir: &Path, device: &Device) -> Result<ReplayReport, ReplayError> {
         let request = self.request(models_dir)?;
-        let mut model =
-            OpenedModel::open(&request.model, device, DType::F32).map_err(PipelineError::from)?;
+        let mut model = crate::families::open(&request.model, device, DType::F32)
+            .map_err(PipelineError::from)?;
         let started = std::time::Instant::now();
         let mut timings = StageTimings::default();
         let components = model.components();
-        load_these(&mut model, &components, &mut timings, &mut |_, _| {})?;
-        // FLUX's goldens hold packed step latents; Easel reports them unpacked.
-        let packed = matches!(model, OpenedModel::Flux(_));
+        load_these(model.as_mut(), &components, &mut timings, &mut |_, _| {})?;
         let mut noise = self.noise()?;
         let mut recorder = LatentRecorder::default();
-        let generated = generate(&model, &request, &mut noise, &mut recorder, timings)?;
+        let generated = generate(model.as_ref(), &request, &mut noise, &mut recorder, timings)?;
         let golden = self.tensor("output.image")?;
         let image_max_diff = max_abs_diff(&generated.decoded, golden)?;
         let mut step_max_diffs = Vec::with_capacity(recorder.latents.len());
         for (index, latents) in recorder.latents.iter().enumerate() {
             let key = format!("debug.latents_after_step.{index:02}");
-            let latents = if packed {
-                pack(latents).map_err(PipelineError::from)?
-            } else {
-                latents.clone()
-            };
+            // FLUX's goldens hold packed step latents; Easel reports them unpacked.
+            let latents = model
+                .latents_as_diffusers_records(latents)
+                .map_err(PipelineError::from)?;
             step_max_diffs.push(max_abs_diff(&latents, self.tensor(&key)?)?);
         }
         Ok(ReplayReport {

@@ -14,19 +14,15 @@ mod report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 
 use crate::device::{self, DeviceChoice};
 use crate::engine::memory::{
     peak_rss_bytes, process_anon_rss_bytes, process_rss_bytes, reset_peak_rss,
 };
 use crate::engine::{Engine, EngineConfig, EngineError, Event, JobOutput, ResidencyPolicy};
-use crate::models::component::Component;
+use crate::families::{GuidanceKind, ModelInfo};
 use crate::models::error::ModelError;
-use crate::models::flux::FluxModel;
-use crate::models::opened::OpenedModel;
-use crate::models::sd::SdModel;
-use crate::models::unet::TextTimeConditioning;
 use crate::pipeline::request::GenerateRequest;
 use crate::schedulers::SamplerKind;
 pub use architectures::Architecture;
@@ -126,7 +122,7 @@ pub fn run(
         ),
         BenchModel::Folder(dir) => (dir.clone(), false, dir.display().to_string()),
     };
-    let request = bench_request(&folder, options);
+    let request = bench_request(&ModelInfo::read(&folder)?, options);
     let weight_files = page_cache::weight_files(&folder);
     let mut cold_loads_from_disk = true;
 
@@ -197,16 +193,21 @@ fn spawn(options: &BenchOptions, staged: bool) -> Result<Engine, BenchError> {
     Ok(engine)
 }
 
-fn bench_request(folder: &Path, options: &BenchOptions) -> GenerateRequest {
-    // FLUX dev: its distilled guidance, no negative prompt; SD: guided with an empty one.
-    let flux = FluxModel::is_flux_folder(folder);
+fn bench_request(info: &ModelInfo, options: &BenchOptions) -> GenerateRequest {
+    // Guided models are guided with an empty negative prompt (a CFG batch of two); the
+    // others (FLUX dev's distilled guidance) take their own guidance value.
+    let guided = info.guidance == GuidanceKind::ClassifierFree;
     GenerateRequest {
-        model: folder.to_path_buf(),
+        model: info.dir.clone(),
         prompt: BENCH_PROMPT.to_string(),
-        negative_prompt: (!flux).then(String::new),
+        negative_prompt: guided.then(String::new),
         sampler: SamplerKind::Euler,
         steps: options.steps,
-        guidance: if flux { 3.5 } else { BENCH_GUIDANCE },
+        guidance: if guided {
+            BENCH_GUIDANCE
+        } else {
+            info.defaults.guidance
+        },
         seed: 1,
         width: Some(options.size_px),
         height: Some(options.size_px),
@@ -326,96 +327,11 @@ fn bare_denoiser_forward(
 ) -> Result<(String, DType, f64), BenchError> {
     let device = device::open(options.device).map_err(EngineError::from)?;
     let (dtype, _) = device::usable_dtype(&device, options.dtype);
-    let secs = match OpenedModel::open(&request.model, &device, dtype)? {
-        OpenedModel::Sd(model) => bare_unet_forward(*model, options)?,
-        OpenedModel::Flux(model) => bare_transformer_forward(*model, options, request)?,
-    };
-    Ok((device::describe(&device), dtype, secs))
-}
-
-/// The FLUX transformer on a step's shapes: packed latents, T5 tokens, pooled CLIP.
-fn bare_transformer_forward(
-    mut model: FluxModel,
-    options: &BenchOptions,
-    request: &GenerateRequest,
-) -> Result<f64, BenchError> {
-    model.load(Component::Transformer)?;
-    let transformer = model
-        .transformer()
-        .ok_or_else(|| BenchError::Options("the transformer did not load".into()))?;
-    let device = model.device().clone();
-    let dtype = model.dtype();
-    let json = &model.transformer_json;
-    let side = (options.size_px / 16) as usize;
-    let text_len = request
-        .max_sequence_length
-        .unwrap_or_else(|| model.variant.max_sequence_length());
-    let random = |shape: &[usize]| -> candle_core::Result<Tensor> {
-        Tensor::randn(0f32, 1.0, shape, &device)?.to_dtype(dtype)
-    };
-    let latents = random(&[1, side * side, json.in_channels])?;
-    let ids: Vec<f32> = (0..side)
-        .flat_map(|r| (0..side).flat_map(move |c| [0.0, r as f32, c as f32]))
-        .collect();
-    let img_ids = Tensor::from_vec(ids, (1, side * side, 3), &device)?.to_dtype(dtype)?;
-    let text = random(&[1, text_len, json.joint_attention_dim])?;
-    let text_ids = Tensor::zeros((1, text_len, 3), dtype, &device)?;
-    let pooled = random(&[1, json.pooled_projection_dim])?;
-    let timestep = Tensor::full(0.9f32, 1, &device)?.to_dtype(dtype)?;
-    let guidance = Tensor::full(request.guidance as f32, 1, &device)?.to_dtype(dtype)?;
-    let guidance = json.guidance_embeds.then_some(&guidance);
-    median_forward_secs(options.steps.max(3), || {
-        transformer.forward(
-            &latents, &img_ids, &text, &text_ids, &timestep, &pooled, guidance,
-        )
-    })
-}
-
-/// The UNet on the shapes of a guided step.
-fn bare_unet_forward(mut model: SdModel, options: &BenchOptions) -> Result<f64, BenchError> {
-    let device = model.device().clone();
-    model.load(Component::Unet)?;
-    let unet = model
-        .unet()
-        .ok_or_else(|| BenchError::Options("the UNet did not load".into()))?;
-    let side = (options.size_px / 8) as usize;
-    let shape = &model.unet_shape;
-    let latents = Tensor::randn(0f32, 1.0, (2, shape.in_channels, side, side), &device)?;
-    let text = Tensor::randn(0f32, 1.0, (2, 77, shape.cross_attention_dim()), &device)?;
-    let text_time = match shape.text_time {
-        Some(text_time) => Some(TextTimeConditioning {
-            pooled_text: Tensor::randn(
-                0f32,
-                1.0,
-                (2, text_time.input_dim - 6 * text_time.time_embed_dim),
-                &device,
-            )?,
-            time_ids: Tensor::ones((2, 6), DType::F32, &device)?,
-        }),
-        None => None,
-    };
-    median_forward_secs(options.steps.max(3), || {
-        unet.forward(&latents, 999.0, &text, text_time.as_ref())
-    })
-}
-
-/// The median time of `runs` calls of `forward`, each waited for by reading a value back
-/// from the device.
-fn median_forward_secs(
-    runs: usize,
-    mut forward: impl FnMut() -> candle_core::Result<Tensor>,
-) -> Result<f64, BenchError> {
-    let mut secs = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let started = Instant::now();
-        forward()?
-            .flatten_all()?
-            .get(0)?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?;
-        secs.push(started.elapsed().as_secs_f64());
-    }
-    Ok(median(&mut secs))
+    let mut model = crate::families::open(&request.model, &device, dtype)?;
+    let mut secs = model
+        .time_denoiser_forward(request, options.size_px, options.steps.max(3))
+        .map_err(EngineError::Pipeline)?;
+    Ok((device::describe(&device), dtype, median(&mut secs)))
 }
 
 /// The median of `values` (0 when empty).

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::memory::HeldWeights;
 use super::messages::ResidencyPolicy;
+use crate::families::LoadedModel;
 use crate::models::component::Component;
-use crate::models::opened::OpenedModel;
 
 /// How long to wait for the next request before the policy unloads by itself: `None` to wait
 /// without limit, `Some(ZERO)` when the time is already up.
@@ -59,14 +59,14 @@ pub struct ModelCache {
 
 #[derive(Debug)]
 struct CachedModel {
-    model: OpenedModel,
+    model: Box<dyn LoadedModel>,
     /// `(component, use)` of each component the model has loaded.
     last_use: Vec<(Component, u64)>,
 }
 
 impl ModelCache {
     /// Takes the model opened from `dir` out of the cache, if it is there.
-    pub fn take(&mut self, dir: &Path) -> Option<OpenedModel> {
+    pub fn take(&mut self, dir: &Path) -> Option<Box<dyn LoadedModel>> {
         let wanted = canonical(dir);
         let index = self
             .entries
@@ -76,7 +76,7 @@ impl ModelCache {
     }
 
     /// Puts `model` back after a job, its loaded components used now in pipeline order.
-    pub fn put(&mut self, model: OpenedModel) {
+    pub fn put(&mut self, model: Box<dyn LoadedModel>) {
         let mut last_use = Vec::new();
         for component in model.components() {
             if model.is_loaded(component) {
@@ -144,13 +144,13 @@ impl ModelCache {
     pub fn held(&self) -> Vec<HeldWeights> {
         self.entries
             .iter()
-            .flat_map(|entry| held_by(&entry.model))
+            .flat_map(|entry| held_by(entry.model.as_ref()))
             .collect()
     }
 }
 
 /// The weights a job of `model` holds at most: every component's files.
-pub fn job_bytes(model: &OpenedModel) -> u64 {
+pub fn job_bytes(model: &dyn LoadedModel) -> u64 {
     model
         .components()
         .into_iter()
@@ -159,7 +159,7 @@ pub fn job_bytes(model: &OpenedModel) -> u64 {
 }
 
 /// The weights `model` holds now, per component.
-pub fn held_by(model: &OpenedModel) -> Vec<HeldWeights> {
+pub fn held_by(model: &dyn LoadedModel) -> Vec<HeldWeights> {
     let name = model.dir().file_name().map_or_else(
         || model.dir().display().to_string(),
         |n| n.to_string_lossy().into_owned(),

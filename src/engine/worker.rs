@@ -17,16 +17,12 @@ use super::memory::{
 use super::messages::{Event, JobId, JobOutput, JobParameters, Request, ResidencyPolicy, Strategy};
 use super::residency::{held_by, idle_wait, job_bytes, ModelCache};
 use super::{EngineConfig, Fault, FaultHook, FaultPoint, WakeUp};
+use crate::families::{generate, load_these, EncodedPrompt, LoadedModel};
 use crate::models::component::Component;
-use crate::models::opened::{LatentSpace, OpenedModel};
 use crate::models::vae::VaeTiling;
 use crate::pipeline::noise::SeededNoise;
-use crate::pipeline::preview::latent_preview;
 use crate::pipeline::request::GenerateRequest;
 use crate::pipeline::result::{Denoised, Generated};
-use crate::pipeline::run::{
-    check_inputs, decode, denoise, encode, generate, load_these, EncodedPrompt,
-};
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 
 /// Tile side (in latents, 512 pixels) of the VAE when a job falls back to a tiled VAE.
@@ -318,14 +314,17 @@ impl Worker {
 
     /// Opens the request's model, keeping it loaded when it is cached. Other models stay only
     /// under a memory budget, and then only as far as they leave room for this one.
-    fn model_for(&mut self, folder: &std::path::Path) -> Result<OpenedModel, PipelineError> {
+    fn model_for(
+        &mut self,
+        folder: &std::path::Path,
+    ) -> Result<Box<dyn LoadedModel>, PipelineError> {
         let model = match self.cache.take(folder) {
             Some(model) => model,
-            None => OpenedModel::open(folder, &self.device, self.dtype)?,
+            None => crate::families::open(folder, &self.device, self.dtype)?,
         };
         let dropped_any = match self.residency {
             ResidencyPolicy::MemoryBudget(budget) => {
-                !self.cache.fit(budget, job_bytes(&model)).is_empty()
+                !self.cache.fit(budget, job_bytes(model.as_ref())).is_empty()
             }
             _ => {
                 let any = !self.cache.is_empty();
@@ -346,7 +345,7 @@ impl Worker {
     ) -> Result<JobOutput, PipelineError> {
         request.validate()?;
         let mut model = self.model_for(&request.model)?;
-        let result = self.run_with_model(job, request, &mut model);
+        let result = self.run_with_model(job, request, model.as_mut());
         // The model stays loaded for the next job, unless an unload or shutdown came meanwhile
         // or the policy drops it after every job.
         if self.unload_after_job || self.residency == ResidencyPolicy::UnloadAfterJob {
@@ -373,7 +372,7 @@ impl Worker {
     fn load(
         &mut self,
         job: JobId,
-        model: &mut OpenedModel,
+        model: &mut dyn LoadedModel,
         components: &[Component],
         timings: &mut StageTimings,
     ) -> Result<(), PipelineError> {
@@ -396,7 +395,7 @@ impl Worker {
     }
 
     /// Reports memory with the weights `model` holds now.
-    fn report_model_memory(&self, model: &OpenedModel) {
+    fn report_model_memory(&self, model: &dyn LoadedModel) {
         let mut report = self.memory_report();
         report.weights_bytes.extend(held_by(model));
         self.outbox.send(Event::Memory(report));
@@ -409,13 +408,13 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
-        model: &mut OpenedModel,
+        model: &mut dyn LoadedModel,
         mut timings: StageTimings,
     ) -> Result<JobOutput, PipelineError> {
         let encoders = model.text_encoders();
         self.load(job, model, &encoders, &mut timings)?;
         self.report_model_memory(model);
-        let prompt = encode(model, request, &mut timings)?;
+        let prompt = model.encode(request, &mut timings)?;
         for &encoder in &encoders {
             model.unload(encoder);
         }
@@ -438,7 +437,7 @@ impl Worker {
         self.load(job, model, &[Component::Vae], &mut denoised.timings)?;
         self.report_model_memory(model);
         self.inject(FaultPoint::BeforeDecode(job))?;
-        let generated = decode(model, request, denoised)?;
+        let generated = model.decode(request, denoised)?;
         Ok(job_output(model, request, generated))
     }
 
@@ -448,9 +447,9 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
-        model: &mut OpenedModel,
+        model: &mut dyn LoadedModel,
     ) -> Result<JobOutput, PipelineError> {
-        check_inputs(model, request)?;
+        model.check_inputs(request)?;
         let mut strategy = if self.staged {
             Strategy::Staged
         } else {
@@ -463,10 +462,8 @@ impl Worker {
                 }
                 Strategy::Full | Strategy::Staged => VaeTiling::Auto,
             });
-            if let OpenedModel::Flux(flux) = model {
-                // Each job starts from the full-precision transformer where there is one.
-                flux.prefer_quantized(strategy == Strategy::StagedQuantized);
-            }
+            // Each job starts from the full-precision denoiser where there is one.
+            model.use_quantized_denoiser(strategy == Strategy::StagedQuantized);
             let timings = StageTimings::default();
             let attempt = match strategy {
                 Strategy::Full => self.run_full(job, request, model, timings),
@@ -482,11 +479,7 @@ impl Worker {
                 Err(PipelineError::OutOfMemory(message)) => message,
                 Err(other) => return Err(other),
             };
-            let quantized_exists = match model {
-                OpenedModel::Flux(flux) => flux.can_switch_to_quantized(),
-                OpenedModel::Sd(_) => false,
-            };
-            let retrying_with = strategy.next(quantized_exists);
+            let retrying_with = strategy.next(model.has_quantized_denoiser());
             tracing::warn!(
                 job,
                 strategy = strategy.describe(),
@@ -515,7 +508,7 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
-        model: &OpenedModel,
+        model: &dyn LoadedModel,
         prompt: &EncodedPrompt,
         timings: StageTimings,
     ) -> Result<Denoised, PipelineError> {
@@ -523,11 +516,11 @@ impl Worker {
         let mut observer = JobObserver {
             worker: self,
             job,
-            space: model.latent_space(),
+            model,
             injected: None,
             held: held_by(model),
         };
-        let denoised = denoise(model, request, prompt, &mut noise, &mut observer, timings);
+        let denoised = model.denoise(request, prompt, &mut noise, &mut observer, timings);
         match (denoised, observer.injected.take()) {
             (Err(PipelineError::Cancelled), Some(injected)) => Err(injected),
             (denoised, _) => denoised,
@@ -549,7 +542,7 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
-        model: &mut OpenedModel,
+        model: &mut dyn LoadedModel,
         mut timings: StageTimings,
     ) -> Result<JobOutput, PipelineError> {
         let all = model.components();
@@ -572,20 +565,28 @@ impl Worker {
             return Err(PipelineError::Cancelled);
         }
         self.report_model_memory(model);
-        let prompt = encode(model, request, &mut timings)?;
+        let prompt = model.encode(request, &mut timings)?;
         let denoised = self.denoise_observed(job, request, model, &prompt, timings)?;
         self.inject(FaultPoint::BeforeDecode(job))?;
-        let generated = decode(model, request, denoised)?;
+        let generated = model.decode(request, denoised)?;
         Ok(job_output(model, request, generated))
     }
 }
 
-/// What a finished job reports. FLUX samples with (flow-matching) Euler and takes no
-/// negative prompt, whatever the request says: its parameters say what ran.
-fn job_output(model: &OpenedModel, request: &GenerateRequest, generated: Generated) -> JobOutput {
+/// What a finished job reports. A model without a sampler choice runs its own sampler, and
+/// one without a negative prompt ignores it, whatever the request says: the parameters say
+/// what ran.
+fn job_output(
+    model: &dyn LoadedModel,
+    request: &GenerateRequest,
+    generated: Generated,
+) -> JobOutput {
+    let info = model.info();
     let mut parameters = JobParameters::of(request, generated.size_px);
-    if let OpenedModel::Flux(_) = model {
-        parameters.sampler = crate::schedulers::SamplerKind::Euler;
+    if !info.sampler_choice {
+        parameters.sampler = info.defaults.sampler;
+    }
+    if !info.negative_prompt {
         parameters.negative_prompt = None;
     }
     JobOutput {
@@ -624,7 +625,8 @@ impl StepObserver for Unobserved {
 struct JobObserver<'a> {
     worker: &'a mut Worker,
     job: JobId,
-    space: LatentSpace,
+    /// The running model, whose family maps latents to a preview.
+    model: &'a dyn LoadedModel,
     /// A failure the fault hook injected before a step (the loop stops as if cancelled).
     injected: Option<PipelineError>,
     /// The running model's weights, for the reports sent during the loop.
@@ -657,7 +659,7 @@ impl StepObserver for JobObserver<'_> {
             self.worker.outbox.send(Event::Memory(report));
         }
         // A preview that fails to compute is only a missing preview, never a failed job.
-        let preview = latent_preview(latents, self.space).ok();
+        let preview = self.model.preview(latents).ok();
         self.worker.outbox.send(Event::Step {
             job: self.job,
             step: done,

@@ -18,8 +18,8 @@ pub struct CatalogEntry {
     pub repo: &'static str,
     /// The branch or commit fetched.
     pub revision: &'static str,
-    /// Which network it is, for the memory estimate.
-    pub architecture: Architecture,
+    /// How its denoiser's activations grow, for the memory estimate.
+    pub footprint: DenoiserFootprint,
     /// What it can do.
     pub capabilities: Capabilities,
     /// How it is run when the user has not said.
@@ -34,17 +34,65 @@ pub struct CatalogEntry {
     pub borrowed: &'static [BorrowedFile],
 }
 
-/// The network family, which decides how activations grow with the image size.
+/// How a denoiser's largest activations grow with the image: the attention scores at the
+/// level with the most tokens, and the feature maps it keeps (a UNet's skips, a
+/// transformer's MLP). Each family says its own from its config; the catalog names those of
+/// the checkpoints it offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Architecture {
-    /// SD 1.x UNet (8 heads of 40 at the first level).
-    Sd15,
-    /// SD 2.x UNet (heads of 64).
-    Sd21,
-    /// SDXL UNet (no attention at the first level).
-    Sdxl,
-    /// FLUX.1 transformer.
-    Flux,
+pub struct DenoiserFootprint {
+    /// Attention heads at that level.
+    pub heads: u64,
+    /// Latent pixels per token there (1 at full latent resolution; 4 for 2x2 patches or one
+    /// level down).
+    pub latent_px_per_token: u64,
+    /// Text tokens that join the image tokens in every attention (joint attention).
+    pub joint_text_tokens: u64,
+    /// Samples per step: 2 with classifier-free guidance, 1 for guidance-distilled models.
+    pub batch: u64,
+    /// Channels of the kept feature maps.
+    pub feature_channels: u64,
+    /// How many such maps are alive at once.
+    pub feature_maps: u64,
+    /// Whether the feature maps have one entry per token (a transformer) rather than per
+    /// latent pixel (a UNet).
+    pub features_per_token: bool,
+}
+
+impl DenoiserFootprint {
+    /// SD 1.x: 8 heads over every latent pixel, 320-channel skips.
+    pub const SD15: Self = Self::unet(8, 1);
+    /// SD 2.x: 5 heads of 64 at the first level.
+    pub const SD21: Self = Self::unet(5, 1);
+    /// SDXL: no attention at the first level; 10 heads at the second.
+    pub const SDXL: Self = Self::unet(10, 4);
+    /// FLUX.1: 24 heads over 2x2 patches and up to 512 T5 tokens, 3072 wide, no CFG batch.
+    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072);
+
+    /// A UNet with `heads` at its first attention level, `latent_px_per_token` there.
+    pub const fn unet(heads: u64, latent_px_per_token: u64) -> Self {
+        Self {
+            heads,
+            latent_px_per_token,
+            joint_text_tokens: 0,
+            batch: 2,
+            feature_channels: 320,
+            feature_maps: 12,
+            features_per_token: false,
+        }
+    }
+
+    /// A joint-attention transformer over 2x2 patches and `text_tokens`, `width` wide.
+    pub const fn joint_transformer(heads: u64, text_tokens: u64, width: u64) -> Self {
+        Self {
+            heads,
+            latent_px_per_token: 4,
+            joint_text_tokens: text_tokens,
+            batch: 1,
+            feature_channels: width,
+            feature_maps: 8,
+            features_per_token: true,
+        }
+    }
 }
 
 /// What a model can make.
@@ -484,7 +532,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "Stable Diffusion 1.5",
         repo: "stable-diffusion-v1-5/stable-diffusion-v1-5",
         revision: "main",
-        architecture: Architecture::Sd15,
+        footprint: DenoiserFootprint::SD15,
         capabilities: ALL_MODES,
         defaults: defaults(512, 25, 7.5, SamplerKind::Dpmpp2mKarras),
         licence: OPENRAIL_M,
@@ -497,7 +545,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "Stable Diffusion 1.5 Inpainting",
         repo: "stable-diffusion-v1-5/stable-diffusion-inpainting",
         revision: "main",
-        architecture: Architecture::Sd15,
+        footprint: DenoiserFootprint::SD15,
         capabilities: INPAINT_ONLY,
         defaults: defaults(512, 25, 7.5, SamplerKind::Dpmpp2mKarras),
         licence: OPENRAIL_M,
@@ -510,7 +558,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "Stable Diffusion 2.1 (768, v-prediction)",
         repo: "stabilityai/stable-diffusion-2-1",
         revision: "main",
-        architecture: Architecture::Sd21,
+        footprint: DenoiserFootprint::SD21,
         capabilities: ALL_MODES,
         defaults: defaults(768, 25, 7.5, SamplerKind::Dpmpp2mKarras),
         licence: OPENRAIL_PP,
@@ -523,7 +571,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "SD-Turbo (1 step)",
         repo: "stabilityai/sd-turbo",
         revision: "main",
-        architecture: Architecture::Sd21,
+        footprint: DenoiserFootprint::SD21,
         capabilities: ALL_MODES,
         defaults: defaults(512, 1, 0.0, SamplerKind::EulerA),
         licence: STABILITY_COMMUNITY,
@@ -536,7 +584,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "Stable Diffusion XL 1.0",
         repo: "stabilityai/stable-diffusion-xl-base-1.0",
         revision: "main",
-        architecture: Architecture::Sdxl,
+        footprint: DenoiserFootprint::SDXL,
         capabilities: ALL_MODES,
         defaults: defaults(1024, 30, 5.0, SamplerKind::Dpmpp2mKarras),
         licence: OPENRAIL_PP,
@@ -549,7 +597,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "SDXL-Turbo (1 step, 512)",
         repo: "stabilityai/sdxl-turbo",
         revision: "main",
-        architecture: Architecture::Sdxl,
+        footprint: DenoiserFootprint::SDXL,
         capabilities: ALL_MODES,
         defaults: defaults(512, 1, 0.0, SamplerKind::EulerA),
         licence: STABILITY_COMMUNITY,
@@ -562,7 +610,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "SDXL 1.0 Inpainting 0.1",
         repo: "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
         revision: "main",
-        architecture: Architecture::Sdxl,
+        footprint: DenoiserFootprint::SDXL,
         capabilities: INPAINT_ONLY,
         defaults: defaults(1024, 30, 8.0, SamplerKind::Dpmpp2mKarras),
         licence: OPENRAIL_PP,
@@ -575,7 +623,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "FLUX.1 [schnell] (4 steps)",
         repo: "black-forest-labs/FLUX.1-schnell",
         revision: "main",
-        architecture: Architecture::Flux,
+        footprint: DenoiserFootprint::FLUX1,
         capabilities: ALL_MODES,
         defaults: defaults(1024, 4, 0.0, SamplerKind::Euler),
         licence: "Apache-2.0",
@@ -588,7 +636,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "FLUX.1 [schnell], 4-bit GGUF transformer",
         repo: "black-forest-labs/FLUX.1-schnell",
         revision: "main",
-        architecture: Architecture::Flux,
+        footprint: DenoiserFootprint::FLUX1,
         capabilities: ALL_MODES,
         defaults: defaults(1024, 4, 0.0, SamplerKind::Euler),
         licence: "Apache-2.0",
@@ -605,7 +653,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "FLUX.1 [dev] (28 steps)",
         repo: "black-forest-labs/FLUX.1-dev",
         revision: "main",
-        architecture: Architecture::Flux,
+        footprint: DenoiserFootprint::FLUX1,
         capabilities: ALL_MODES,
         defaults: defaults(1024, 28, 3.5, SamplerKind::Euler),
         licence:
@@ -619,7 +667,7 @@ static CATALOG: [CatalogEntry; 11] = [
         name: "FLUX.1 [dev], 4-bit GGUF transformer",
         repo: "black-forest-labs/FLUX.1-dev",
         revision: "main",
-        architecture: Architecture::Flux,
+        footprint: DenoiserFootprint::FLUX1,
         capabilities: ALL_MODES,
         defaults: defaults(1024, 28, 3.5, SamplerKind::Euler),
         licence:

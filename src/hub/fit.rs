@@ -3,7 +3,7 @@
 //! has free. An estimate to decide before a download or a load, not a measurement (the
 //! benchmark measures).
 
-use super::catalog::{Architecture, CatalogEntry, Part, Stored};
+use super::catalog::{CatalogEntry, DenoiserFootprint, Part, Stored};
 
 /// Room for the runtime itself: kernels, allocator slack, the window's textures.
 const OVERHEAD_BYTES: u64 = 512 << 20;
@@ -92,18 +92,18 @@ pub fn estimate(
     };
     estimate_parts(
         parts,
-        entry.architecture,
+        entry.footprint,
         bytes_per_weight,
         width_px,
         height_px,
     )
 }
 
-/// The peak memory of weights `parts` of `architecture` at `width_px` x `height_px`, with
-/// activations of `bytes_per_weight` (4 for f32, 2 for f16/bf16).
+/// The peak memory of weights `parts` of a denoiser of `footprint` at `width_px` x
+/// `height_px`, with activations of `bytes_per_weight` (4 for f32, 2 for f16/bf16).
 pub fn estimate_parts(
     parts: PartBytes,
-    architecture: Architecture,
+    footprint: DenoiserFootprint,
     bytes_per_weight: u64,
     width_px: u32,
     height_px: u32,
@@ -115,7 +115,7 @@ pub fn estimate_parts(
     } = parts;
     let b = bytes_per_weight;
     let (w, h) = (u64::from(width_px), u64::from(height_px));
-    let denoiser_act = denoiser_activations(architecture, w, h, b);
+    let denoiser_act = denoiser_activations(footprint, w, h, b);
     let vae_act = vae_decode_activations(w, h, b);
     let weights_bytes = text_bytes + denoiser_bytes + vae_bytes;
     let activations_bytes = denoiser_act.max(vae_act);
@@ -131,24 +131,20 @@ pub fn estimate_parts(
 }
 
 /// The denoiser's largest live tensors: the attention scores and their softmax at the
-/// level with the most tokens that has attention (classifier-free guidance doubles the
-/// batch), plus the skip connections the UNet keeps.
-fn denoiser_activations(architecture: Architecture, w: u64, h: u64, b: u64) -> u64 {
-    let latent_tokens = (w / 8) * (h / 8);
-    let batch = 2;
-    let scores = |heads: u64, tokens: u64| batch * heads * tokens * tokens * b * 2;
-    let skips = batch * 320 * latent_tokens * b * 12;
-    match architecture {
-        Architecture::Sd15 => scores(8, latent_tokens) + skips,
-        Architecture::Sd21 => scores(5, latent_tokens) + skips,
-        // No attention at the first level: the second, at a quarter of the tokens.
-        Architecture::Sdxl => scores(10, latent_tokens / 4) + skips,
-        Architecture::Flux => {
-            // 2x2 patches, one batch (guidance is distilled), 512 text tokens at most.
-            let tokens = latent_tokens / 4 + 512;
-            24 * tokens * tokens * b * 2 + tokens * 3072 * 4 * b * 2
-        }
-    }
+/// level with the most tokens (classifier-free guidance doubles the batch), plus the feature
+/// maps it keeps.
+fn denoiser_activations(footprint: DenoiserFootprint, w: u64, h: u64, b: u64) -> u64 {
+    let latent_px = (w / 8) * (h / 8);
+    let tokens = latent_px / footprint.latent_px_per_token.max(1) + footprint.joint_text_tokens;
+    let scores = footprint.batch * footprint.heads * tokens * tokens * b * 2;
+    let feature_entries = if footprint.features_per_token {
+        tokens
+    } else {
+        latent_px
+    };
+    let features =
+        footprint.batch * feature_entries * footprint.feature_channels * b * footprint.feature_maps;
+    scores + features
 }
 
 /// The VAE decoder untiled: its single-head mid-block attention over the latent pixels and

@@ -26,4 +26,9 @@ impl Component {
             Component::Vae => "vae",
         }
     }
+
+    /// Whether it is a text encoder (dropped first in low-memory mode).
+    pub fn is_text_encoder(self) -> bool {
+        matches!(self, Component::TextEncoder | Component::TextEncoder2)
+    }
 }

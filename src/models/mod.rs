@@ -8,7 +8,7 @@ mod config_ranges;
 pub mod error;
 pub mod flux;
 mod gguf_check;
-pub mod opened;
+
 pub mod sd;
 pub mod t5_tokenizer;
 pub mod tensor_reader;

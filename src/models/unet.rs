@@ -164,6 +164,16 @@ impl UnetShape {
     pub fn downsample_count(&self) -> usize {
         self.blocks.len().saturating_sub(1)
     }
+
+    /// The first level with attention, as `(level, heads)` (level 0 is full latent
+    /// resolution); `None` for a UNet without attention.
+    pub fn first_attention_level(&self) -> Option<(usize, usize)> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .find(|(_, block)| block.cross_attention_depth.is_some())
+            .map(|(level, block)| (level, block.heads))
+    }
 }
 
 #[derive(Debug)]

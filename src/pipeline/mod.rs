@@ -6,7 +6,6 @@ pub mod noise;
 pub mod preview;
 pub mod request;
 pub mod result;
-pub mod run;
 pub mod sd;
 
 use std::time::Duration;

@@ -1,10 +1,8 @@
-//! A cheap live preview: latents mapped to RGB by a fixed linear map per latent space, so the
-//! window can show every step without running the VAE.
+//! A cheap live preview: latents mapped to RGB by a fixed linear map per latent space (each
+//! family names its map), so the window can show every step without running the VAE.
 
 use candle_core::{DType, Result, Tensor};
 use image::RgbImage;
-
-use crate::models::opened::LatentSpace;
 
 /// Least-squares fits of RGB to SD 1.x/2.x latents (rows: latent channels; columns: R, G, B),
 /// as the community previewers use them.
@@ -43,13 +41,34 @@ const FLUX_LATENT_TO_RGB: [[f32; 3]; 16] = [
 ];
 const FLUX_RGB_BIAS: [f32; 3] = [-0.0329, -0.0718, -0.0851];
 
+/// A latent space's linear map to RGB.
+#[derive(Debug, PartialEq)]
+pub struct PreviewMap {
+    /// One row of RGB weights per latent channel.
+    pub factors: &'static [[f32; 3]],
+    /// Added to every pixel.
+    pub bias: [f32; 3],
+}
+
+/// SD 1.x and 2.x latents.
+pub const SD_PREVIEW: PreviewMap = PreviewMap {
+    factors: &SD_LATENT_TO_RGB,
+    bias: [0.0; 3],
+};
+/// SDXL latents.
+pub const SDXL_PREVIEW: PreviewMap = PreviewMap {
+    factors: &SDXL_LATENT_TO_RGB,
+    bias: SDXL_RGB_BIAS,
+};
+/// FLUX.1 latents.
+pub const FLUX_PREVIEW: PreviewMap = PreviewMap {
+    factors: &FLUX_LATENT_TO_RGB,
+    bias: FLUX_RGB_BIAS,
+};
+
 /// An RGB approximation of `latents` (`1 x c x h x w`), one pixel per latent.
-pub fn latent_preview(latents: &Tensor, space: LatentSpace) -> Result<RgbImage> {
-    let (factors, bias): (&[[f32; 3]], [f32; 3]) = match space {
-        LatentSpace::StableDiffusion => (&SD_LATENT_TO_RGB, [0.0; 3]),
-        LatentSpace::StableDiffusionXl => (&SDXL_LATENT_TO_RGB, SDXL_RGB_BIAS),
-        LatentSpace::Flux => (&FLUX_LATENT_TO_RGB, FLUX_RGB_BIAS),
-    };
+pub fn latent_preview(latents: &Tensor, map: &PreviewMap) -> Result<RgbImage> {
+    let (factors, bias) = (map.factors, map.bias);
     let (_, channels, height, width) = latents.dims4()?;
     let latents = latents.get(0)?.to_dtype(DType::F32)?;
     let used = channels.min(factors.len());
@@ -82,16 +101,13 @@ mod tests {
     fn preview_has_one_pixel_per_latent_and_follows_the_latents() -> Result<()> {
         let device = Device::Cpu;
         let zeros = Tensor::zeros((1, 4, 3, 5), DType::F32, &device)?;
-        let grey = latent_preview(&zeros, LatentSpace::StableDiffusion)?;
+        let grey = latent_preview(&zeros, &SD_PREVIEW)?;
         assert_eq!(grey.dimensions(), (5, 3));
         assert!(grey.pixels().all(|p| p.0 == [128, 128, 128]));
         // Channel 0 alone pushes every colour up for SD.
         let first = Tensor::ones((1, 1, 3, 5), DType::F32, &device)?;
         let rest = Tensor::zeros((1, 3, 3, 5), DType::F32, &device)?;
-        let bright = latent_preview(
-            &Tensor::cat(&[first, rest], 1)?,
-            LatentSpace::StableDiffusion,
-        )?;
+        let bright = latent_preview(&Tensor::cat(&[first, rest], 1)?, &SD_PREVIEW)?;
         assert!(bright.pixels().all(|p| p.0.iter().all(|&c| c > 150)));
         Ok(())
     }

@@ -82,15 +82,15 @@ impl EaselApp {
         else {
             return;
         };
-        match ModelEntry::read(&dir) {
+        match read_model(&dir) {
             Ok(entry) => {
-                self.prompt.settings.model = Some(entry.path.clone());
+                self.prompt.settings.model = Some(entry.dir.clone());
                 (
                     self.prompt.settings.width_px,
                     self.prompt.settings.height_px,
                 ) = entry.native_size_px;
-                if !self.models.iter().any(|m| m.path == entry.path) {
-                    self.opened_models.push(entry.path.clone());
+                if !self.models.iter().any(|m| m.dir == entry.dir) {
+                    self.opened_models.push(entry.dir.clone());
                     self.models.push(entry);
                 }
             }

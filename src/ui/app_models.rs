@@ -63,12 +63,12 @@ impl EaselApp {
 
     /// Adds the model in `folder` to the picker (once); picks it when `pick`.
     pub(super) fn use_model_folder(&mut self, folder: &std::path::Path, pick: bool) {
-        match ModelEntry::read(folder) {
+        match read_model(folder) {
             Ok(entry) => {
                 if pick {
                     self.prompt.settings.pick_model(&entry);
                 }
-                if !self.models.iter().any(|m| m.path == entry.path) {
+                if !self.models.iter().any(|m| m.dir == entry.dir) {
                     self.models.push(entry);
                 }
             }

@@ -79,7 +79,7 @@ impl EaselApp {
             .and_then(|name| self.models.iter().find(|m| &m.name == name))
         {
             if fresh_session || settings.model.is_none() {
-                settings.model = Some(entry.path.clone());
+                settings.model = Some(entry.dir.clone());
             }
         }
         if fresh_session {

@@ -34,7 +34,7 @@ use eframe::egui;
 use background::Background;
 use canvas::{CanvasAction, CanvasPanel};
 use engine_link::EngineLink;
-use model_list::{scan_models_dir, ModelEntry};
+use model_list::{read_model, scan_models_dir, ModelEntry};
 use models_panel::ModelsPanel;
 use prompt_panel::{PromptAction, PromptContext, PromptPanel};
 use references::{ReferenceAction, References};
@@ -150,8 +150,8 @@ impl EaselApp {
         models_panel.refresh(&CacheRoots::with_user_cache(&paths.models_dir));
         let mut models = scan_models_dir(&paths.models_dir);
         for dir in &session.opened_models {
-            if let Ok(entry) = ModelEntry::read(dir) {
-                if !models.iter().any(|m| m.path == entry.path) {
+            if let Ok(entry) = read_model(dir) {
+                if !models.iter().any(|m| m.dir == entry.dir) {
                     models.push(entry);
                 }
             }

@@ -61,12 +61,15 @@ impl Default for PromptSettings {
 }
 
 impl PromptSettings {
-    /// Picks `entry`: its native size, and the steps and guidance it wants, if any.
+    /// Picks `entry`: its native size, and its steps, guidance and sampler when it runs
+    /// only as they say (a distilled or catalog model).
     pub fn pick_model(&mut self, entry: &ModelEntry) {
-        self.model = Some(entry.path.clone());
+        self.model = Some(entry.dir.clone());
         (self.width_px, self.height_px) = entry.native_size_px;
-        if let Some((steps, guidance)) = entry.recommended_steps_guidance {
-            (self.steps, self.guidance) = (steps, guidance);
+        if entry.wants_its_defaults {
+            self.steps = entry.defaults.steps;
+            self.guidance = entry.defaults.guidance;
+            self.sampler = entry.defaults.sampler;
         }
     }
 
@@ -85,7 +88,7 @@ impl PromptSettings {
             .model_name
             .as_ref()
             .and_then(|name| models.iter().find(|m| &m.name == name))
-            .map(|m| m.path.clone());
+            .map(|m| m.dir.clone());
         if let Some(model) = model.or(named) {
             self.model = Some(model);
         }
@@ -150,7 +153,7 @@ impl PromptPanel {
             let selected = s
                 .model
                 .as_ref()
-                .and_then(|m| context.models.iter().find(|e| &e.path == m))
+                .and_then(|m| context.models.iter().find(|e| &e.dir == m))
                 .map(|e| e.name.clone())
                 .or_else(|| s.model.as_ref().map(|m| m.display().to_string()))
                 .unwrap_or_else(|| "none: open a model folder".to_string());
@@ -158,7 +161,7 @@ impl PromptPanel {
                 .selected_text(selected)
                 .show_ui(ui, |ui| {
                     for entry in context.models {
-                        let chosen = s.model.as_ref() == Some(&entry.path);
+                        let chosen = s.model.as_ref() == Some(&entry.dir);
                         if ui.selectable_label(chosen, &entry.name).clicked() && !chosen {
                             s.pick_model(entry);
                         }
@@ -188,29 +191,35 @@ impl PromptPanel {
                 format!("Cut off at the text encoder's token limit: \"{cut}\""),
             );
         }
-        // FLUX has no negative prompt and one sampler: those fields rest (kept for SD).
-        let sd_controls = s
+        // A model without a negative prompt or a sampler choice (FLUX) rests those fields
+        // (kept for the next model that takes them).
+        let picked = s
             .model
             .as_ref()
-            .and_then(|m| context.models.iter().find(|e| &e.path == m))
-            .is_none_or(ModelEntry::takes_negative_prompt_and_sampler);
+            .and_then(|m| context.models.iter().find(|e| &e.dir == m));
+        let negative_controls = picked.is_none_or(|e| e.negative_prompt);
+        let picked_multiple = picked.map(|e| e.size_multiple_px);
+        let multiple = picked_multiple.unwrap_or(8);
+        let sampler_controls = picked.is_none_or(|e| e.sampler_choice);
         let label = ui.label("Negative prompt");
+        let family = picked.map_or("", |e| e.family);
+        let no_negative = format!("{family} takes no negative prompt");
         ui.add_enabled(
-            sd_controls,
+            negative_controls,
             egui::TextEdit::multiline(&mut s.negative_prompt)
                 .desired_rows(2)
                 .desired_width(f32::INFINITY)
-                .hint_text(if sd_controls {
+                .hint_text(if negative_controls {
                     "what to avoid"
                 } else {
-                    "FLUX takes no negative prompt"
+                    no_negative.as_str()
                 }),
         )
         .labelled_by(label.id);
 
         egui::Grid::new("numbers").num_columns(2).show(ui, |ui| {
             let label = ui.label("Sampler");
-            if sd_controls {
+            if sampler_controls {
                 egui::ComboBox::from_id_salt("sampler")
                     .selected_text(s.sampler.name())
                     .show_ui(ui, |ui| {
@@ -221,7 +230,8 @@ impl PromptPanel {
                     .response
                     .labelled_by(label.id);
             } else {
-                ui.label("flow-match Euler").labelled_by(label.id);
+                let own = picked.map_or("", |e| e.own_sampler);
+                ui.label(own).labelled_by(label.id);
             }
             ui.end_row();
             labelled_drag(
@@ -255,8 +265,8 @@ impl PromptPanel {
                 ui.label("Size");
                 ui.label(format!(
                     "{}×{} (the init image's)",
-                    width / 8 * 8,
-                    height / 8 * 8
+                    width / multiple * multiple,
+                    height / multiple * multiple
                 ));
                 ui.end_row();
             } else {
@@ -265,19 +275,19 @@ impl PromptPanel {
                     "Width",
                     egui::DragValue::new(&mut s.width_px)
                         .range(64..=4096)
-                        .speed(8),
+                        .speed(multiple),
                 );
                 labelled_drag(
                     ui,
                     "Height",
                     egui::DragValue::new(&mut s.height_px)
                         .range(64..=4096)
-                        .speed(8),
+                        .speed(multiple),
                 );
                 if let Some(entry) = s
                     .model
                     .as_ref()
-                    .and_then(|m| context.models.iter().find(|e| &e.path == m))
+                    .and_then(|m| context.models.iter().find(|e| &e.dir == m))
                 {
                     ui.label("Presets");
                     ui.horizontal_wrapped(|ui| {
@@ -293,7 +303,7 @@ impl PromptPanel {
             let picked = s
                 .model
                 .as_ref()
-                .and_then(|m| context.models.iter().find(|e| &e.path == m));
+                .and_then(|m| context.models.iter().find(|e| &e.dir == m));
             if let Some(entry) = picked {
                 let size_px = context.init_size_px.unwrap_or((s.width_px, s.height_px));
                 let estimate = entry.memory_estimate(size_px, context.bytes_per_weight);
@@ -328,9 +338,9 @@ impl PromptPanel {
                 egui::DragValue::new(&mut s.batch_count).range(1..=64),
             );
         });
-        // Sizes the model can take are multiples of 8.
-        s.width_px = s.width_px / 8 * 8;
-        s.height_px = s.height_px / 8 * 8;
+        // Sizes the picked model can take: multiples of 8 (Stable Diffusion) or 16 (FLUX).
+        s.width_px = (s.width_px / multiple).max(1) * multiple;
+        s.height_px = (s.height_px / multiple).max(1) * multiple;
 
         ui.label(format!("Mode: {}", context.mode.name()));
         ui.horizontal(|ui| {

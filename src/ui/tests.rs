@@ -629,6 +629,35 @@ fn enter_text(harness: &mut Harness<'_, EaselApp>, label: &str, text: &str) {
 }
 
 #[test]
+fn an_odd_width_typed_for_a_flux_model_becomes_a_multiple_of_16() {
+    if parity_missing() {
+        return;
+    }
+    let folders = Folders::new();
+    let flux = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parity/models/flux-tiny-dev");
+    std::os::unix::fs::symlink(
+        flux.canonicalize().expect("canonical"),
+        folders.paths().models_dir.join("flux-tiny-dev"),
+    )
+    .expect("link the FLUX model");
+    let mut harness = window(folders.paths(), plain_engine());
+    harness.step();
+    harness.state_mut().prompt.settings.model = None;
+    click(&mut harness, "Model");
+    click(&mut harness, "flux-tiny-dev");
+    enter_text(&mut harness, "Width", "1000");
+    enter_text(&mut harness, "Height", "777");
+    let settings = &harness.state().prompt.settings;
+    assert_eq!((settings.width_px, settings.height_px), (992, 768));
+
+    // A Stable Diffusion model takes multiples of 8.
+    click(&mut harness, "Model");
+    click(&mut harness, "sd15-tiny");
+    enter_text(&mut harness, "Width", "1000");
+    assert_eq!(harness.state().prompt.settings.width_px, 1000);
+}
+
+#[test]
 fn a_setting_changed_in_the_window_is_saved_at_once_and_a_bad_one_is_refused() {
     if parity_missing() {
         return;
@@ -750,7 +779,7 @@ fn the_models_window_shows_the_fit_downloads_and_offers_the_model() {
         app.models_panel.located("sd15").is_some()
     });
     let folder = folders.paths().models_dir.join("catalog/sd15");
-    assert!(harness.state().models.iter().any(|m| m.path == folder));
+    assert!(harness.state().models.iter().any(|m| m.dir == folder));
     harness.step();
     harness.get_by_label("Use Stable Diffusion 1.5").click();
     harness.step();

@@ -1,0 +1,231 @@
+//! FLUX.1 schnell and dev (Black Forest Labs' files, GGUF transformers): its facts and its
+//! place behind the family interface, over `models::flux` (weights) and `pipeline::flux`
+//! (the loop).
+
+use std::path::Path;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+use super::sd::folder_name;
+use super::{
+    time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind,
+    LoadedModel, ModelDefaults, ModelInfo, PartBytes,
+};
+use crate::models::component::Component;
+use crate::models::error::ModelError;
+use crate::models::flux::{FluxModel, FluxVariant, FLUX_PATCH_PX};
+use crate::pipeline::noise::NoiseSource;
+use crate::pipeline::preview::{latent_preview, FLUX_PREVIEW};
+use crate::pipeline::request::{GenerateRequest, RequestError};
+use crate::pipeline::result::{Denoised, Generated};
+use crate::pipeline::{flux, PipelineError, StageTimings, StepObserver};
+use crate::schedulers::SamplerKind;
+
+/// FLUX.1: a folder whose `model_index.json` names a FLUX pipeline.
+pub(super) struct FluxFamily;
+
+impl Family for FluxFamily {
+    fn recognizes(&self, dir: &Path) -> bool {
+        FluxModel::is_flux_folder(dir)
+    }
+
+    fn info(&self, dir: &Path) -> Result<ModelInfo, ModelError> {
+        // Only configs are read: the CPU device is a name here, nothing is allocated on it.
+        let model = FluxModel::open(dir, &Device::Cpu, DType::F32)?;
+        Ok(info_of(&model))
+    }
+
+    fn open(
+        &self,
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Box<dyn LoadedModel>, ModelError> {
+        let model = FluxModel::open(dir, device, dtype)?;
+        let info = info_of(&model);
+        Ok(Box::new(LoadedFlux { model, info }))
+    }
+}
+
+/// The facts of an opened (not loaded) FLUX folder.
+fn info_of(model: &FluxModel) -> ModelInfo {
+    let (family, guidance) = match model.variant {
+        FluxVariant::Schnell => ("FLUX.1 [schnell]", GuidanceKind::None),
+        FluxVariant::Dev => ("FLUX.1 [dev]", GuidanceKind::Distilled),
+    };
+    let (steps, guidance_scale) = model.variant.default_steps_and_guidance();
+    let json = &model.transformer_json;
+    let footprint = DenoiserFootprint::joint_transformer(
+        json.num_attention_heads as u64,
+        model.variant.max_sequence_length() as u64,
+        (json.num_attention_heads * json.attention_head_dim) as u64,
+    );
+    let bytes_of =
+        |components: &[Component]| -> u64 { components.iter().map(|c| model.file_bytes(*c)).sum() };
+    ModelInfo {
+        dir: model.dir().to_path_buf(),
+        name: folder_name(model.dir()),
+        family,
+        native_size_px: model.native_size_px(),
+        size_multiple_px: FLUX_PATCH_PX,
+        defaults: ModelDefaults {
+            steps,
+            guidance: guidance_scale,
+            sampler: SamplerKind::Euler,
+        },
+        wants_its_defaults: true,
+        capabilities: Capabilities {
+            txt2img: true,
+            img2img: true,
+            inpaint: true,
+            inpainting_model: false,
+            edit_references: 0,
+            controlnet: false,
+            lora: false,
+        },
+        negative_prompt: false,
+        sampler_choice: false,
+        own_sampler: "flow-match Euler",
+        guidance,
+        footprint,
+        weights: PartBytes {
+            text_bytes: bytes_of(&[Component::TextEncoder, Component::TextEncoder2]),
+            denoiser_bytes: bytes_of(&[Component::Transformer]),
+            vae_bytes: bytes_of(&[Component::Vae]),
+        },
+    }
+}
+
+/// An opened FLUX folder.
+#[derive(Debug)]
+struct LoadedFlux {
+    model: FluxModel,
+    info: ModelInfo,
+}
+
+impl LoadedModel for LoadedFlux {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn components(&self) -> Vec<Component> {
+        self.model.components()
+    }
+
+    fn denoiser(&self) -> Component {
+        Component::Transformer
+    }
+
+    fn is_loaded(&self, component: Component) -> bool {
+        self.model.is_loaded(component)
+    }
+
+    fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
+        self.model.load(component)
+    }
+
+    fn unload(&mut self, component: Component) {
+        self.model.unload(component);
+    }
+
+    fn unload_all(&mut self) {
+        self.model.unload_all();
+    }
+
+    fn file_bytes(&self, component: Component) -> u64 {
+        self.model.file_bytes(component)
+    }
+
+    fn loaded_bytes(&self) -> &[(Component, u64)] {
+        self.model.loaded_bytes()
+    }
+
+    fn check_inputs(&self, request: &GenerateRequest) -> Result<(u32, u32), RequestError> {
+        flux::check_inputs(&self.model, request)
+    }
+
+    fn encode(
+        &self,
+        request: &GenerateRequest,
+        timings: &mut StageTimings,
+    ) -> Result<EncodedPrompt, PipelineError> {
+        flux::encode(&self.model, request, timings).map(EncodedPrompt::new)
+    }
+
+    fn denoise(
+        &self,
+        request: &GenerateRequest,
+        prompt: &EncodedPrompt,
+        noise: &mut dyn NoiseSource,
+        observer: &mut dyn StepObserver,
+        timings: StageTimings,
+    ) -> Result<Denoised, PipelineError> {
+        let prompt = prompt.get::<flux::EncodedPrompt>()?;
+        flux::denoise(&self.model, request, prompt, noise, observer, timings)
+    }
+
+    fn decode(
+        &self,
+        request: &GenerateRequest,
+        denoised: Denoised,
+    ) -> Result<Generated, PipelineError> {
+        flux::decode(&self.model, request, denoised)
+    }
+
+    fn preview(&self, latents: &Tensor) -> candle_core::Result<RgbImage> {
+        latent_preview(latents, &FLUX_PREVIEW)
+    }
+
+    fn latents_as_diffusers_records(&self, latents: &Tensor) -> candle_core::Result<Tensor> {
+        flux::pack(latents)
+    }
+
+    fn has_quantized_denoiser(&self) -> bool {
+        self.model.can_switch_to_quantized()
+    }
+
+    fn use_quantized_denoiser(&mut self, quantized: bool) {
+        self.model.prefer_quantized(quantized);
+    }
+
+    fn time_denoiser_forward(
+        &mut self,
+        request: &GenerateRequest,
+        size_px: u32,
+        runs: usize,
+    ) -> Result<Vec<f64>, PipelineError> {
+        let model = &mut self.model;
+        model.load(Component::Transformer)?;
+        let transformer = model
+            .transformer()
+            .ok_or(PipelineError::NotLoaded(Component::Transformer))?;
+        let device = model.device().clone();
+        let dtype = model.dtype();
+        let json = &model.transformer_json;
+        let side = (size_px / 16) as usize;
+        let text_len = request
+            .max_sequence_length
+            .unwrap_or_else(|| model.variant.max_sequence_length());
+        let random = |shape: &[usize]| -> candle_core::Result<Tensor> {
+            Tensor::randn(0f32, 1.0, shape, &device)?.to_dtype(dtype)
+        };
+        let latents = random(&[1, side * side, json.in_channels])?;
+        let ids: Vec<f32> = (0..side)
+            .flat_map(|r| (0..side).flat_map(move |c| [0.0, r as f32, c as f32]))
+            .collect();
+        let img_ids = Tensor::from_vec(ids, (1, side * side, 3), &device)?.to_dtype(dtype)?;
+        let text = random(&[1, text_len, json.joint_attention_dim])?;
+        let text_ids = Tensor::zeros((1, text_len, 3), dtype, &device)?;
+        let pooled = random(&[1, json.pooled_projection_dim])?;
+        let timestep = Tensor::full(0.9f32, 1, &device)?.to_dtype(dtype)?;
+        let guidance = Tensor::full(request.guidance as f32, 1, &device)?.to_dtype(dtype)?;
+        let guidance = json.guidance_embeds.then_some(&guidance);
+        time_forwards(runs, || {
+            transformer.forward(
+                &latents, &img_ids, &text, &text_ids, &timestep, &pooled, guidance,
+            )
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! Model families behind one interface. A family is one module here (its facts and the
+//! `Family` / `LoadedModel` implementations) over its own model and pipeline files; the
+//! engine, the residency cache, the bench, replay, the CLI and the window use only what this
+//! module declares, and never ask which family a model is. Registering a family is one line
+//! in `FAMILIES`.
+
+mod flux;
+mod info;
+mod sd;
+
+use std::any::Any;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+pub use info::{
+    Capabilities, DenoiserFootprint, GuidanceKind, ModelDefaults, ModelInfo, PartBytes,
+};
+
+use crate::models::component::Component;
+use crate::models::error::ModelError;
+use crate::models::vae::VaeTiling;
+use crate::pipeline::noise::NoiseSource;
+use crate::pipeline::request::{GenerateRequest, RequestError};
+use crate::pipeline::result::{Denoised, Generated};
+use crate::pipeline::{PipelineError, StageTimings, StepObserver};
+
+/// Every family Easel runs, the most particular first (the first that recognizes a folder
+/// opens it).
+static FAMILIES: &[&dyn Family] = &[&flux::FluxFamily, &sd::StableDiffusionFamily];
+
+/// A kind of model: how to recognize its folders, read their facts and open them.
+pub trait Family: Sync {
+    /// Whether `dir` holds a model of this family (its configs only are read).
+    fn recognizes(&self, dir: &Path) -> bool;
+    /// The facts of the model in `dir`, from its configs; no weights are read.
+    fn info(&self, dir: &Path) -> Result<ModelInfo, ModelError>;
+    /// Opens `dir` for `device` at `dtype`; components load when asked.
+    fn open(
+        &self,
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Box<dyn LoadedModel>, ModelError>;
+}
+
+/// The family of the model in `dir`; Stable Diffusion (the diffusers layout) when no other
+/// recognizes it, so that its errors name the missing files.
+fn family_of(dir: &Path) -> Result<&'static dyn Family, ModelError> {
+    if !dir.is_dir() {
+        return Err(ModelError::FolderNotFound {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(FAMILIES
+        .iter()
+        .copied()
+        .find(|family| family.recognizes(dir))
+        .unwrap_or(&sd::StableDiffusionFamily))
+}
+
+impl ModelInfo {
+    /// The facts of the model in `dir` (a model folder, or a catalog model's assembled
+    /// folder, whose catalog defaults then apply), without a device or weights.
+    pub fn read(dir: &Path) -> Result<Self, ModelError> {
+        let mut info = family_of(dir)?.info(dir)?;
+        info.apply_catalog_defaults();
+        Ok(info)
+    }
+}
+
+/// Opens the model in `dir` as its family, for `device` at `dtype`.
+pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn LoadedModel>, ModelError> {
+    family_of(dir)?.open(dir, device, dtype)
+}
+
+/// A prompt as one family encoded it, handed back to the same model's `denoise`.
+pub struct EncodedPrompt(Box<dyn Any + Send>);
+
+impl std::fmt::Debug for EncodedPrompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncodedPrompt")
+    }
+}
+
+impl EncodedPrompt {
+    /// Wraps a family's own encoded prompt.
+    pub fn new<T: Any + Send>(prompt: T) -> Self {
+        Self(Box::new(prompt))
+    }
+
+    /// The family's own encoded prompt, or an error when another family made it.
+    pub fn get<T: Any>(&self) -> Result<&T, PipelineError> {
+        self.0.downcast_ref().ok_or_else(|| {
+            PipelineError::Compute(
+                "a prompt encoded by one model family was given to another".into(),
+            )
+        })
+    }
+}
+
+/// An opened model of any family: its components (loaded on demand), the pipeline phases,
+/// and what its fallbacks can change.
+pub trait LoadedModel: Send + std::fmt::Debug {
+    /// Its facts.
+    fn info(&self) -> &ModelInfo;
+    /// The model folder.
+    fn dir(&self) -> &Path {
+        &self.info().dir
+    }
+    /// The components every job needs, in pipeline order.
+    fn components(&self) -> Vec<Component>;
+    /// The text encoders among `components`.
+    fn text_encoders(&self) -> Vec<Component> {
+        self.components()
+            .into_iter()
+            .filter(|c| c.is_text_encoder())
+            .collect()
+    }
+    /// The denoiser (UNet or transformer).
+    fn denoiser(&self) -> Component;
+    /// Whether `component` is in memory.
+    fn is_loaded(&self, component: Component) -> bool;
+    /// Loads `component` if it is not loaded, returning how long that took.
+    fn load(&mut self, component: Component) -> Result<Duration, ModelError>;
+    /// Drops `component`'s weights.
+    fn unload(&mut self, component: Component);
+    /// Drops every component.
+    fn unload_all(&mut self);
+    /// Bytes of `component`'s weight files, loaded or not.
+    fn file_bytes(&self, component: Component) -> u64;
+    /// Bytes of weight files behind each loaded component.
+    fn loaded_bytes(&self) -> &[(Component, u64)];
+
+    /// Checks `request` against the model before any weights load; returns the output size.
+    fn check_inputs(&self, request: &GenerateRequest) -> Result<(u32, u32), RequestError>;
+    /// Steps 1 and 2: checks the request and encodes the prompt (text encoders loaded).
+    fn encode(
+        &self,
+        request: &GenerateRequest,
+        timings: &mut StageTimings,
+    ) -> Result<EncodedPrompt, PipelineError>;
+    /// Steps 3 and 4: prepares and denoises the latents (denoiser loaded, and the VAE when
+    /// the request has an init image).
+    fn denoise(
+        &self,
+        request: &GenerateRequest,
+        prompt: &EncodedPrompt,
+        noise: &mut dyn NoiseSource,
+        observer: &mut dyn StepObserver,
+        timings: StageTimings,
+    ) -> Result<Denoised, PipelineError>;
+    /// Step 5: decodes (VAE loaded) and pastes the kept pixels back.
+    fn decode(
+        &self,
+        request: &GenerateRequest,
+        denoised: Denoised,
+    ) -> Result<Generated, PipelineError>;
+    /// An RGB approximation of a step's latents, one pixel per latent.
+    fn preview(&self, latents: &Tensor) -> candle_core::Result<RgbImage>;
+    /// Step latents as diffusers records them in the parity goldens (FLUX: packed).
+    fn latents_as_diffusers_records(&self, latents: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(latents.clone())
+    }
+
+    /// How the VAE tiles (models whose autoencoder does not tile ignore it).
+    fn set_vae_tiling(&mut self, _tiling: VaeTiling) {}
+    /// Whether a quantized denoiser can stand in for the full one (the last fallback).
+    fn has_quantized_denoiser(&self) -> bool {
+        false
+    }
+    /// Runs the quantized denoiser (true) or the full one (false) from the next load on.
+    fn use_quantized_denoiser(&mut self, _quantized: bool) {}
+
+    /// Seconds of each of `runs` bare denoiser forwards on the shapes of one step of
+    /// `request` at `size_px` square (the denoiser is loaded first).
+    fn time_denoiser_forward(
+        &mut self,
+        request: &GenerateRequest,
+        size_px: u32,
+        runs: usize,
+    ) -> Result<Vec<f64>, PipelineError>;
+}
+
+/// Loads those of `components` not yet loaded, in order, recording each load in `timings`
+/// and calling `on_load(component, progress)` with 0 before and 1 after it.
+pub fn load_these(
+    model: &mut dyn LoadedModel,
+    components: &[Component],
+    timings: &mut StageTimings,
+    on_load: &mut dyn FnMut(Component, f32),
+) -> Result<(), PipelineError> {
+    for &component in components {
+        if !model.is_loaded(component) {
+            on_load(component, 0.0);
+            let took = model.load(component)?;
+            timings.push(format!("load {}", component.name()), took);
+            on_load(component, 1.0);
+        }
+    }
+    Ok(())
+}
+
+/// Runs one generation with every component loaded.
+pub fn generate(
+    model: &dyn LoadedModel,
+    request: &GenerateRequest,
+    noise: &mut dyn NoiseSource,
+    observer: &mut dyn StepObserver,
+    mut timings: StageTimings,
+) -> Result<Generated, PipelineError> {
+    let prompt = model.encode(request, &mut timings)?;
+    let denoised = model.denoise(request, &prompt, noise, observer, timings)?;
+    model.decode(request, denoised)
+}
+
+/// Seconds of each of `runs` calls of `forward`, each waited for by reading a value back from
+/// the device.
+fn time_forwards(
+    runs: usize,
+    mut forward: impl FnMut() -> candle_core::Result<Tensor>,
+) -> Result<Vec<f64>, PipelineError> {
+    let mut secs = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        forward()?
+            .flatten_all()?
+            .get(0)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
+        secs.push(started.elapsed().as_secs_f64());
+    }
+    Ok(secs)
+}

@@ -1,0 +1,238 @@
+//! Stable Diffusion 1.x, 2.x and SDXL (the diffusers layout): its facts and its place behind
+//! the family interface, over `models::sd` (weights) and `pipeline::sd` (the loop).
+
+use std::path::Path;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+use super::{
+    time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind,
+    LoadedModel, ModelDefaults, ModelInfo, PartBytes,
+};
+use crate::models::component::Component;
+use crate::models::error::ModelError;
+use crate::models::sd::{Family as Variant, SdModel};
+use crate::models::unet::TextTimeConditioning;
+use crate::models::vae::VaeTiling;
+use crate::pipeline::noise::NoiseSource;
+use crate::pipeline::preview::{latent_preview, SDXL_PREVIEW, SD_PREVIEW};
+use crate::pipeline::request::{GenerateRequest, RequestError};
+use crate::pipeline::result::{Denoised, Generated};
+use crate::pipeline::{sd, PipelineError, StageTimings, StepObserver};
+use crate::schedulers::SamplerKind;
+
+/// What an artist starts from with a Stable Diffusion model that is not in the catalog.
+const DEFAULTS: ModelDefaults = ModelDefaults {
+    steps: 25,
+    guidance: 7.5,
+    sampler: SamplerKind::Dpmpp2mKarras,
+};
+
+/// Stable Diffusion: any diffusers folder that no other family claims.
+pub(super) struct StableDiffusionFamily;
+
+impl Family for StableDiffusionFamily {
+    fn recognizes(&self, dir: &Path) -> bool {
+        dir.join("unet/config.json").is_file()
+    }
+
+    fn info(&self, dir: &Path) -> Result<ModelInfo, ModelError> {
+        // Only configs are read: the CPU device is a name here, nothing is allocated on it.
+        let model = SdModel::open(dir, &Device::Cpu, DType::F32)?;
+        Ok(info_of(&model))
+    }
+
+    fn open(
+        &self,
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Box<dyn LoadedModel>, ModelError> {
+        let model = SdModel::open(dir, device, dtype)?;
+        let info = info_of(&model);
+        Ok(Box::new(LoadedSd { model, info }))
+    }
+}
+
+/// The facts of an opened (not loaded) Stable Diffusion folder.
+fn info_of(model: &SdModel) -> ModelInfo {
+    let inpainting_model = model.unet_shape.in_channels != model.vae_config.latent_channels;
+    let family = match model.family {
+        Variant::StableDiffusionXl => "Stable Diffusion XL",
+        Variant::StableDiffusion if model.unet_shape.cross_attention_dim() >= 1024 => {
+            "Stable Diffusion 2.x"
+        }
+        Variant::StableDiffusion => "Stable Diffusion 1.x",
+    };
+    // The attention at the first level that has it sets the activations' size: SD 1.x has 8
+    // heads over every latent pixel, SD 2.x 5, SDXL none until the second level.
+    let footprint = match model.unet_shape.first_attention_level() {
+        Some((level, heads)) => DenoiserFootprint::unet(heads as u64, 1 << (2 * level)),
+        None => DenoiserFootprint::unet(0, 1),
+    };
+    let bytes_of =
+        |components: &[Component]| -> u64 { components.iter().map(|c| model.file_bytes(*c)).sum() };
+    let text_encoders: Vec<Component> = model
+        .components()
+        .into_iter()
+        .filter(|c| c.is_text_encoder())
+        .collect();
+    ModelInfo {
+        dir: model.dir().to_path_buf(),
+        name: folder_name(model.dir()),
+        family,
+        native_size_px: model.native_size_px(),
+        size_multiple_px: 8,
+        defaults: DEFAULTS,
+        wants_its_defaults: false,
+        capabilities: Capabilities {
+            txt2img: !inpainting_model,
+            img2img: !inpainting_model,
+            inpaint: true,
+            inpainting_model,
+            edit_references: 0,
+            controlnet: false,
+            lora: false,
+        },
+        negative_prompt: true,
+        sampler_choice: true,
+        own_sampler: "",
+        guidance: GuidanceKind::ClassifierFree,
+        footprint,
+        weights: PartBytes {
+            text_bytes: bytes_of(&text_encoders),
+            denoiser_bytes: bytes_of(&[Component::Unet]),
+            vae_bytes: bytes_of(&[Component::Vae]),
+        },
+    }
+}
+
+/// The last part of `dir`, as the picker shows it.
+pub(super) fn folder_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// An opened Stable Diffusion folder.
+#[derive(Debug)]
+struct LoadedSd {
+    model: SdModel,
+    info: ModelInfo,
+}
+
+impl LoadedModel for LoadedSd {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn components(&self) -> Vec<Component> {
+        self.model.components()
+    }
+
+    fn denoiser(&self) -> Component {
+        Component::Unet
+    }
+
+    fn is_loaded(&self, component: Component) -> bool {
+        self.model.is_loaded(component)
+    }
+
+    fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
+        self.model.load(component)
+    }
+
+    fn unload(&mut self, component: Component) {
+        self.model.unload(component);
+    }
+
+    fn unload_all(&mut self) {
+        self.model.unload_all();
+    }
+
+    fn file_bytes(&self, component: Component) -> u64 {
+        self.model.file_bytes(component)
+    }
+
+    fn loaded_bytes(&self) -> &[(Component, u64)] {
+        self.model.loaded_bytes()
+    }
+
+    fn check_inputs(&self, request: &GenerateRequest) -> Result<(u32, u32), RequestError> {
+        sd::check_inputs(&self.model, request)
+    }
+
+    fn encode(
+        &self,
+        request: &GenerateRequest,
+        timings: &mut StageTimings,
+    ) -> Result<EncodedPrompt, PipelineError> {
+        sd::encode(&self.model, request, timings).map(EncodedPrompt::new)
+    }
+
+    fn denoise(
+        &self,
+        request: &GenerateRequest,
+        prompt: &EncodedPrompt,
+        noise: &mut dyn NoiseSource,
+        observer: &mut dyn StepObserver,
+        timings: StageTimings,
+    ) -> Result<Denoised, PipelineError> {
+        let prompt = prompt.get::<sd::EncodedPrompt>()?;
+        sd::denoise(&self.model, request, prompt, noise, observer, timings)
+    }
+
+    fn decode(
+        &self,
+        request: &GenerateRequest,
+        denoised: Denoised,
+    ) -> Result<Generated, PipelineError> {
+        sd::decode(&self.model, request, denoised)
+    }
+
+    fn preview(&self, latents: &Tensor) -> candle_core::Result<RgbImage> {
+        match self.model.family {
+            Variant::StableDiffusion => latent_preview(latents, &SD_PREVIEW),
+            Variant::StableDiffusionXl => latent_preview(latents, &SDXL_PREVIEW),
+        }
+    }
+
+    fn set_vae_tiling(&mut self, tiling: VaeTiling) {
+        self.model.set_vae_tiling(tiling);
+    }
+
+    fn time_denoiser_forward(
+        &mut self,
+        _request: &GenerateRequest,
+        size_px: u32,
+        runs: usize,
+    ) -> Result<Vec<f64>, PipelineError> {
+        let device = self.model.device().clone();
+        self.model.load(Component::Unet)?;
+        let unet = self
+            .model
+            .unet()
+            .ok_or(PipelineError::NotLoaded(Component::Unet))?;
+        let side = (size_px / 8) as usize;
+        let shape = &self.model.unet_shape;
+        let latents = Tensor::randn(0f32, 1.0, (2, shape.in_channels, side, side), &device)?;
+        let text = Tensor::randn(0f32, 1.0, (2, 77, shape.cross_attention_dim()), &device)?;
+        let text_time = match shape.text_time {
+            Some(text_time) => Some(TextTimeConditioning {
+                pooled_text: Tensor::randn(
+                    0f32,
+                    1.0,
+                    (2, text_time.input_dim - 6 * text_time.time_embed_dim),
+                    &device,
+                )?,
+                time_ids: Tensor::ones((2, 6), DType::F32, &device)?,
+            }),
+            None => None,
+        };
+        time_forwards(runs, || {
+            unet.forward(&latents, 999.0, &text, text_time.as_ref())
+        })
+    }
+}

@@ -1,0 +1,95 @@
+//! Model facts read once, from configs only (`ModelInfo::read`), for every family: what the
+//! window, the CLI, the catalog and the engine decide a model's defaults, sizes, abilities and
+//! memory from.
+
+// Tests may panic on setup failures: that is how a test reports them.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use easel::families::{GuidanceKind, ModelInfo};
+use easel::schedulers::SamplerKind;
+
+#[test]
+fn each_family_states_its_sizes_defaults_and_controls() {
+    if common::parity_missing() {
+        return;
+    }
+    let sd = ModelInfo::read(&common::model("sd15-tiny")).expect("sd15");
+    assert_eq!(sd.size_multiple_px, 8);
+    assert!(sd.negative_prompt && sd.sampler_choice && !sd.wants_its_defaults);
+    assert_eq!(sd.guidance, GuidanceKind::ClassifierFree);
+    assert!(sd.capabilities.txt2img && sd.capabilities.inpaint);
+    assert!(!sd.capabilities.inpainting_model);
+    assert_eq!(sd.native_size_px, (64, 64));
+
+    let inpaint = ModelInfo::read(&common::model("sd15-tiny-inpaint")).expect("inpaint");
+    assert!(inpaint.capabilities.inpainting_model && !inpaint.capabilities.txt2img);
+
+    let xl = ModelInfo::read(&common::model("sdxl-tiny")).expect("sdxl");
+    assert_eq!(xl.family, "Stable Diffusion XL");
+    // No attention at its first level: tokens are counted one level down.
+    assert_eq!(xl.footprint.latent_px_per_token, 4);
+
+    let dev = ModelInfo::read(&common::model("flux-tiny-dev")).expect("flux dev");
+    assert_eq!(dev.size_multiple_px, 16);
+    assert!(!dev.negative_prompt && !dev.sampler_choice && dev.wants_its_defaults);
+    assert_eq!(dev.guidance, GuidanceKind::Distilled);
+    assert_eq!((dev.defaults.steps, dev.defaults.guidance), (28, 3.5));
+    assert_eq!(dev.defaults.sampler, SamplerKind::Euler);
+    let schnell = ModelInfo::read(&common::model("flux-tiny-schnell")).expect("schnell");
+    assert_eq!(schnell.guidance, GuidanceKind::None);
+    assert_eq!(schnell.defaults.steps, 4);
+    assert_eq!(dev.round_side(1000), 992);
+    assert_eq!(sd.round_side(1000), 1000);
+}
+
+#[test]
+fn memory_follows_the_heads_the_config_states_not_the_sd15_guess() {
+    if common::parity_missing() {
+        return;
+    }
+    // The same UNet with SD 2.x's layout of heads (fewer at the first level than SD 1.5's
+    // 8) needs less for its attention at the same size.
+    let (_keep, sd2) = common::copy_model("sd15-tiny");
+    let config_path = sd2.join("unet/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["attention_head_dim"] = serde_json::json!([2, 4]);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let sd15 = ModelInfo::read(&common::model("sd15-tiny")).expect("sd15");
+    let sd2 = ModelInfo::read(&sd2).expect("sd2 layout");
+    assert_eq!((sd15.footprint.heads, sd2.footprint.heads), (8, 2));
+    let at_512 = |info: &ModelInfo| info.memory_estimate((512, 512), 4).activations_bytes;
+    assert!(
+        at_512(&sd2) < at_512(&sd15),
+        "{} vs {}",
+        at_512(&sd2),
+        at_512(&sd15)
+    );
+}
+
+#[test]
+fn a_catalog_models_folder_runs_with_the_catalogs_name_and_defaults() {
+    if common::parity_missing() {
+        return;
+    }
+    let models = tempfile::tempdir().expect("temp dir");
+    let folder = models.path().join("catalog/sd-turbo");
+    std::fs::create_dir_all(folder.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(common::model("sd15-tiny"), &folder).unwrap();
+    let info = ModelInfo::read(&folder).expect("catalog folder");
+    let entry = easel::hub::catalog::find("sd-turbo").expect("in the catalog");
+    assert_eq!(info.name, entry.name);
+    assert_eq!(info.defaults.steps, entry.defaults.steps);
+    assert!(info.wants_its_defaults);
+}
+
+#[test]
+fn a_folder_that_is_missing_or_of_no_family_is_named() {
+    let missing = ModelInfo::read(std::path::Path::new("/no/such/model")).unwrap_err();
+    assert!(missing.to_string().contains("/no/such/model"), "{missing}");
+    let empty = tempfile::tempdir().expect("temp dir");
+    let error = ModelInfo::read(empty.path()).unwrap_err().to_string();
+    assert!(error.contains("model_index.json"), "{error}");
+}
