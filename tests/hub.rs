@@ -667,3 +667,48 @@ fn a_repository_with_vocab_and_merges_instead_of_tokenizer_json_generates() {
     }
     generates(&folder);
 }
+
+#[test]
+fn a_download_does_not_wait_behind_a_model_load() {
+    if common::parity_missing() {
+        return;
+    }
+    use easel::engine::{EngineConfig, Fault, FaultPoint};
+    let hub = FakeHub::start();
+    serve_sd15(&hub);
+    let models = tempfile::tempdir().expect("temp dir");
+    // The first load of the job holds until the download has finished.
+    let (loading_tx, loading_rx) = crossbeam_channel::bounded::<()>(1);
+    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let hook = std::sync::Arc::new(move |point: FaultPoint| {
+        if matches!(point, FaultPoint::BeforeLoad(_)) {
+            loading_tx.try_send(()).ok();
+            release_rx.recv_timeout(jobs::WAIT).ok();
+        }
+        Fault::Proceed
+    });
+    let engine = jobs::engine_with(EngineConfig {
+        fault_hook: Some(hook),
+        ..Default::default()
+    });
+    let job = engine
+        .generate(GenerateRequest::new(common::model("sd15-tiny"), "a fox"))
+        .expect("engine running");
+    loading_rx.recv_timeout(jobs::WAIT).expect("the load began");
+    let download = engine
+        .download(download_request(&hub, models.path()))
+        .expect("engine running");
+    loop {
+        match engine.events().recv_timeout(jobs::WAIT).expect("an event") {
+            Event::DownloadFinished { download: d, .. } if d == download => break,
+            Event::DownloadFailed { error, .. } => panic!("download failed: {error}"),
+            Event::Finished { .. } => panic!("the job ended before the download"),
+            _ => {}
+        }
+    }
+    for _ in 0..8 {
+        release_tx.try_send(()).ok();
+    }
+    drop(release_tx);
+    engine.cancel(job).expect("engine running");
+}

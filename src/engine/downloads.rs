@@ -1,5 +1,6 @@
-//! Downloads beside the engine thread, each on its own named thread so that a long download
-//! never holds up a generation; their progress and endings reach the same event stream.
+//! Downloads beside the engine thread, each on its own named thread, started and cancelled by
+//! the engine's handle itself: a download never waits behind a model load or a step, and
+//! never holds up a generation. Their progress and endings reach the same event stream.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -7,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use super::error::panic_message;
 use super::messages::{DownloadId, DownloadRequest, Event};
-use super::worker::{panic_message, Outbox};
+use super::outbox::Outbox;
 use crate::hub::{self, Downloaded, HubClient, HubError, ModelRef};
 
 /// The downloads under way, by id, with their cancel flags.

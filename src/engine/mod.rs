@@ -5,11 +5,12 @@ mod downloads;
 pub mod error;
 pub mod memory;
 pub mod messages;
+mod outbox;
 pub mod residency;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -88,6 +89,11 @@ const EVENT_CAPACITY: usize = 1024;
 pub struct Engine {
     requests: Sender<Request>,
     events: Receiver<Event>,
+    /// The event channel's sending side and the wake-up, for the downloads' threads.
+    event_sender: Sender<Event>,
+    wake: WakeUp,
+    /// Downloads under way, served here rather than on the engine thread.
+    downloads: Mutex<downloads::Downloads>,
     next_job: AtomicU64,
     next_download: AtomicU64,
     device_name: String,
@@ -108,7 +114,7 @@ impl Engine {
         }
         let (request_tx, request_rx) = bounded(REQUEST_CAPACITY);
         let (event_tx, event_rx) = bounded(EVENT_CAPACITY);
-        let outbox = worker::Outbox::new(event_tx, wake);
+        let outbox = outbox::Outbox::new(event_tx.clone(), Arc::clone(&wake));
         let worker = worker::Worker::new(request_rx, outbox, device, dtype, config);
         let thread = std::thread::Builder::new()
             .name("engine".to_string())
@@ -117,6 +123,9 @@ impl Engine {
         Ok(Self {
             requests: request_tx,
             events: event_rx,
+            event_sender: event_tx,
+            wake,
+            downloads: Mutex::new(downloads::Downloads::default()),
             next_job: AtomicU64::new(1),
             next_download: AtomicU64::new(1),
             device_name,
@@ -173,9 +182,33 @@ impl Engine {
         self.send(Request::Unload)
     }
 
-    /// Sends any request.
+    /// Sends any request. Downloads start and stop here, on their own threads, never behind
+    /// a job on the engine thread.
     pub fn send(&self, request: Request) -> Result<(), EngineStopped> {
-        self.requests.send(request).map_err(|_| EngineStopped)
+        match request {
+            Request::Download { download, request } => {
+                let outbox = outbox::Outbox::new(self.event_sender.clone(), Arc::clone(&self.wake));
+                self.with_downloads(|downloads| downloads.start(download, request, outbox))
+            }
+            Request::CancelDownload(download) => {
+                self.with_downloads(|downloads| downloads.cancel(download))
+            }
+            other => self.requests.send(other).map_err(|_| EngineStopped),
+        }
+    }
+
+    /// Runs `change` on the downloads; a poisoned lock (a panic while it was held) still
+    /// holds a usable map of cancel flags.
+    fn with_downloads(
+        &self,
+        change: impl FnOnce(&mut downloads::Downloads),
+    ) -> Result<(), EngineStopped> {
+        let mut downloads = self
+            .downloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut downloads);
+        Ok(())
     }
 
     /// The events, for a blocking `recv` (command line) or a per-frame `try_iter` (window).
@@ -191,6 +224,8 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        // Downloads keep their bytes and resume next time.
+        self.with_downloads(|downloads| downloads.cancel_all()).ok();
         // A failed send means the thread already ended, which is what we want here.
         if self.requests.send(Request::Shutdown).is_err() {
             return;

@@ -1,0 +1,77 @@
+//! The out-of-memory ladder: a job that runs out of memory is retried one strategy down
+//! (full, staged, staged with a tiled VAE, staged with the quantized denoiser), after every
+//! weight is dropped, and the strategy that finished it is reported.
+
+use super::Worker;
+use crate::engine::messages::{Event, JobId, JobOutput, Strategy};
+use crate::families::LoadedModel;
+use crate::models::vae::VaeTiling;
+use crate::pipeline::request::GenerateRequest;
+use crate::pipeline::{PipelineError, StageTimings};
+
+/// Tile side (in latents, 512 pixels) of the VAE when a job falls back to a tiled VAE.
+const FALLBACK_TILE_CORE_LATENTS: usize = 64;
+
+impl Worker {
+    /// Runs `request` with the strategy the settings choose and, each time it runs out of
+    /// memory, unloads everything and retries one strategy down (see `Strategy`).
+    pub(super) fn run_with_model(
+        &mut self,
+        job: JobId,
+        request: &GenerateRequest,
+        model: &mut dyn LoadedModel,
+    ) -> Result<JobOutput, PipelineError> {
+        model.check_inputs(request)?;
+        let mut strategy = if self.staged {
+            Strategy::Staged
+        } else {
+            Strategy::Full
+        };
+        loop {
+            model.set_vae_tiling(match strategy {
+                Strategy::StagedTiledVae | Strategy::StagedQuantized => {
+                    VaeTiling::Cores(FALLBACK_TILE_CORE_LATENTS)
+                }
+                Strategy::Full | Strategy::Staged => VaeTiling::Auto,
+            });
+            // Each job starts from the full-precision denoiser where there is one.
+            model.use_quantized_denoiser(strategy == Strategy::StagedQuantized);
+            let timings = StageTimings::default();
+            let attempt = match strategy {
+                Strategy::Full => self.run_full(job, request, model, timings),
+                Strategy::Staged | Strategy::StagedTiledVae | Strategy::StagedQuantized => {
+                    self.run_staged(job, request, model, timings)
+                }
+            };
+            let message = match attempt {
+                Ok(mut output) => {
+                    output.strategy = strategy;
+                    return Ok(output);
+                }
+                Err(PipelineError::OutOfMemory(message)) => message,
+                Err(other) => return Err(other),
+            };
+            let retrying_with = strategy.next(model.has_quantized_denoiser());
+            tracing::warn!(
+                job,
+                strategy = strategy.describe(),
+                retrying_with = retrying_with.map(Strategy::describe),
+                %message,
+                "out of memory"
+            );
+            model.unload_all();
+            self.release_memory();
+            self.outbox.send(Event::OutOfMemory {
+                job,
+                strategy,
+                retrying_with,
+                message: message.clone(),
+            });
+            self.report_model_memory(model);
+            match retrying_with {
+                Some(next) => strategy = next,
+                None => return Err(PipelineError::OutOfMemory(message)),
+            }
+        }
+    }
+}
