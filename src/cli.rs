@@ -18,7 +18,7 @@ use easel::image_file::{read_mask_file, read_rgb_image};
 use easel::output::{save_new_result, save_png_with_parameters};
 
 pub use crate::cli_checks::UsageError;
-use easel::pipeline::request::{GenerateRequest, SourceImage};
+use easel::pipeline::request::{Adapter, GenerateRequest, Reference, SourceImage};
 use easel::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
 use easel::schedulers::SamplerKind;
 use easel::settings;
@@ -78,7 +78,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate one image (txt2img; img2img with --init; inpaint with --init and --mask).
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Replay a parity case and compare with its golden; exits 1 beyond tolerance.
     Replay(ReplayArgs),
     /// Measure load, step and decode times and memory, full and staged (see README).
@@ -115,6 +115,14 @@ struct GenerateArgs {
     /// Init image for img2img and inpainting.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// An edit reference (repeatable, in the order the prompt refers to them), for models
+    /// that edit with references.
+    #[arg(long = "reference", value_name = "IMG")]
+    references: Vec<PathBuf>,
+    /// A LoRA file and its scale, as FILE or FILE:SCALE (repeatable), for models that take
+    /// LoRA.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    loras: Vec<String>,
     /// Inpainting mask (white repaints), the init image's size.
     #[arg(long, requires = "init")]
     mask: Option<PathBuf>,
@@ -193,6 +201,24 @@ struct BenchArgs {
     cache: Option<PathBuf>,
 }
 
+/// `FILE` (scale 1) or `FILE:SCALE` as a LoRA adapter.
+fn parse_lora(text: &str) -> Result<Adapter, UsageError> {
+    let (file, scale) = match text.rsplit_once(':') {
+        Some((file, scale)) if scale.parse::<f64>().is_ok() => {
+            (file, scale.parse::<f64>().unwrap_or(1.0))
+        }
+        _ => (text, 1.0),
+    };
+    let file = PathBuf::from(file);
+    if !file.is_file() {
+        return Err(UsageError(format!(
+            "--lora {text}: {} is not a file",
+            file.display()
+        )));
+    }
+    Ok(Adapter::Lora { file, scale })
+}
+
 fn parse_sampler(name: &str) -> Result<SamplerKind, String> {
     SamplerKind::from_name(name).ok_or_else(|| {
         let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
@@ -225,7 +251,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     match cli.command {
-        Some(Command::Generate(args)) => generate(args, engine, &resolved.settings),
+        Some(Command::Generate(args)) => generate(*args, engine, &resolved.settings),
         // Exit 1 means the outputs differ; 2 that the case could not be run at all.
         Some(Command::Replay(args)) => replay(args).or_else(|error| {
             note!("easel: the case could not be replayed: {error:#}");
@@ -340,6 +366,21 @@ fn generate(
         }),
         None => None,
     };
+    let mut references: Vec<Reference> = source.map(Reference::Init).into_iter().collect();
+    for path in &args.references {
+        references.push(Reference::Edit {
+            image: load_rgb(path)?,
+            name: path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+        });
+    }
+    let adapters = args
+        .loras
+        .iter()
+        .map(|text| parse_lora(text))
+        .collect::<Result<Vec<_>, _>>()?;
     let model = crate::cli_models::model_folder(&args.model, defaults)?;
     // A model that runs only as its defaults say (a catalog model, FLUX's distilled ones)
     // takes them; other models take the user's settings.
@@ -364,10 +405,19 @@ fn generate(
         seed: args.seed,
         width: args.width,
         height: args.height,
-        source,
+        references,
+        adapters,
         paste_back: !args.no_paste_back,
     };
-    request.validate().map_err(|e| UsageError(format!("{e}")))?;
+    // Checked against the model's configs before the engine starts (no weights load): what
+    // the model cannot take is a command line to change.
+    let opened = easel::families::open(
+        &request.model,
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )?;
+    easel::families::plan(opened.as_ref(), &request).map_err(|e| UsageError(format!("{e}")))?;
+    drop(opened);
     let engine = Engine::spawn(config, Arc::new(|| {}))?;
 
     let job = engine.generate(request)?;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::families::{generate, load_these};
 use crate::pipeline::noise::{NoiseRole, RecordedNoise};
-use crate::pipeline::request::{GenerateRequest, SourceImage};
+use crate::pipeline::request::{GenerateRequest, Reference, SourceImage};
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 use crate::schedulers::SamplerKind;
 
@@ -195,7 +195,8 @@ impl ParityCase {
             seed: 0,
             width: Some(spec.width),
             height: Some(spec.height),
-            source,
+            references: source.map(Reference::Init).into_iter().collect(),
+            adapters: Vec::new(),
             paste_back: false,
             max_sequence_length: spec.max_sequence_length,
         })

@@ -22,7 +22,7 @@ use easel::engine::{
 };
 use easel::models::error::ModelError;
 use easel::models::sd::Component;
-use easel::pipeline::request::{GenerateRequest, RequestError, SourceImage};
+use easel::pipeline::request::{GenerateRequest, Reference, RequestError, SourceImage};
 use easel::pipeline::PipelineError;
 use easel::schedulers::SamplerKind;
 
@@ -285,24 +285,24 @@ fn bad_requests_fail_at_once_with_typed_errors() {
     );
     assert_eq!(
         run(GenerateRequest {
-            source: Some(SourceImage {
+            references: vec![Reference::Init(SourceImage {
                 image: common::test_image(64, 64),
                 strength: 1.5,
                 mask: None,
                 feather_px: 0,
-            }),
+            })],
             ..tiny_request(&model)
         }),
         RequestError::Strength(1.5)
     );
     assert_eq!(
         run(GenerateRequest {
-            source: Some(SourceImage {
+            references: vec![Reference::Init(SourceImage {
                 image: common::test_image(64, 64),
                 strength: 0.5,
                 mask: Some(common::test_mask(64, 32)),
                 feather_px: 0,
-            }),
+            })],
             ..tiny_request(&model)
         }),
         RequestError::MaskSize {
@@ -390,12 +390,12 @@ fn non_square_inpainting_keeps_unmasked_pixels() {
         .generate(GenerateRequest {
             width: None,
             height: None,
-            source: Some(SourceImage {
+            references: vec![Reference::Init(SourceImage {
                 image: original.clone(),
                 strength: 0.8,
                 mask: Some(mask.clone()),
                 feather_px: 0,
-            }),
+            })],
             ..tiny_request(&model)
         })
         .expect("send");
@@ -421,12 +421,12 @@ fn non_square_inpainting_keeps_unmasked_pixels() {
     // The 9-channel inpainting model, non-square too.
     let job = engine
         .generate(GenerateRequest {
-            source: Some(SourceImage {
+            references: vec![Reference::Init(SourceImage {
                 image: original,
                 strength: 1.0,
                 mask: Some(mask),
                 feather_px: 0,
-            }),
+            })],
             sampler: SamplerKind::Ddim,
             width: None,
             height: None,

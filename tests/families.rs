@@ -93,3 +93,65 @@ fn a_folder_that_is_missing_or_of_no_family_is_named() {
     let error = ModelInfo::read(empty.path()).unwrap_err().to_string();
     assert!(error.contains("model_index.json"), "{error}");
 }
+
+#[test]
+fn a_request_is_checked_once_into_a_plan_against_what_the_model_takes() {
+    use easel::families::{open, plan};
+    use easel::pipeline::request::{GenerateRequest, Mode, Reference, SourceImage};
+    if common::parity_missing() {
+        return;
+    }
+    let folder = common::model("sd15-tiny");
+    let model = open(&folder, &candle_core::Device::Cpu, candle_core::DType::F32).expect("open");
+    let init = SourceImage {
+        image: common::test_image(96, 64),
+        strength: 0.5,
+        mask: None,
+        feather_px: 0,
+    };
+    let request = GenerateRequest::new(&folder, "a fox").with_init(init.clone());
+    let planned = plan(model.as_ref(), &request).expect("a plan");
+    assert_eq!(planned.size_px, (96, 64));
+    assert_eq!(planned.mode, Mode::ImageToImage);
+    assert!(planned.guided);
+    assert_eq!(planned.text_encoders().len(), 1);
+    assert_eq!(
+        planned.denoising_stage().len(),
+        2,
+        "the VAE encodes the init image"
+    );
+
+    let refused = |request: &GenerateRequest| {
+        plan(model.as_ref(), request)
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string())
+    };
+    let mut edit = request.clone();
+    edit.references.push(Reference::Edit {
+        image: common::test_image(64, 64),
+        name: "cat.png".into(),
+    });
+    assert!(
+        refused(&edit).contains("takes no edit references"),
+        "{}",
+        refused(&edit)
+    );
+    let mut control = request.clone();
+    control.references.push(Reference::Control {
+        image: common::test_image(64, 64),
+        controlnet: "/models/canny".into(),
+        scale: 1.0,
+    });
+    assert!(
+        refused(&control).contains("ControlNet"),
+        "{}",
+        refused(&control)
+    );
+    let mut two_inits = request.clone();
+    two_inits.references.push(Reference::Init(init));
+    assert!(
+        refused(&two_inits).contains("2 init images"),
+        "{}",
+        refused(&two_inits)
+    );
+}

@@ -18,7 +18,7 @@ use common::jobs::{
 };
 use easel::device::DeviceChoice;
 use easel::engine::{EngineConfig, EngineError, Event, Fault, FaultPoint, Strategy};
-use easel::pipeline::request::{GenerateRequest, RequestError, SourceImage};
+use easel::pipeline::request::{GenerateRequest, Reference, RequestError, SourceImage};
 use easel::pipeline::PipelineError;
 
 fn flux_request(model: &Path) -> GenerateRequest {
@@ -246,12 +246,12 @@ fn flux_sizes_must_be_multiples_of_16() {
         .generate(GenerateRequest {
             width: None,
             height: None,
-            source: Some(SourceImage {
+            references: vec![Reference::Init(SourceImage {
                 image: common::test_image(100, 70),
                 strength: 0.5,
                 mask: None,
                 feather_px: 0,
-            }),
+            })],
             ..flux_request(&model)
         })
         .expect("send");

@@ -211,7 +211,8 @@ fn bench_request(info: &ModelInfo, options: &BenchOptions) -> GenerateRequest {
         seed: 1,
         width: Some(options.size_px),
         height: Some(options.size_px),
-        source: None,
+        references: Vec::new(),
+        adapters: Vec::new(),
         paste_back: true,
         max_sequence_length: None,
     }

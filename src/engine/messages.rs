@@ -162,7 +162,7 @@ impl JobParameters {
             seed: request.seed,
             width: size_px.0,
             height: size_px.1,
-            strength: request.source.as_ref().map(|s| s.strength),
+            strength: request.init().map(|s| s.strength),
         }
     }
 }

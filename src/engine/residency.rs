@@ -10,6 +10,7 @@ use super::memory::HeldWeights;
 use super::messages::ResidencyPolicy;
 use crate::families::LoadedModel;
 use crate::models::component::Component;
+use crate::pipeline::request::Adapter;
 
 /// How long to wait for the next request before the policy unloads by itself: `None` to wait
 /// without limit, `Some(ZERO)` when the time is already up.
@@ -60,23 +61,25 @@ pub struct ModelCache {
 #[derive(Debug)]
 struct CachedModel {
     model: Box<dyn LoadedModel>,
+    /// What it is cached under: its folder and the adapters applied to its weights.
+    key: CacheKey,
     /// `(component, use)` of each component the model has loaded.
     last_use: Vec<(Component, u64)>,
 }
 
 impl ModelCache {
-    /// Takes the model opened from `dir` out of the cache, if it is there.
-    pub fn take(&mut self, dir: &Path) -> Option<Box<dyn LoadedModel>> {
-        let wanted = canonical(dir);
-        let index = self
-            .entries
-            .iter()
-            .position(|e| canonical(e.model.dir()) == wanted)?;
+    /// Takes the model opened from `dir` with `adapters` applied out of the cache, if it is
+    /// there (the same folder with other adapters is another model).
+    pub fn take(&mut self, dir: &Path, adapters: &[Adapter]) -> Option<Box<dyn LoadedModel>> {
+        let wanted = CacheKey::new(dir, adapters);
+        let index = self.entries.iter().position(|e| e.key == wanted)?;
         Some(self.entries.remove(index).model)
     }
 
-    /// Puts `model` back after a job, its loaded components used now in pipeline order.
-    pub fn put(&mut self, model: Box<dyn LoadedModel>) {
+    /// Puts `model`, loaded with `adapters`, back after a job, its loaded components used
+    /// now in pipeline order.
+    pub fn put(&mut self, model: Box<dyn LoadedModel>, adapters: &[Adapter]) {
+        let key = CacheKey::new(model.dir(), adapters);
         let mut last_use = Vec::new();
         for component in model.components() {
             if model.is_loaded(component) {
@@ -84,7 +87,11 @@ impl ModelCache {
                 last_use.push((component, self.uses));
             }
         }
-        self.entries.push(CachedModel { model, last_use });
+        self.entries.push(CachedModel {
+            model,
+            key,
+            last_use,
+        });
     }
 
     /// Whether any weights are held.
@@ -175,6 +182,24 @@ pub fn held_by(model: &dyn LoadedModel) -> Vec<HeldWeights> {
         .collect()
 }
 
+/// What a loaded model is cached under: weights with a LoRA merged in are not the plain ones.
+#[derive(Debug, Clone, PartialEq)]
+struct CacheKey {
+    /// The model folder, canonical (a link and its target are one model).
+    dir: PathBuf,
+    /// The adapters applied, in order.
+    adapters: Vec<Adapter>,
+}
+
+impl CacheKey {
+    fn new(dir: &Path, adapters: &[Adapter]) -> Self {
+        Self {
+            dir: canonical(dir),
+            adapters: adapters.to_vec(),
+        }
+    }
+}
+
 fn canonical(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
@@ -182,6 +207,26 @@ fn canonical(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_with_adapters_is_cached_apart_from_the_plain_one() {
+        let dir = Path::new("/models/sd15");
+        let lora = |scale: f64| Adapter::Lora {
+            file: PathBuf::from("/loras/ink.safetensors"),
+            scale,
+        };
+        let plain = CacheKey::new(dir, &[]);
+        assert_eq!(plain, CacheKey::new(dir, &[]));
+        assert_ne!(plain, CacheKey::new(dir, &[lora(0.8)]));
+        assert_ne!(
+            CacheKey::new(dir, &[lora(0.8)]),
+            CacheKey::new(dir, &[lora(0.5)])
+        );
+        assert_eq!(
+            CacheKey::new(dir, &[lora(0.8)]),
+            CacheKey::new(dir, &[lora(0.8)])
+        );
+    }
 
     #[test]
     fn idle_unload_waits_out_the_rest_of_the_idle_time() {

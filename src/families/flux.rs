@@ -11,7 +11,7 @@ use image::RgbImage;
 use super::sd::folder_name;
 use super::{
     time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind,
-    LoadedModel, ModelDefaults, ModelInfo, PartBytes,
+    LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
 };
 use crate::models::component::Component;
 use crate::models::error::ModelError;
@@ -149,21 +149,24 @@ impl LoadedModel for LoadedFlux {
     fn encode(
         &self,
         request: &GenerateRequest,
+        _plan: &Plan,
         timings: &mut StageTimings,
     ) -> Result<EncodedPrompt, PipelineError> {
+        // FLUX's prompt encoding depends on no choice of the plan (no guidance batch).
         flux::encode(&self.model, request, timings).map(EncodedPrompt::new)
     }
 
     fn denoise(
         &self,
         request: &GenerateRequest,
+        plan: &Plan,
         prompt: &EncodedPrompt,
         noise: &mut dyn NoiseSource,
         observer: &mut dyn StepObserver,
         timings: StageTimings,
     ) -> Result<Denoised, PipelineError> {
         let prompt = prompt.get::<flux::EncodedPrompt>()?;
-        flux::denoise(&self.model, request, prompt, noise, observer, timings)
+        flux::denoise(&self.model, request, plan, prompt, noise, observer, timings)
     }
 
     fn decode(

@@ -23,7 +23,8 @@ use crate::models::component::Component;
 use crate::models::error::ModelError;
 use crate::models::vae::VaeTiling;
 use crate::pipeline::noise::NoiseSource;
-use crate::pipeline::request::{GenerateRequest, RequestError};
+pub use crate::pipeline::plan::Plan;
+use crate::pipeline::request::{GenerateRequest, Reference, RequestError};
 use crate::pipeline::result::{Denoised, Generated};
 use crate::pipeline::{PipelineError, StageTimings, StepObserver};
 
@@ -136,10 +137,11 @@ pub trait LoadedModel: Send + std::fmt::Debug {
 
     /// Checks `request` against the model before any weights load; returns the output size.
     fn check_inputs(&self, request: &GenerateRequest) -> Result<(u32, u32), RequestError>;
-    /// Steps 1 and 2: checks the request and encodes the prompt (text encoders loaded).
+    /// Step 2: encodes the prompt (text encoders loaded) of a request `plan` checked.
     fn encode(
         &self,
         request: &GenerateRequest,
+        plan: &Plan,
         timings: &mut StageTimings,
     ) -> Result<EncodedPrompt, PipelineError>;
     /// Steps 3 and 4: prepares and denoises the latents (denoiser loaded, and the VAE when
@@ -147,6 +149,7 @@ pub trait LoadedModel: Send + std::fmt::Debug {
     fn denoise(
         &self,
         request: &GenerateRequest,
+        plan: &Plan,
         prompt: &EncodedPrompt,
         noise: &mut dyn NoiseSource,
         observer: &mut dyn StepObserver,
@@ -203,6 +206,54 @@ pub fn load_these(
     Ok(())
 }
 
+/// Step 1: checks `request` once against `model` (before any weights load) into the plan
+/// the phases run: the request's own checks, the family's (sizes, what its denoiser takes),
+/// and what the model can take (edit references, control images, LoRA).
+pub fn plan(model: &dyn LoadedModel, request: &GenerateRequest) -> Result<Plan, RequestError> {
+    request.validate()?;
+    let info = model.info();
+    let size_px = model.check_inputs(request)?;
+    let cannot = |what: String| Err(RequestError::ModelCannot(what));
+    let edit_references = request.edit_references().count();
+    let taken = info.capabilities.edit_references;
+    if edit_references > taken {
+        let takes = match taken {
+            0 => "no edit references".to_string(),
+            n => format!("at most {n} edit references"),
+        };
+        return cannot(format!(
+            "{} ({}) takes {takes}; the request has {edit_references}: remove them, or pick a model that edits with references",
+            info.name, info.family
+        ));
+    }
+    let controls = request
+        .references
+        .iter()
+        .filter(|r| matches!(r, Reference::Control { .. }))
+        .count();
+    if controls > 0 && !info.capabilities.controlnet {
+        return cannot(format!(
+            "{} ({}) takes no ControlNet yet; remove the control images",
+            info.name, info.family
+        ));
+    }
+    if !request.adapters.is_empty() && !info.capabilities.lora {
+        return cannot(format!(
+            "{} ({}) takes no LoRA yet; remove --lora",
+            info.name, info.family
+        ));
+    }
+    Ok(Plan {
+        size_px,
+        mode: request.mode(),
+        guided: info.guidance == GuidanceKind::ClassifierFree && request.guidance > 1.0,
+        components: model.components(),
+        denoiser: model.denoiser(),
+        adapters: request.adapters.clone(),
+        edit_references,
+    })
+}
+
 /// Runs one generation with every component loaded.
 pub fn generate(
     model: &dyn LoadedModel,
@@ -211,8 +262,9 @@ pub fn generate(
     observer: &mut dyn StepObserver,
     mut timings: StageTimings,
 ) -> Result<Generated, PipelineError> {
-    let prompt = model.encode(request, &mut timings)?;
-    let denoised = model.denoise(request, &prompt, noise, observer, timings)?;
+    let plan = plan(model, request)?;
+    let prompt = model.encode(request, &plan, &mut timings)?;
+    let denoised = model.denoise(request, &plan, &prompt, noise, observer, timings)?;
     model.decode(request, denoised)
 }
 

@@ -9,7 +9,7 @@ use image::RgbImage;
 
 use super::{
     time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind,
-    LoadedModel, ModelDefaults, ModelInfo, PartBytes,
+    LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
 };
 use crate::models::component::Component;
 use crate::models::error::ModelError;
@@ -167,21 +167,23 @@ impl LoadedModel for LoadedSd {
     fn encode(
         &self,
         request: &GenerateRequest,
+        plan: &Plan,
         timings: &mut StageTimings,
     ) -> Result<EncodedPrompt, PipelineError> {
-        sd::encode(&self.model, request, timings).map(EncodedPrompt::new)
+        sd::encode(&self.model, request, plan, timings).map(EncodedPrompt::new)
     }
 
     fn denoise(
         &self,
         request: &GenerateRequest,
+        plan: &Plan,
         prompt: &EncodedPrompt,
         noise: &mut dyn NoiseSource,
         observer: &mut dyn StepObserver,
         timings: StageTimings,
     ) -> Result<Denoised, PipelineError> {
         let prompt = prompt.get::<sd::EncodedPrompt>()?;
-        sd::denoise(&self.model, request, prompt, noise, observer, timings)
+        sd::denoise(&self.model, request, plan, prompt, noise, observer, timings)
     }
 
     fn decode(

@@ -6,10 +6,7 @@ use candle_nn::{self as nn, VarBuilder};
 
 use super::config::VaeConfig;
 use super::tiles::{GroupNorm, TileLayout, Tiles};
-use super::vae_blocks::{DownBlock, MidBlock, UpBlock};
-
-/// The VAE's GroupNorm epsilon, fixed in diffusers' encoder and decoder.
-pub(super) const VAE_NORM_EPS: f64 = 1e-6;
+use super::vae_blocks::{DownBlock, MidBlock, UpBlock, VAE_NORM_EPS};
 
 fn conv3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<nn::Conv2d> {
     let cfg = nn::Conv2dConfig {

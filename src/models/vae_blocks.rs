@@ -7,6 +7,9 @@ use candle_nn::{self as nn, VarBuilder};
 
 use super::tiles::{GroupNorm, Tiles};
 
+/// The VAE's GroupNorm epsilon, fixed in diffusers' encoder and decoder.
+pub(super) const VAE_NORM_EPS: f64 = 1e-6;
+
 /// Attention score elements computed at once in the mid block (64 Mi f32 = 256 MB); longer
 /// maps are attended in chunks of queries, so memory stays flat as images grow.
 const ATTENTION_CHUNK_ELEMENTS: usize = 64 << 20;
@@ -203,7 +206,7 @@ fn resnet_stack(
                 from,
                 out_channels,
                 groups,
-                super::vae::VAE_NORM_EPS,
+                VAE_NORM_EPS,
             )
         })
         .collect()

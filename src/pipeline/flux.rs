@@ -11,6 +11,7 @@ use super::image::{
     binarize, feather_mask, fit_mask, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit,
 };
 use super::noise::{NoiseRole, NoiseSource};
+use super::plan::Plan;
 use super::request::{GenerateRequest, Mode, RequestError};
 use super::result::{Denoised, Generated};
 use super::{PipelineError, StageTimings, StepControl, StepObserver};
@@ -26,7 +27,6 @@ pub fn check_inputs(
     model: &FluxModel,
     request: &GenerateRequest,
 ) -> Result<(u32, u32), RequestError> {
-    request.validate()?;
     let size = request.resolved_size_multiple_of(model.native_size_px(), FLUX_PATCH_PX)?;
     let length = sequence_length(model, request);
     if length == 0 || length > MAX_SEQUENCE_LENGTH {
@@ -53,14 +53,12 @@ pub struct EncodedPrompt {
     cut_off: Option<String>,
 }
 
-/// Steps 1 and 2: checks the request and encodes the prompt (CLIP and T5 loaded).
+/// Step 2: encodes the prompt (CLIP and T5 loaded) of a request its plan checked (step 1).
 pub fn encode(
     model: &FluxModel,
     request: &GenerateRequest,
     timings: &mut StageTimings,
 ) -> Result<EncodedPrompt, PipelineError> {
-    // 1. Check inputs.
-    check_inputs(model, request)?;
     let device = model.device();
 
     // 2. Encode the prompt: CLIP's pooled output and T5's sequence. FLUX has no negative
@@ -102,18 +100,19 @@ pub fn encode(
 pub fn denoise(
     model: &FluxModel,
     request: &GenerateRequest,
+    plan: &Plan,
     prompt: &EncodedPrompt,
     noise: &mut dyn NoiseSource,
     observer: &mut dyn StepObserver,
     mut timings: StageTimings,
 ) -> Result<Denoised, PipelineError> {
-    let (width, height) = check_inputs(model, request)?;
+    let (width, height) = plan.size_px;
     let device = model.device().clone();
     let dtype = model.dtype();
     let transformer = model
         .transformer()
         .ok_or(PipelineError::NotLoaded(Component::Transformer))?;
-    let mode = request.mode();
+    let mode = plan.mode;
 
     // 3. Prepare the schedule and the latents.
     let started = Instant::now();
@@ -122,7 +121,7 @@ pub fn denoise(
     let image_seq_len = (latent_h / 2) * (latent_w / 2);
     let schedule = FlowMatchSchedule::new(&model.scheduler_config, request.steps, image_seq_len)?;
     let sigmas = &schedule.sigmas;
-    let source = request.source.as_ref();
+    let source = request.init();
     let first_step = match source {
         None => 0,
         Some(source) => schedule.start_step(source.strength),

@@ -3,6 +3,7 @@
 pub mod flux;
 pub mod image;
 pub mod noise;
+pub mod plan;
 pub mod preview;
 pub mod request;
 pub mod result;

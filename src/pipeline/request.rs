@@ -27,6 +27,44 @@ pub struct SourceImage {
     pub feather_px: u32,
 }
 
+/// An image in a request, with what it is for.
+#[derive(Debug, Clone)]
+pub enum Reference {
+    /// The image img2img and inpainting start from, with its strength and mask (at most one
+    /// per request).
+    Init(SourceImage),
+    /// An image an edit model keeps from or brings in ("the cat from the first image"), in
+    /// the order the prompt refers to them.
+    Edit {
+        /// The pixels.
+        image: RgbImage,
+        /// Its file name, or "pasted", for the result's parameters.
+        name: String,
+    },
+    /// The control image of a ControlNet (edges, depth, pose).
+    Control {
+        /// The pixels.
+        image: RgbImage,
+        /// The ControlNet's folder.
+        controlnet: PathBuf,
+        /// How strongly it steers, 0 to 2 (diffusers' `controlnet_conditioning_scale`).
+        scale: f64,
+    },
+}
+
+/// A change applied to a model's weights for one request (the cache keeps a model loaded with
+/// one set of adapters apart from the same model with another).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Adapter {
+    /// A LoRA file (kohya/A1111 or PEFT) and its multiplier.
+    Lora {
+        /// The `.safetensors` file.
+        file: PathBuf,
+        /// The multiplier (A1111's `<lora:name:0.8>`).
+        scale: f64,
+    },
+}
+
 /// Which of the three modes a request is, derived from what it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -71,8 +109,11 @@ pub struct GenerateRequest {
     pub width: Option<u32>,
     /// Output height in pixels.
     pub height: Option<u32>,
-    /// The init image (img2img, inpaint).
-    pub source: Option<SourceImage>,
+    /// The images the request uses: at most one init image (img2img, inpaint), edit
+    /// references, control images.
+    pub references: Vec<Reference>,
+    /// LoRA files and their scales, applied to the model for this request.
+    pub adapters: Vec<Adapter>,
     /// Inpainting: put the unmasked original pixels back after decoding (through the mask,
     /// feathered as painted). Off only to compare the raw decode.
     pub paste_back: bool,
@@ -94,15 +135,47 @@ impl GenerateRequest {
             seed: 0,
             width: None,
             height: None,
-            source: None,
+            references: Vec::new(),
+            adapters: Vec::new(),
             paste_back: true,
             max_sequence_length: None,
         }
     }
 
+    /// The init image, if the request has one.
+    pub fn init(&self) -> Option<&SourceImage> {
+        self.references.iter().find_map(|r| match r {
+            Reference::Init(source) => Some(source),
+            _ => None,
+        })
+    }
+
+    /// The init image, to change (the warm-up's shortened copy).
+    pub fn init_mut(&mut self) -> Option<&mut SourceImage> {
+        self.references.iter_mut().find_map(|r| match r {
+            Reference::Init(source) => Some(source),
+            _ => None,
+        })
+    }
+
+    /// The edit references, in order.
+    pub fn edit_references(&self) -> impl Iterator<Item = (&RgbImage, &str)> {
+        self.references.iter().filter_map(|r| match r {
+            Reference::Edit { image, name } => Some((image, name.as_str())),
+            _ => None,
+        })
+    }
+
+    /// A request with `init` as its init image (replacing any other).
+    pub fn with_init(mut self, init: SourceImage) -> Self {
+        self.references.retain(|r| !matches!(r, Reference::Init(_)));
+        self.references.insert(0, Reference::Init(init));
+        self
+    }
+
     /// The mode this request runs in.
     pub fn mode(&self) -> Mode {
-        match &self.source {
+        match self.init() {
             None => Mode::TextToImage,
             Some(SourceImage { mask: None, .. }) => Mode::ImageToImage,
             Some(SourceImage { mask: Some(_), .. }) => Mode::Inpaint,
@@ -125,7 +198,35 @@ impl GenerateRequest {
                 check_side(side, px)?;
             }
         }
-        if let Some(source) = &self.source {
+        let inits = self
+            .references
+            .iter()
+            .filter(|r| matches!(r, Reference::Init(_)))
+            .count();
+        if inits > 1 {
+            return Err(RequestError::ModelCannot(format!(
+                "{inits} init images: a request starts from one"
+            )));
+        }
+        for reference in &self.references {
+            let image = match reference {
+                Reference::Init(source) => &source.image,
+                Reference::Edit { image, .. } | Reference::Control { image, .. } => image,
+            };
+            if image.width() == 0 || image.height() == 0 {
+                return Err(RequestError::EmptyImage);
+            }
+        }
+        for adapter in &self.adapters {
+            let Adapter::Lora { file, scale } = adapter;
+            if !scale.is_finite() || scale.abs() > 10.0 {
+                return Err(RequestError::ModelCannot(format!(
+                    "LoRA scale {scale} for {} is not possible: use -10 to 10 (usually 0.5 to 1)",
+                    file.display()
+                )));
+            }
+        }
+        if let Some(source) = self.init() {
             if !(0.0..=1.0).contains(&source.strength) {
                 return Err(RequestError::Strength(source.strength));
             }
@@ -164,7 +265,7 @@ impl GenerateRequest {
         native: (u32, u32),
         multiple: u32,
     ) -> Result<(u32, u32), RequestError> {
-        let from_source = self.source.as_ref().map(|s| {
+        let from_source = self.init().map(|s| {
             let round = |px: u32| (px / multiple) * multiple;
             (round(s.image.width()), round(s.image.height()))
         });
@@ -241,8 +342,8 @@ pub enum RequestError {
         /// The value asked for.
         px: u32,
     },
-    /// The init image has no pixels.
-    #[error("the init image is empty")]
+    /// An image of the request has no pixels.
+    #[error("an image of the request (init image or reference) is empty")]
     EmptyImage,
     /// Mask and init image differ in size.
     #[error("the mask is {}x{} but the init image is {}x{}: paint or load a mask of the image's size", mask.0, mask.1, image.0, image.1)]

@@ -10,6 +10,7 @@ use super::image::{
     binarize, feather_mask, fit_mask, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit,
 };
 use super::noise::{NoiseRole, NoiseSource};
+use super::plan::Plan;
 use super::request::{GenerateRequest, Mode, RequestError};
 use super::result::{Denoised, Generated};
 use super::{PipelineError, StageTimings, StepControl, StepObserver};
@@ -31,7 +32,6 @@ pub fn check_inputs(
     model: &SdModel,
     request: &GenerateRequest,
 ) -> Result<(u32, u32), RequestError> {
-    request.validate()?;
     let size = request.resolved_size(model.native_size_px())?;
     let unet_channels = model.unet_shape.in_channels;
     let latent_channels = model.vae_config.latent_channels;
@@ -57,19 +57,15 @@ pub fn check_inputs(
 #[derive(Debug)]
 pub struct EncodedPrompt(Conditioning);
 
-/// Steps 1 and 2: checks the request and encodes the prompt (text encoders loaded).
+/// Step 2: encodes the prompt (text encoders loaded) for the request `plan` checked (step 1).
 pub fn encode(
     model: &SdModel,
     request: &GenerateRequest,
+    plan: &Plan,
     timings: &mut StageTimings,
 ) -> Result<EncodedPrompt, PipelineError> {
-    // 1. Check inputs.
-    let size = check_inputs(model, request)?;
-    let guided = request.guidance > 1.0;
-
-    // 2. Encode the prompt.
     let started = Instant::now();
-    let cond = encode_prompt(model, request, guided, size, model.device())?;
+    let cond = encode_prompt(model, request, plan.guided, plan.size_px, model.device())?;
     timings.push("encode prompt", started.elapsed());
     Ok(EncodedPrompt(cond))
 }
@@ -78,12 +74,13 @@ pub fn encode(
 pub fn denoise(
     model: &SdModel,
     request: &GenerateRequest,
+    plan: &Plan,
     prompt: &EncodedPrompt,
     noise: &mut dyn NoiseSource,
     observer: &mut dyn StepObserver,
     mut timings: StageTimings,
 ) -> Result<Denoised, PipelineError> {
-    let (width, height) = check_inputs(model, request)?;
+    let (width, height) = plan.size_px;
     let cond = &prompt.0;
     let device = model.device().clone();
     let unet = model
@@ -91,8 +88,8 @@ pub fn denoise(
         .ok_or(PipelineError::NotLoaded(Component::Unet))?;
     // Only an init image needs the VAE before decoding (staged runs load it only then).
     let vae = || model.vae().ok_or(PipelineError::NotLoaded(Component::Vae));
-    let guided = request.guidance > 1.0;
-    let mode = request.mode();
+    let guided = plan.guided;
+    let mode = plan.mode;
 
     // 3. Prepare the schedule and the latents.
     let started = Instant::now();
@@ -100,7 +97,7 @@ pub fn denoise(
         .sampler
         .build(&model.scheduler_config, request.steps)?;
     let timesteps = scheduler.timesteps().to_vec();
-    let strength = request.source.as_ref().map_or(1.0, |s| s.strength);
+    let strength = request.init().map_or(1.0, |s| s.strength);
     let first_step = match mode {
         Mode::TextToImage => 0,
         _ => start_step(timesteps.len(), strength),
@@ -113,7 +110,7 @@ pub fn denoise(
         width as usize / latent_scale,
     ];
     let nine_channel = model.unet_shape.in_channels != model.vae_config.latent_channels;
-    let source = request.source.as_ref();
+    let source = request.init();
     let source_image = source.map(|s| fit_rgb(&s.image, width, height));
     let source_tensor = source_image
         .as_ref()

@@ -132,7 +132,8 @@ impl EaselApp {
                 seed: settings.seed.wrapping_add(index as u64),
                 width: size.0,
                 height: size.1,
-                source: source.clone(),
+                references: source.clone().map(Reference::Init).into_iter().collect(),
+                adapters: Vec::new(),
                 paste_back: true,
                 max_sequence_length: None,
             };

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use easel::engine::{EngineConfig, Event, JobId, JobOutput};
 use easel::hub::CacheRoots;
 use easel::output::{save_new_result, save_png_with_parameters, RecalledParameters};
-use easel::pipeline::request::{GenerateRequest, SourceImage};
+use easel::pipeline::request::{GenerateRequest, Reference, SourceImage};
 use easel::settings::{Resolved, Settings};
 use eframe::egui;
 

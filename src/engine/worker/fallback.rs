@@ -4,7 +4,7 @@
 
 use super::Worker;
 use crate::engine::messages::{Event, JobId, JobOutput, Strategy};
-use crate::families::LoadedModel;
+use crate::families::{plan, LoadedModel};
 use crate::models::vae::VaeTiling;
 use crate::pipeline::request::GenerateRequest;
 use crate::pipeline::{PipelineError, StageTimings};
@@ -21,7 +21,8 @@ impl Worker {
         request: &GenerateRequest,
         model: &mut dyn LoadedModel,
     ) -> Result<JobOutput, PipelineError> {
-        model.check_inputs(request)?;
+        // Checked once: the plan holds the size, mode and components every attempt runs.
+        let plan = plan(model, request)?;
         let mut strategy = if self.staged {
             Strategy::Staged
         } else {
@@ -38,9 +39,9 @@ impl Worker {
             model.use_quantized_denoiser(strategy == Strategy::StagedQuantized);
             let timings = StageTimings::default();
             let attempt = match strategy {
-                Strategy::Full => self.run_full(job, request, model, timings),
+                Strategy::Full => self.run_full(job, request, &plan, model, timings),
                 Strategy::Staged | Strategy::StagedTiledVae | Strategy::StagedQuantized => {
-                    self.run_staged(job, request, model, timings)
+                    self.run_staged(job, request, &plan, model, timings)
                 }
             };
             let message = match attempt {

@@ -21,7 +21,7 @@ use super::outbox::Outbox;
 use super::residency::{idle_wait, job_bytes, ModelCache};
 use super::{EngineConfig, Fault, FaultHook, FaultPoint};
 use crate::families::LoadedModel;
-use crate::pipeline::request::GenerateRequest;
+use crate::pipeline::request::{Adapter, GenerateRequest};
 use crate::pipeline::PipelineError;
 
 /// How often memory is reported while a job runs.
@@ -182,8 +182,9 @@ impl Worker {
     fn model_for(
         &mut self,
         folder: &std::path::Path,
+        adapters: &[Adapter],
     ) -> Result<Box<dyn LoadedModel>, PipelineError> {
-        let model = match self.cache.take(folder) {
+        let model = match self.cache.take(folder, adapters) {
             Some(model) => model,
             None => crate::families::open(folder, &self.device, self.dtype)?,
         };
@@ -208,8 +209,7 @@ impl Worker {
         job: JobId,
         request: &GenerateRequest,
     ) -> Result<JobOutput, PipelineError> {
-        request.validate()?;
-        let mut model = self.model_for(&request.model)?;
+        let mut model = self.model_for(&request.model, &request.adapters)?;
         let result = self.run_with_model(job, request, model.as_mut());
         // The model stays loaded for the next job, unless an unload or shutdown came meanwhile
         // or the policy drops it after every job.
@@ -218,7 +218,7 @@ impl Worker {
             drop(model);
             self.unload();
         } else if !self.shutting_down {
-            self.cache.put(model);
+            self.cache.put(model, &request.adapters);
             if let ResidencyPolicy::MemoryBudget(budget) = self.residency {
                 for (dir, component) in self.cache.fit(budget, 0) {
                     tracing::info!(

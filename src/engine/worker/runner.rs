@@ -10,7 +10,7 @@ use crate::engine::memory::HeldWeights;
 use crate::engine::messages::{Event, JobId, JobOutput, JobParameters, Strategy};
 use crate::engine::residency::held_by;
 use crate::engine::FaultPoint;
-use crate::families::{generate, load_these, EncodedPrompt, LoadedModel};
+use crate::families::{generate, load_these, EncodedPrompt, LoadedModel, Plan};
 use crate::models::component::Component;
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::request::GenerateRequest;
@@ -58,13 +58,14 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
+        plan: &Plan,
         model: &mut dyn LoadedModel,
         mut timings: StageTimings,
     ) -> Result<JobOutput, PipelineError> {
-        let encoders = model.text_encoders();
+        let encoders = plan.text_encoders();
         self.load(job, model, &encoders, &mut timings)?;
         self.report_model_memory(model);
-        let prompt = model.encode(request, &mut timings)?;
+        let prompt = model.encode(request, plan, &mut timings)?;
         for &encoder in &encoders {
             model.unload(encoder);
         }
@@ -73,16 +74,10 @@ impl Worker {
             return Err(PipelineError::Cancelled);
         }
         // The VAE joins the denoiser only when an init image must be encoded first.
-        let denoiser = model.denoiser();
-        let denoisers: &[Component] = if request.source.is_some() {
-            &[denoiser, Component::Vae]
-        } else {
-            &[denoiser]
-        };
-        self.load(job, model, denoisers, &mut timings)?;
+        self.load(job, model, &plan.denoising_stage(), &mut timings)?;
         self.report_model_memory(model);
-        let mut denoised = self.denoise_observed(job, request, model, &prompt, timings)?;
-        model.unload(denoiser);
+        let mut denoised = self.denoise_observed(job, request, plan, model, &prompt, timings)?;
+        model.unload(plan.denoiser);
         self.release_memory();
         self.load(job, model, &[Component::Vae], &mut denoised.timings)?;
         self.report_model_memory(model);
@@ -96,6 +91,7 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
+        plan: &Plan,
         model: &dyn LoadedModel,
         prompt: &EncodedPrompt,
         timings: StageTimings,
@@ -108,7 +104,7 @@ impl Worker {
             injected: None,
             held: held_by(model),
         };
-        let denoised = model.denoise(request, prompt, &mut noise, &mut observer, timings);
+        let denoised = model.denoise(request, plan, prompt, &mut noise, &mut observer, timings);
         match (denoised, observer.injected.take()) {
             (Err(PipelineError::Cancelled), Some(injected)) => Err(injected),
             (denoised, _) => denoised,
@@ -120,11 +116,11 @@ impl Worker {
         &mut self,
         job: JobId,
         request: &GenerateRequest,
+        plan: &Plan,
         model: &mut dyn LoadedModel,
         mut timings: StageTimings,
     ) -> Result<JobOutput, PipelineError> {
-        let all = model.components();
-        self.load(job, model, &all, &mut timings)?;
+        self.load(job, model, &plan.components, &mut timings)?;
         let loaded_now = !timings.stages.is_empty();
         if self.warm_up && loaded_now {
             let started = std::time::Instant::now();
@@ -143,8 +139,8 @@ impl Worker {
             return Err(PipelineError::Cancelled);
         }
         self.report_model_memory(model);
-        let prompt = model.encode(request, &mut timings)?;
-        let denoised = self.denoise_observed(job, request, model, &prompt, timings)?;
+        let prompt = model.encode(request, plan, &mut timings)?;
+        let denoised = self.denoise_observed(job, request, plan, model, &prompt, timings)?;
         self.inject(FaultPoint::BeforeDecode(job))?;
         let generated = model.decode(request, denoised)?;
         Ok(job_output(model, request, generated))
@@ -182,7 +178,7 @@ fn warm_up_request(request: &GenerateRequest) -> GenerateRequest {
     tiny.steps = 1;
     tiny.width = Some(64);
     tiny.height = Some(64);
-    if let Some(source) = &mut tiny.source {
+    if let Some(source) = tiny.init_mut() {
         source.strength = 1.0;
     }
     tiny
