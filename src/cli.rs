@@ -11,17 +11,17 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use easel::bench::{Architecture, BenchModel, BenchOptions};
-use easel::engine::{Engine, EngineConfig, Event};
-use easel::families::ModelInfo;
-use easel::image_file::{read_mask_file, read_rgb_image};
-use easel::output::{save_new_result, save_png_with_parameters};
+use easel_engine::bench::{Architecture, BenchModel, BenchOptions};
+use easel_engine::engine::{Engine, EngineConfig, Event};
+use easel_engine::families::ModelInfo;
+use easel_engine::image_file::{read_mask_file, read_rgb_image};
+use easel_engine::output::{save_new_result, save_png_with_parameters};
 
 pub use crate::cli_checks::UsageError;
-use easel::pipeline::request::{Adapter, GenerateRequest, Reference, SourceImage};
-use easel::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
-use easel::schedulers::SamplerKind;
-use easel::settings;
+use easel_engine::pipeline::request::{Adapter, GenerateRequest, Reference, SourceImage};
+use easel_engine::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
+use easel_engine::schedulers::SamplerKind;
+use easel_engine::settings;
 
 /// Easel: generate and edit images with local diffusion models.
 #[derive(Debug, Parser)]
@@ -297,7 +297,7 @@ fn bench(
             .unwrap_or_else(|| settings.models_dir.join("bench")),
     };
     let started = std::time::Instant::now();
-    let report = easel::bench::run(&options, &mut |phase| {
+    let report = easel_engine::bench::run(&options, &mut |phase| {
         note!("[{:>6.1}s] {phase}", started.elapsed().as_secs_f64());
     })
     .context("the benchmark failed")?;
@@ -411,12 +411,13 @@ fn generate(
     };
     // Checked against the model's configs before the engine starts (no weights load): what
     // the model cannot take is a command line to change.
-    let opened = easel::families::open(
+    let opened = easel_engine::families::open(
         &request.model,
         &candle_core::Device::Cpu,
         candle_core::DType::F32,
     )?;
-    easel::families::plan(opened.as_ref(), &request).map_err(|e| UsageError(format!("{e}")))?;
+    easel_engine::families::plan(opened.as_ref(), &request)
+        .map_err(|e| UsageError(format!("{e}")))?;
     drop(opened);
     let engine = Engine::spawn(config, Arc::new(|| {}))?;
 

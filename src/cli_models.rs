@@ -10,12 +10,12 @@ use anyhow::Context;
 use crate::console::{note, out};
 use crate::progress::{Progress, Unit};
 
-use easel::device;
-use easel::engine::memory::system_memory_bytes;
-use easel::hub::catalog::{self, CatalogEntry};
-use easel::hub::fit::{self, format_gb, Verdict};
-use easel::hub::{self, CacheRoots, Downloaded, HubClient, ModelRef};
-use easel::settings::{self, Settings};
+use easel_engine::device;
+use easel_engine::engine::memory::system_memory_bytes;
+use easel_engine::hub::catalog::{self, CatalogEntry};
+use easel_engine::hub::fit::{self, format_gb, Verdict};
+use easel_engine::hub::{self, CacheRoots, Downloaded, HubClient, ModelRef};
+use easel_engine::settings::{self, Settings};
 
 /// Where models are looked for: Easel's folder, then the user's hub cache.
 pub fn cache_roots(settings: &Settings) -> CacheRoots {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use easel::settings::{LogFormat, LogLevel, Settings};
+use easel_engine::settings::{LogFormat, LogLevel, Settings};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 

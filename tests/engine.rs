@@ -15,16 +15,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use easel::device::DeviceChoice;
-use easel::engine::{
+use easel_engine::device::DeviceChoice;
+use easel_engine::engine::{
     Engine, EngineConfig, EngineError, Event, Fault, FaultPoint, JobId, JobOutput, Request,
     ResidencyPolicy, Strategy,
 };
-use easel::models::error::ModelError;
-use easel::models::sd::Component;
-use easel::pipeline::request::{GenerateRequest, Reference, RequestError, SourceImage};
-use easel::pipeline::PipelineError;
-use easel::schedulers::SamplerKind;
+use easel_engine::models::error::ModelError;
+use easel_engine::models::sd::Component;
+use easel_engine::pipeline::request::{GenerateRequest, Reference, RequestError, SourceImage};
+use easel_engine::pipeline::PipelineError;
+use easel_engine::schedulers::SamplerKind;
 
 fn tiny_request(model: &Path) -> GenerateRequest {
     GenerateRequest {
@@ -905,7 +905,7 @@ fn memory_reports_have_sane_values_on_the_cpu() {
     let engine = engine();
     let job = engine.generate(tiny_request(&model)).expect("send");
     let end = wait_for(&engine, job);
-    let reports: Vec<&easel::engine::memory::MemoryReport> = end
+    let reports: Vec<&easel_engine::engine::memory::MemoryReport> = end
         .events
         .iter()
         .filter_map(|e| match e {

@@ -7,8 +7,8 @@
 
 mod common;
 
-use easel::families::{GuidanceKind, ModelInfo};
-use easel::schedulers::SamplerKind;
+use easel_engine::families::{GuidanceKind, ModelInfo};
+use easel_engine::schedulers::SamplerKind;
 
 #[test]
 fn each_family_states_its_sizes_defaults_and_controls() {
@@ -79,7 +79,7 @@ fn a_catalog_models_folder_runs_with_the_catalogs_name_and_defaults() {
     std::fs::create_dir_all(folder.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(common::model("sd15-tiny"), &folder).unwrap();
     let info = ModelInfo::read(&folder).expect("catalog folder");
-    let entry = easel::hub::catalog::find("sd-turbo").expect("in the catalog");
+    let entry = easel_engine::hub::catalog::find("sd-turbo").expect("in the catalog");
     assert_eq!(info.name, entry.name);
     assert_eq!(info.defaults.steps, entry.defaults.steps);
     assert!(info.wants_its_defaults);
@@ -96,8 +96,8 @@ fn a_folder_that_is_missing_or_of_no_family_is_named() {
 
 #[test]
 fn a_request_is_checked_once_into_a_plan_against_what_the_model_takes() {
-    use easel::families::{open, plan};
-    use easel::pipeline::request::{GenerateRequest, Mode, Reference, SourceImage};
+    use easel_engine::families::{open, plan};
+    use easel_engine::pipeline::request::{GenerateRequest, Mode, Reference, SourceImage};
     if common::parity_missing() {
         return;
     }

@@ -16,10 +16,10 @@ use common::jobs::{
     cancel_after_second_step, engine, engine_with, engine_with_slow_steps, failure, finished,
     staged_engine, wait_for, Outcome,
 };
-use easel::device::DeviceChoice;
-use easel::engine::{EngineConfig, EngineError, Event, Fault, FaultPoint, Strategy};
-use easel::pipeline::request::{GenerateRequest, Reference, RequestError, SourceImage};
-use easel::pipeline::PipelineError;
+use easel_engine::device::DeviceChoice;
+use easel_engine::engine::{EngineConfig, EngineError, Event, Fault, FaultPoint, Strategy};
+use easel_engine::pipeline::request::{GenerateRequest, Reference, RequestError, SourceImage};
+use easel_engine::pipeline::PipelineError;
 
 fn flux_request(model: &Path) -> GenerateRequest {
     GenerateRequest {

@@ -14,11 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::fake_hub::FakeHub;
 use common::jobs;
-use easel::engine::{DownloadRequest, Event};
-use easel::hub::catalog;
-use easel::hub::download::sha256_of;
-use easel::hub::{self, CacheRoots, DownloadProgress, Downloaded, HubClient, HubError, ModelRef};
-use easel::pipeline::request::GenerateRequest;
+use easel_engine::engine::{DownloadRequest, Event};
+use easel_engine::hub::catalog;
+use easel_engine::hub::download::sha256_of;
+use easel_engine::hub::{
+    self, CacheRoots, DownloadProgress, Downloaded, HubClient, HubError, ModelRef,
+};
+use easel_engine::pipeline::request::GenerateRequest;
 
 const SD15_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 const SD15_TOKENIZER_REPO: &str = "openai/clip-vit-base-patch32";
@@ -630,7 +632,7 @@ fn a_repository_with_vocab_and_merges_instead_of_tokenizer_json_generates() {
     if common::parity_missing() {
         return;
     }
-    use easel::models::tokenizer::PromptTokenizer;
+    use easel_engine::models::tokenizer::PromptTokenizer;
     let repo = "easel-test/sd15-vocab-merges";
     let tiny = common::model("sd15-tiny");
     let hub = FakeHub::start();
@@ -673,7 +675,7 @@ fn a_download_does_not_wait_behind_a_model_load() {
     if common::parity_missing() {
         return;
     }
-    use easel::engine::{EngineConfig, Fault, FaultPoint};
+    use easel_engine::engine::{EngineConfig, Fault, FaultPoint};
     let hub = FakeHub::start();
     serve_sd15(&hub);
     let models = tempfile::tempdir().expect("temp dir");

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use common::fake_hub::FakeHub;
-use easel::hub::download::{sha256_of, RepoPlan};
-use easel::hub::{HubClient, HubError, HubToken};
+use easel_engine::hub::download::{sha256_of, RepoPlan};
+use easel_engine::hub::{HubClient, HubError, HubToken};
 
 const REPO: &str = "easel-test/big";
 const WEIGHTS: &str = "unet/diffusion_pytorch_model.safetensors";

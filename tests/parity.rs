@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::Device;
-use easel::replay::ParityCase;
+use easel_engine::replay::ParityCase;
 
 fn case_files() -> Vec<PathBuf> {
     let dir = common::parity_dir().join("cases");

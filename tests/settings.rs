@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use easel::device::DeviceChoice;
-use easel::settings::{resolve, write_key, DtypeChoice, Residency, Resolved, Settings, Source};
+use easel_engine::device::DeviceChoice;
+use easel_engine::settings::{
+    resolve, write_key, DtypeChoice, Residency, Resolved, Settings, Source,
+};
 
 fn resolve_with(file: &Path, env: &[(&str, &str)], flags: &[(&str, &str)]) -> Resolved {
     let env: HashMap<String, String> = env
@@ -147,7 +149,7 @@ fn writing_a_key_keeps_the_users_comments_and_order() {
 
 #[test]
 fn residency_settings_become_the_engines_policy() {
-    use easel::engine::ResidencyPolicy;
+    use easel_engine::engine::ResidencyPolicy;
     let (_dir, file) = settings_file("residency = \"memory_budget\"\nmemory_budget_gb = 6\n");
     let resolved = resolve_with(&file, &[], &[]);
     assert!(resolved.problems.is_empty(), "{:?}", resolved.problems);

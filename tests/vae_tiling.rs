@@ -8,10 +8,10 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use easel::models::config::VaeConfig;
-use easel::models::sd::{Component, SdModel};
-use easel::models::vae::{Vae, VaeTiling};
-use easel::pipeline::noise::{NoiseRole, NoiseSource, SeededNoise};
+use easel_engine::models::config::VaeConfig;
+use easel_engine::models::sd::{Component, SdModel};
+use easel_engine::models::vae::{Vae, VaeTiling};
+use easel_engine::pipeline::noise::{NoiseRole, NoiseSource, SeededNoise};
 
 /// Largest absolute difference between two tensors of the same shape.
 fn max_difference(a: &Tensor, b: &Tensor) -> f32 {

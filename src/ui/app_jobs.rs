@@ -10,7 +10,7 @@ impl EaselApp {
         match self.engine.engine() {
             Ok(engine) => {
                 self.status.device = engine.device_name().to_string();
-                self.status.dtype = format!("{:?}", engine.dtype()).to_lowercase();
+                self.status.dtype = engine.dtype_name();
                 if let Some(warning) = engine.dtype_warning() {
                     self.status.show_error(warning.to_string());
                 }

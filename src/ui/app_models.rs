@@ -2,8 +2,8 @@
 //! and offering a downloaded model in the prompt panel.
 
 use super::*;
-use easel::engine::DownloadRequest;
-use easel::hub::fit;
+use easel_engine::engine::DownloadRequest;
+use easel_engine::hub::fit;
 use models_panel::{ModelsAction, ModelsContext};
 
 impl EaselApp {
@@ -19,14 +19,11 @@ impl EaselApp {
         let free_bytes = memory.and_then(|m| fit::free_bytes(m.device_bytes, m.system_bytes));
         ModelsContext {
             free_bytes,
-            bytes_per_weight: if self.runs_16_bit() { 2 } else { 4 },
+            bytes_per_weight: self
+                .engine
+                .engine()
+                .map_or(4, |engine| engine.bytes_per_weight()),
         }
-    }
-
-    fn runs_16_bit(&self) -> bool {
-        self.engine
-            .engine()
-            .is_ok_and(|e| e.dtype() != candle_core::DType::F32)
     }
 
     pub(super) fn act_on_models(&mut self, action: ModelsAction) {
@@ -35,7 +32,10 @@ impl EaselApp {
                 let request = DownloadRequest {
                     model: entry.id.to_string(),
                     roots: self.cache_roots(),
-                    prefer_fp16: self.runs_16_bit(),
+                    prefer_fp16: self
+                        .engine
+                        .engine()
+                        .is_ok_and(|engine| engine.bytes_per_weight() < 4),
                     endpoint: self.hub_endpoint.clone(),
                     token,
                 };

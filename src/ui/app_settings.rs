@@ -21,7 +21,7 @@ impl EaselApp {
     /// Writes one setting to the file, then takes in what it changes: folders at once, the
     /// device and precision by restarting the engine when no job runs.
     pub(super) fn change_setting(&mut self, ctx: &egui::Context, key: &str, value: &str) {
-        if let Err(error) = easel::settings::write_key(&self.settings.file, key, value) {
+        if let Err(error) = easel_engine::settings::write_key(&self.settings.file, key, value) {
             self.status.show_error(error);
             return;
         }
@@ -38,7 +38,8 @@ impl EaselApp {
         if policy != self.engine_config.residency {
             self.engine_config.residency = policy;
             if let Ok(engine) = self.engine.engine() {
-                if let Err(error) = engine.send(easel::engine::Request::SetResidency(policy)) {
+                if let Err(error) = engine.send(easel_engine::engine::Request::SetResidency(policy))
+                {
                     self.status.show_error(error.to_string());
                 }
             }
@@ -48,7 +49,7 @@ impl EaselApp {
             || now.low_memory != before.low_memory
         {
             self.engine_config.device = now.device;
-            self.engine_config.dtype = easel::settings::dtype_of(now.dtype);
+            self.engine_config.dtype = easel_engine::settings::dtype_of(now.dtype);
             self.engine_config.staged = now.low_memory;
             if self.is_busy() {
                 self.status.show_error("The new device, precision or low-memory mode applies after the running jobs: restart the engine then");
@@ -224,6 +225,6 @@ where
             image::ImageFormat::Png,
         )
         .map_err(|e| format!("could not encode {}: {e}", path.display()))?;
-    easel::atomic_file::write_bytes(path, &encoded)
+    easel_engine::atomic_file::write_bytes(path, &encoded)
         .map_err(|e| format!("could not save {}: {e}", path.display()))
 }

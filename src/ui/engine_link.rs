@@ -1,8 +1,8 @@
 //! The window's side of the engine: started on the first frame with a wake-up that requests
 //! a repaint, drained once per frame, and restartable if its thread dies.
 
-use easel::engine::{Engine, EngineConfig, EngineStopped, Event, JobId};
-use easel::pipeline::request::GenerateRequest;
+use easel_engine::engine::{Engine, EngineConfig, EngineStopped, Event, JobId};
+use easel_engine::pipeline::request::GenerateRequest;
 use eframe::egui;
 
 /// The engine as the window sees it.

@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use easel::engine::{EngineConfig, Event, JobId, JobOutput};
-use easel::hub::CacheRoots;
-use easel::output::{save_new_result, save_png_with_parameters, RecalledParameters};
-use easel::pipeline::request::{GenerateRequest, Reference, SourceImage};
-use easel::settings::{Resolved, Settings};
+use easel_engine::engine::{EngineConfig, Event, JobId, JobOutput};
+use easel_engine::hub::CacheRoots;
+use easel_engine::output::{save_new_result, save_png_with_parameters, RecalledParameters};
+use easel_engine::pipeline::request::{GenerateRequest, Reference, SourceImage};
+use easel_engine::settings::{Resolved, Settings};
 use eframe::egui;
 
 use background::Background;
@@ -85,7 +85,7 @@ impl AppPaths {
         ]
         .into_iter()
         .filter_map(|(what, dir)| {
-            easel::settings::folders::unwritable_reason(dir).map(|why| {
+            easel_engine::settings::folders::unwritable_reason(dir).map(|why| {
                 format!("{what} cannot be saved: {why}; choose another folder in Settings")
             })
         })
@@ -188,9 +188,9 @@ impl EaselApp {
             saved_masks: HashMap::new(),
             mask_writes: Background::default(),
             last_persist: Instant::now(),
-            settings: easel::settings::resolve(&default_settings_file, &|_| None, &[]),
+            settings: easel_engine::settings::resolve(&default_settings_file, &|_| None, &[]),
             resolve_settings: Box::new(move || {
-                easel::settings::resolve(&default_settings_file, &|_| None, &[])
+                easel_engine::settings::resolve(&default_settings_file, &|_| None, &[])
             }),
             settings_panel: SettingsPanel::default(),
             models_panel,

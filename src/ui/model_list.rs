@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use easel::families::ModelInfo;
+use easel_engine::families::ModelInfo;
 
 /// A model the picker can offer: its facts.
 pub type ModelEntry = ModelInfo;

@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use easel::engine::{DownloadId, Event};
-use easel::hub::catalog::{self, CatalogEntry};
-use easel::hub::fit::{self, format_gb, Verdict};
-use easel::hub::{self, CacheRoots, DownloadProgress, HubError, HubToken, Located, ModelRef};
+use easel_engine::engine::{DownloadId, Event};
+use easel_engine::hub::catalog::{self, CatalogEntry};
+use easel_engine::hub::fit::{self, format_gb, Verdict};
+use easel_engine::hub::{
+    self, CacheRoots, DownloadProgress, HubError, HubToken, Located, ModelRef,
+};
 use eframe::egui;
 
 /// A catalog entry's download, as the window knows it.

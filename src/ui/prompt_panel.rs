@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use easel::hub::fit::{format_gb, Verdict};
-use easel::output::RecalledParameters;
-use easel::pipeline::request::Mode;
-use easel::schedulers::SamplerKind;
+use easel_engine::hub::fit::{format_gb, Verdict};
+use easel_engine::output::RecalledParameters;
+use easel_engine::pipeline::request::Mode;
+use easel_engine::schedulers::SamplerKind;
 use eframe::egui;
 use serde::{Deserialize, Serialize};
 

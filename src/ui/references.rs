@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use easel::pipeline::request::Mode;
+use easel_engine::pipeline::request::Mode;
 use eframe::egui;
 use image::{GrayImage, RgbImage};
 
-use easel::image_file::read_image_file;
-use easel::output::{parse_a1111_parameters, read_png_parameters, RecalledParameters};
+use easel_engine::image_file::read_image_file;
+use easel_engine::output::{parse_a1111_parameters, read_png_parameters, RecalledParameters};
 
 use super::background::Background;
 use super::canvas::mask::MaskLayer;

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use easel::engine::{JobId, JobParameters};
-use easel::output::a1111_parameters;
+use easel_engine::engine::{JobId, JobParameters};
+use easel_engine::output::a1111_parameters;
 use eframe::egui;
 use image::RgbImage;
 

@@ -89,7 +89,7 @@ impl Session {
         };
         std::fs::create_dir_all(data_dir).map_err(|e| fail(&e))?;
         let text = serde_json::to_string_pretty(self).map_err(|e| fail(&e))?;
-        easel::atomic_file::write_bytes(&path, text.as_bytes()).map_err(|e| fail(&e))
+        easel_engine::atomic_file::write_bytes(&path, text.as_bytes()).map_err(|e| fail(&e))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use easel::settings::{Resolved, Source, KEYS};
+use easel_engine::settings::{Resolved, Source, KEYS};
 use eframe::egui;
 
 /// The settings window's state.

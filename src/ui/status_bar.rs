@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use easel::engine::memory::MemoryReport;
-use easel::engine::Event;
-use easel::hub::HubError;
+use easel_engine::engine::memory::MemoryReport;
+use easel_engine::engine::Event;
+use easel_engine::hub::HubError;
 use eframe::egui;
 
 /// Where the models stand, as the engine last said.

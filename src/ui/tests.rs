@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
-use easel::device::DeviceChoice;
-use easel::engine::{EngineConfig, Fault, FaultPoint};
+use easel_engine::device::DeviceChoice;
+use easel_engine::engine::{EngineConfig, Fault, FaultPoint};
 use eframe::egui::{self, accesskit::Role, Event, Key, Modifiers, PointerButton, Pos2, Vec2};
 use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
@@ -601,7 +601,7 @@ fn settings_problems_show_in_the_status_bar_and_defaults_seed_a_fresh_session() 
         "dtype = \"f8\"\nsteps = 33\ndefault_model = \"sd15-tiny\"\n",
     )
     .expect("write settings");
-    let resolved = easel::settings::resolve(&file, &|_| None, &[]);
+    let resolved = easel_engine::settings::resolve(&file, &|_| None, &[]);
     let mut app = EaselApp::new(folders.paths(), plain_engine());
     app.apply_settings(&resolved, true);
     let mut harness = window_of(app);
@@ -666,7 +666,7 @@ fn a_setting_changed_in_the_window_is_saved_at_once_and_a_bad_one_is_refused() {
     let file = folders.root.path().join("config/easel.toml");
     let resolve_file = file.clone();
     let app = EaselApp::new(folders.paths(), plain_engine()).with_settings(
-        Box::new(move || easel::settings::resolve(&resolve_file, &|_| None, &[])),
+        Box::new(move || easel_engine::settings::resolve(&resolve_file, &|_| None, &[])),
         true,
     );
     let mut harness = window_of(app);

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use easel::device::DeviceChoice;
-use easel::engine::{
+use easel_engine::device::DeviceChoice;
+use easel_engine::engine::{
     Engine, EngineConfig, EngineError, Event, Fault, FaultPoint, JobId, JobOutput,
 };
 

@@ -407,13 +407,14 @@ impl MaskLayer {
                 image::ImageFormat::Png,
             )
             .map_err(|e| fail(&e))?;
-        easel::atomic_file::write_bytes(path, &encoded).map_err(|e| fail(&e))
+        easel_engine::atomic_file::write_bytes(path, &encoded).map_err(|e| fail(&e))
     }
 
     /// Reads a mask image (any format `image` reads, by content; colour becomes grey,
     /// transparent pixels unpainted).
     pub fn read_png(path: &Path) -> Result<GrayImage, String> {
-        easel::image_file::read_mask_file(path).map_err(|e| format!("could not read the mask: {e}"))
+        easel_engine::image_file::read_mask_file(path)
+            .map_err(|e| format!("could not read the mask: {e}"))
     }
 }
 
@@ -514,7 +515,7 @@ mod tests {
 
         let mut hard = MaskLayer::new(40, 40);
         stroke(&mut hard, HARD, (20.0, 20.0), (20.0, 20.0));
-        let feathered = easel::pipeline::image::feather_mask(hard.pixels(), 6);
+        let feathered = easel_engine::pipeline::image::feather_mask(hard.pixels(), 6);
         let outside = feathered.get_pixel(20, 26).0[0];
         assert_eq!(hard.pixels().get_pixel(20, 26).0[0], 0);
         assert!(outside > 0, "feathering spreads the mask outwards");

@@ -348,7 +348,7 @@ impl CanvasPanel {
                 let spawned = self
                     .feather_previews
                     .spawn("feather-preview", ctx, move || {
-                        let soft = easel::pipeline::image::feather_mask(&pixels, feather);
+                        let soft = easel_engine::pipeline::image::feather_mask(&pixels, feather);
                         (wanted, overlay_image(&soft, None))
                     });
                 if spawned.is_ok() {

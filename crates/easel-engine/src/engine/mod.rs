@@ -145,6 +145,16 @@ impl Engine {
         self.dtype
     }
 
+    /// The precision's name ("f32", "f16", "bf16").
+    pub fn dtype_name(&self) -> String {
+        format!("{:?}", self.dtype).to_lowercase()
+    }
+
+    /// Bytes per weight and activation element at this precision (4 in f32, 2 in 16 bits).
+    pub fn bytes_per_weight(&self) -> u64 {
+        self.dtype.size_in_bytes() as u64
+    }
+
     /// Why the precision asked for was replaced by `dtype()`, if it was.
     pub fn dtype_warning(&self) -> Option<&str> {
         self.dtype_warning.as_deref()
