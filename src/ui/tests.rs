@@ -739,7 +739,7 @@ fn picking_a_flux_model_takes_its_defaults_and_generates() {
     assert!(harness.state().status.last_error.is_none());
 }
 
-#[path = "../../tests/common/fake_hub.rs"]
+#[path = "../../tests/it/common/fake_hub.rs"]
 mod fake_hub;
 
 #[test]

@@ -1,10 +1,7 @@
 //! Every case in `../shared/parity/cases`, Stable Diffusion and FLUX, reproduces diffusers'
 //! output.
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

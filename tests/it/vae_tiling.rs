@@ -1,10 +1,7 @@
 //! Tiled VAE decode and encode give the untiled result (within float rounding), for maps
 //! that are not square and whose sides are not multiples of the tile.
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};

@@ -2,10 +2,7 @@
 //! window, the CLI, the catalog and the engine decide a model's defaults, sizes, abilities and
 //! memory from.
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use easel_engine::families::{GuidanceKind, ModelInfo};
 use easel_engine::schedulers::SamplerKind;

@@ -1,8 +1,6 @@
 //! Settings: flag > env > file > default, and every bad input answered by a fallback and a
 //! problem that names the key, the value and where it came from.
 
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -3,15 +3,12 @@
 //! on another host, and file requests redirected to another host. No test touches the
 //! internet, and none needs the parity goldens.
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use common::fake_hub::FakeHub;
+use crate::common::fake_hub::FakeHub;
 use easel_engine::hub::download::{sha256_of, RepoPlan};
 use easel_engine::hub::{HubClient, HubError, HubToken};
 

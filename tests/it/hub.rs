@@ -3,17 +3,14 @@
 //! damaged files replaced, gated repositories and tokens, offline use, and the user's own
 //! hub cache reused. No test touches the internet.
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::fake_hub::FakeHub;
-use common::jobs;
+use crate::common::fake_hub::FakeHub;
+use crate::common::jobs;
 use easel_engine::engine::{DownloadRequest, Event};
 use easel_engine::hub::catalog;
 use easel_engine::hub::download::sha256_of;

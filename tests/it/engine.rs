@@ -1,11 +1,8 @@
 //! The engine thread: results, determinism, cancel, crashes, bad requests and bad files.
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+use crate::common;
 
-mod common;
-
-use common::jobs::{
+use crate::common::jobs::{
     cancel_after_second_step, engine, engine_with, engine_with_slow_steps, failure, finished,
     staged_engine, wait_for, JobEnd, Outcome, WAIT,
 };
@@ -89,37 +86,12 @@ fn txt2img_reports_progress_and_keeps_models_loaded() {
     let model = common::model("sd15-tiny");
     let job = engine.generate(tiny_request(&model)).expect("send");
     let end = wait_for(&engine, job);
-    let loads: Vec<&str> = end
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Loading {
-                component,
-                progress,
-                ..
-            } if *progress == 0.0 => Some(*component),
-            _ => None,
-        })
-        .collect();
+    let loads = end.loads_started();
     assert_eq!(loads, ["text_encoder", "unet", "vae"]);
-    let steps: Vec<(usize, usize)> = end
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Step { step, of, .. } => Some((*step, *of)),
-            _ => None,
-        })
-        .collect();
+    let steps = end.steps();
     assert_eq!(steps, [(1, 3), (2, 3), (3, 3)]);
     // Every step carries a live preview, one pixel per latent of the 64x64 result.
-    let preview_sizes: Vec<Option<(u32, u32)>> = end
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Step { preview, .. } => Some(preview.as_ref().map(|p| p.dimensions())),
-            _ => None,
-        })
-        .collect();
+    let preview_sizes = end.preview_sizes();
     assert_eq!(preview_sizes, [Some((8, 8)); 3]);
     assert!(matches!(
         end.events[0],
@@ -629,12 +601,9 @@ fn staged_mode_holds_one_stage_at_a_time_and_gives_the_same_image() {
         staged.generate(tiny_request(&model)).expect("send"),
     );
     let held: Vec<Vec<&str>> = end
-        .events
+        .memory_reports()
         .iter()
-        .filter_map(|e| match e {
-            Event::Memory(m) => Some(m.weights_bytes.iter().map(|w| w.component).collect()),
-            _ => None,
-        })
+        .map(|m| m.weights_bytes.iter().map(|w| w.component).collect())
         .collect();
     assert!(
         held.iter().any(|c| c.contains(&"text_encoder_2")),
@@ -697,17 +666,7 @@ fn engine_failing(fails: impl Fn(FaultPoint, usize) -> bool + Send + Sync + 'sta
 
 /// The out-of-memory events of a job, as `(strategy, retrying_with)`.
 fn fallbacks(end: &JobEnd) -> Vec<(Strategy, Option<Strategy>)> {
-    end.events
-        .iter()
-        .filter_map(|e| match e {
-            Event::OutOfMemory {
-                strategy,
-                retrying_with,
-                ..
-            } => Some((*strategy, *retrying_with)),
-            _ => None,
-        })
-        .collect()
+    end.fallbacks()
 }
 
 fn undisturbed_image(model: &Path) -> image::RgbImage {
@@ -905,14 +864,7 @@ fn memory_reports_have_sane_values_on_the_cpu() {
     let engine = engine();
     let job = engine.generate(tiny_request(&model)).expect("send");
     let end = wait_for(&engine, job);
-    let reports: Vec<&easel_engine::engine::memory::MemoryReport> = end
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Memory(report) => Some(report),
-            _ => None,
-        })
-        .collect();
+    let reports = end.memory_reports();
     // One at start, one with the model loaded.
     assert!(reports.len() >= 2, "{reports:?}");
     for report in &reports {

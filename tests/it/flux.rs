@@ -1,21 +1,18 @@
 //! FLUX through the engine and the command line: the three modes, determinism, staged runs,
 //! cancel, bad sizes, and a GGUF quantized transformer.
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::Device;
-use common::jobs::{
+use crate::common::jobs::{
     cancel_after_second_step, engine, engine_with, engine_with_slow_steps, failure, finished,
     staged_engine, wait_for, Outcome,
 };
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::Device;
 use easel_engine::device::DeviceChoice;
 use easel_engine::engine::{EngineConfig, EngineError, Event, Fault, FaultPoint, Strategy};
 use easel_engine::pipeline::request::{GenerateRequest, Reference, RequestError, SourceImage};
@@ -263,15 +260,14 @@ fn flux_sizes_must_be_multiples_of_16() {
 
 /// The transformer's bytes in each memory report that holds one.
 fn transformer_bytes(events: &[Event]) -> Vec<u64> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Memory(report) => report
+    crate::common::jobs::memory_reports(events)
+        .into_iter()
+        .filter_map(|report| {
+            report
                 .weights_bytes
                 .iter()
                 .find(|w| w.component == "transformer")
-                .map(|w| w.bytes),
-            _ => None,
+                .map(|w| w.bytes)
         })
         .collect()
 }
@@ -377,18 +373,7 @@ fn out_of_memory_falls_back_to_the_gguf_transformer_when_the_folder_has_one() {
         &engine,
         engine.generate(flux_request(&folder)).expect("send"),
     );
-    let ladder: Vec<(Strategy, Option<Strategy>)> = end
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::OutOfMemory {
-                strategy,
-                retrying_with,
-                ..
-            } => Some((*strategy, *retrying_with)),
-            _ => None,
-        })
-        .collect();
+    let ladder = end.fallbacks();
     assert_eq!(
         ladder,
         [

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use easel_engine::device::DeviceChoice;
+use easel_engine::engine::memory::MemoryReport;
 use easel_engine::engine::{
-    Engine, EngineConfig, EngineError, Event, Fault, FaultPoint, JobId, JobOutput,
+    Engine, EngineConfig, EngineError, Event, Fault, FaultPoint, JobId, JobOutput, Strategy,
 };
 
 /// The longest a test waits for an engine event.
@@ -42,6 +43,76 @@ pub struct JobEnd {
     pub events: Vec<Event>,
     /// How it ended.
     pub outcome: Outcome,
+}
+
+impl JobEnd {
+    /// The components whose load began, in order.
+    pub fn loads_started(&self) -> Vec<&'static str> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Loading {
+                    component,
+                    progress,
+                    ..
+                } if *progress == 0.0 => Some(*component),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `(step, of)` of every step event.
+    pub fn steps(&self) -> Vec<(usize, usize)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Step { step, of, .. } => Some((*step, *of)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The size of every step's preview (`None` for a step without one).
+    pub fn preview_sizes(&self) -> Vec<Option<(u32, u32)>> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Step { preview, .. } => Some(preview.as_ref().map(|p| p.dimensions())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every memory report.
+    pub fn memory_reports(&self) -> Vec<&MemoryReport> {
+        memory_reports(&self.events)
+    }
+
+    /// `(strategy, retrying_with)` of every out-of-memory event.
+    pub fn fallbacks(&self) -> Vec<(Strategy, Option<Strategy>)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::OutOfMemory {
+                    strategy,
+                    retrying_with,
+                    ..
+                } => Some((*strategy, *retrying_with)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The memory reports among `events`.
+pub fn memory_reports(events: &[Event]) -> Vec<&MemoryReport> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Memory(report) => Some(report),
+            _ => None,
+        })
+        .collect()
 }
 
 pub fn wait_for(engine: &Engine, job: JobId) -> JobEnd {

@@ -2,9 +2,6 @@
 //! dependency tree, and the window's sources name no candle path (it talks to the engine
 //! through messages and `ModelInfo`).
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
 use std::path::Path;
 
 #[test]

@@ -1,10 +1,7 @@
 //! The `easel generate` command end to end: a PNG on success, a clear message and a non-zero
 //! exit code on bad input.
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -4,15 +4,12 @@
 //! 0 where the input is legitimate), a message naming the problem, no panic and no signal, no
 //! temporary file left behind, and an earlier result untouched.
 
-// Tests may panic on setup failures: that is how a test reports them.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::fake_hub::FakeHub;
+use crate::common::fake_hub::FakeHub;
 
 /// What a case must end with.
 #[derive(Debug, Clone, Copy, PartialEq)]
