@@ -6,7 +6,7 @@ use crate::common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use easel_engine::models::config::VaeConfig;
-use easel_engine::models::sd::{Component, SdModel};
+use easel_engine::models::sd::{Component, ModelWeights, SdModel};
 use easel_engine::models::vae::{Vae, VaeTiling};
 use easel_engine::pipeline::noise::{NoiseRole, NoiseSource, SeededNoise};
 

@@ -3,17 +3,16 @@
 //! (the loop).
 
 use std::path::Path;
-use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::sd::folder_name;
 use super::{
-    time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind,
+    time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind, Loaded,
     LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
 };
-use crate::models::component::Component;
+use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
 use crate::models::flux::{FluxModel, FluxVariant, FLUX_PATCH_PX};
 use crate::pipeline::noise::NoiseSource;
@@ -45,7 +44,7 @@ impl Family for FluxFamily {
     ) -> Result<Box<dyn LoadedModel>, ModelError> {
         let model = FluxModel::open(dir, device, dtype)?;
         let info = info_of(&model);
-        Ok(Box::new(LoadedFlux { model, info }))
+        Ok(Box::new(Loaded { model, info }))
     }
 }
 
@@ -98,48 +97,13 @@ fn info_of(model: &FluxModel) -> ModelInfo {
     }
 }
 
-/// An opened FLUX folder.
-#[derive(Debug)]
-struct LoadedFlux {
-    model: FluxModel,
-    info: ModelInfo,
-}
-
-impl LoadedModel for LoadedFlux {
+impl LoadedModel for Loaded<FluxModel> {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
 
-    fn components(&self) -> Vec<Component> {
-        self.model.components()
-    }
-
     fn denoiser(&self) -> Component {
         Component::Transformer
-    }
-
-    fn is_loaded(&self, component: Component) -> bool {
-        self.model.is_loaded(component)
-    }
-
-    fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
-        self.model.load(component)
-    }
-
-    fn unload(&mut self, component: Component) {
-        self.model.unload(component);
-    }
-
-    fn unload_all(&mut self) {
-        self.model.unload_all();
-    }
-
-    fn file_bytes(&self, component: Component) -> u64 {
-        self.model.file_bytes(component)
-    }
-
-    fn loaded_bytes(&self) -> &[(Component, u64)] {
-        self.model.loaded_bytes()
     }
 
     fn check_inputs(&self, request: &GenerateRequest) -> Result<(u32, u32), RequestError> {

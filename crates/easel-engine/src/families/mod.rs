@@ -19,7 +19,7 @@ pub use info::{
     Capabilities, DenoiserFootprint, GuidanceKind, ModelDefaults, ModelInfo, PartBytes,
 };
 
-use crate::models::component::Component;
+pub use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
 use crate::models::vae::VaeTiling;
 use crate::pipeline::noise::NoiseSource;
@@ -102,17 +102,15 @@ impl EncodedPrompt {
     }
 }
 
-/// An opened model of any family: its components (loaded on demand), the pipeline phases,
-/// and what its fallbacks can change.
-pub trait LoadedModel: Send + std::fmt::Debug {
+/// An opened model of any family: its components (loaded on demand, `ModelWeights`), the
+/// pipeline phases, and what its fallbacks can change.
+pub trait LoadedModel: ModelWeights {
     /// Its facts.
     fn info(&self) -> &ModelInfo;
     /// The model folder.
     fn dir(&self) -> &Path {
         &self.info().dir
     }
-    /// The components every job needs, in pipeline order.
-    fn components(&self) -> Vec<Component>;
     /// The text encoders among `components`.
     fn text_encoders(&self) -> Vec<Component> {
         self.components()
@@ -122,18 +120,6 @@ pub trait LoadedModel: Send + std::fmt::Debug {
     }
     /// The denoiser (UNet or transformer).
     fn denoiser(&self) -> Component;
-    /// Whether `component` is in memory.
-    fn is_loaded(&self, component: Component) -> bool;
-    /// Loads `component` if it is not loaded, returning how long that took.
-    fn load(&mut self, component: Component) -> Result<Duration, ModelError>;
-    /// Drops `component`'s weights.
-    fn unload(&mut self, component: Component);
-    /// Drops every component.
-    fn unload_all(&mut self);
-    /// Bytes of `component`'s weight files, loaded or not.
-    fn file_bytes(&self, component: Component) -> u64;
-    /// Bytes of weight files behind each loaded component.
-    fn loaded_bytes(&self) -> &[(Component, u64)];
 
     /// Checks `request` against the model before any weights load; returns the output size.
     fn check_inputs(&self, request: &GenerateRequest) -> Result<(u32, u32), RequestError>;
@@ -185,6 +171,43 @@ pub trait LoadedModel: Send + std::fmt::Debug {
         size_px: u32,
         runs: usize,
     ) -> Result<Vec<f64>, PipelineError>;
+}
+
+/// An opened model of one family, with its facts: the families' `LoadedModel`s.
+#[derive(Debug)]
+struct Loaded<M> {
+    model: M,
+    info: ModelInfo,
+}
+
+impl<M: ModelWeights> ModelWeights for Loaded<M> {
+    fn components(&self) -> Vec<Component> {
+        self.model.components()
+    }
+
+    fn is_loaded(&self, component: Component) -> bool {
+        self.model.is_loaded(component)
+    }
+
+    fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
+        self.model.load(component)
+    }
+
+    fn unload(&mut self, component: Component) {
+        self.model.unload(component);
+    }
+
+    fn unload_all(&mut self) {
+        self.model.unload_all();
+    }
+
+    fn file_bytes(&self, component: Component) -> u64 {
+        self.model.file_bytes(component)
+    }
+
+    fn loaded_bytes(&self) -> &[(Component, u64)] {
+        self.model.loaded_bytes()
+    }
 }
 
 /// Loads those of `components` not yet loaded, in order, recording each load in `timings`

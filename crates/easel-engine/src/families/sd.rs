@@ -2,16 +2,15 @@
 //! the family interface, over `models::sd` (weights) and `pipeline::sd` (the loop).
 
 use std::path::Path;
-use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::{
-    time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind,
+    time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind, Loaded,
     LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
 };
-use crate::models::component::Component;
+use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
 use crate::models::sd::{Family as Variant, SdModel};
 use crate::models::unet::TextTimeConditioning;
@@ -52,7 +51,7 @@ impl Family for StableDiffusionFamily {
     ) -> Result<Box<dyn LoadedModel>, ModelError> {
         let model = SdModel::open(dir, device, dtype)?;
         let info = info_of(&model);
-        Ok(Box::new(LoadedSd { model, info }))
+        Ok(Box::new(Loaded { model, info }))
     }
 }
 
@@ -116,48 +115,13 @@ pub(super) fn folder_name(dir: &Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-/// An opened Stable Diffusion folder.
-#[derive(Debug)]
-struct LoadedSd {
-    model: SdModel,
-    info: ModelInfo,
-}
-
-impl LoadedModel for LoadedSd {
+impl LoadedModel for Loaded<SdModel> {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
 
-    fn components(&self) -> Vec<Component> {
-        self.model.components()
-    }
-
     fn denoiser(&self) -> Component {
         Component::Unet
-    }
-
-    fn is_loaded(&self, component: Component) -> bool {
-        self.model.is_loaded(component)
-    }
-
-    fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
-        self.model.load(component)
-    }
-
-    fn unload(&mut self, component: Component) {
-        self.model.unload(component);
-    }
-
-    fn unload_all(&mut self) {
-        self.model.unload_all();
-    }
-
-    fn file_bytes(&self, component: Component) -> u64 {
-        self.model.file_bytes(component)
-    }
-
-    fn loaded_bytes(&self) -> &[(Component, u64)] {
-        self.model.loaded_bytes()
     }
 
     fn check_inputs(&self, request: &GenerateRequest) -> Result<(u32, u32), RequestError> {

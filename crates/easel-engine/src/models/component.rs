@@ -1,4 +1,9 @@
-//! The loadable parts of a model, shared by every family.
+//! The loadable parts of a model, shared by every family, and what every opened model does
+//! with them.
+
+use std::time::Duration;
+
+use super::error::ModelError;
 
 /// A loadable part of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,4 +36,23 @@ impl Component {
     pub fn is_text_encoder(self) -> bool {
         matches!(self, Component::TextEncoder | Component::TextEncoder2)
     }
+}
+
+/// An opened model's weights, component by component: what the engine's residency and the
+/// staged runner use, whatever the family.
+pub trait ModelWeights: Send + std::fmt::Debug {
+    /// The components every job needs, in pipeline order.
+    fn components(&self) -> Vec<Component>;
+    /// Whether `component` is in memory.
+    fn is_loaded(&self, component: Component) -> bool;
+    /// Loads `component` if it is not loaded, returning how long that took.
+    fn load(&mut self, component: Component) -> Result<Duration, ModelError>;
+    /// Drops `component`'s weights.
+    fn unload(&mut self, component: Component);
+    /// Drops every component.
+    fn unload_all(&mut self);
+    /// Bytes of `component`'s weight files, loaded or not.
+    fn file_bytes(&self, component: Component) -> u64;
+    /// Bytes of weight files behind each loaded component.
+    fn loaded_bytes(&self) -> &[(Component, u64)];
 }

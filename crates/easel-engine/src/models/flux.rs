@@ -17,7 +17,7 @@ use candle_transformers::models::t5;
 use serde::Deserialize;
 
 use super::clip::ClipTextModel;
-use super::component::Component;
+use super::component::{Component, ModelWeights};
 use super::config::{read_json, ClipTextConfig, ModelIndex, SchedulerConfig, VaeConfig};
 use super::error::ModelError;
 use super::t5_tokenizer::T5Tokenizer;
@@ -330,8 +330,73 @@ impl FluxModel {
         self.vae_config.sample_size.unwrap_or(1024)
     }
 
+    /// The weight files behind `component`.
+    fn files_of(&self, component: Component) -> Result<Vec<PathBuf>, ModelError> {
+        match component {
+            Component::TextEncoder | Component::TextEncoder2 => {
+                component_files(&self.dir.join(component.name()))
+            }
+            Component::Transformer => Ok(vec![self.transformer_file.path().to_path_buf()]),
+            Component::Vae => {
+                let path = self.dir.join("ae.safetensors");
+                if path.is_file() {
+                    Ok(vec![path])
+                } else {
+                    Err(ModelError::MissingFile {
+                        what: "FLUX autoencoder",
+                        path,
+                    })
+                }
+            }
+            Component::Unet => Ok(Vec::new()),
+        }
+    }
+
+    /// candle's autoencoder config from `vae/config.json`.
+    pub fn autoencoder_config(&self) -> AutoencoderConfig {
+        let vae = &self.vae_config;
+        let ch = vae.block_out_channels.first().copied().unwrap_or(128);
+        AutoencoderConfig {
+            resolution: self.vae_config_sample_size() as usize,
+            in_channels: vae.in_channels,
+            ch,
+            out_ch: vae.out_channels,
+            ch_mult: vae
+                .block_out_channels
+                .iter()
+                .map(|c| c / ch.max(1))
+                .collect(),
+            num_res_blocks: vae.layers_per_block,
+            z_channels: vae.latent_channels,
+            scale_factor: vae.scaling_factor,
+            shift_factor: vae.shift_factor.unwrap_or(0.0),
+        }
+    }
+
+    /// The loaded CLIP encoder.
+    pub fn clip(&self) -> Option<&ClipEncoder> {
+        self.clip.as_ref()
+    }
+
+    /// The loaded T5 encoder.
+    pub fn t5(&self) -> Option<&T5Encoder> {
+        self.t5.as_ref()
+    }
+
+    /// The loaded transformer.
+    pub fn transformer(&self) -> Option<&FluxTransformer> {
+        self.transformer.as_ref()
+    }
+
+    /// The loaded autoencoder.
+    pub fn autoencoder(&self) -> Option<&FluxAutoencoder> {
+        self.autoencoder.as_ref()
+    }
+}
+
+impl ModelWeights for FluxModel {
     /// The components every job needs, in pipeline order.
-    pub fn components(&self) -> Vec<Component> {
+    fn components(&self) -> Vec<Component> {
         vec![
             Component::TextEncoder,
             Component::TextEncoder2,
@@ -341,7 +406,7 @@ impl FluxModel {
     }
 
     /// Whether `component` is in memory.
-    pub fn is_loaded(&self, component: Component) -> bool {
+    fn is_loaded(&self, component: Component) -> bool {
         match component {
             Component::TextEncoder => self.clip.is_some(),
             Component::TextEncoder2 => self.t5.is_some(),
@@ -352,7 +417,7 @@ impl FluxModel {
     }
 
     /// Loads `component` if it is not loaded, returning how long that took.
-    pub fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
+    fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
         if self.is_loaded(component) {
             return Ok(Duration::ZERO);
         }
@@ -432,51 +497,8 @@ impl FluxModel {
         Ok(started.elapsed())
     }
 
-    /// The weight files behind `component`.
-    fn files_of(&self, component: Component) -> Result<Vec<PathBuf>, ModelError> {
-        match component {
-            Component::TextEncoder | Component::TextEncoder2 => {
-                component_files(&self.dir.join(component.name()))
-            }
-            Component::Transformer => Ok(vec![self.transformer_file.path().to_path_buf()]),
-            Component::Vae => {
-                let path = self.dir.join("ae.safetensors");
-                if path.is_file() {
-                    Ok(vec![path])
-                } else {
-                    Err(ModelError::MissingFile {
-                        what: "FLUX autoencoder",
-                        path,
-                    })
-                }
-            }
-            Component::Unet => Ok(Vec::new()),
-        }
-    }
-
-    /// candle's autoencoder config from `vae/config.json`.
-    pub fn autoencoder_config(&self) -> AutoencoderConfig {
-        let vae = &self.vae_config;
-        let ch = vae.block_out_channels.first().copied().unwrap_or(128);
-        AutoencoderConfig {
-            resolution: self.vae_config_sample_size() as usize,
-            in_channels: vae.in_channels,
-            ch,
-            out_ch: vae.out_channels,
-            ch_mult: vae
-                .block_out_channels
-                .iter()
-                .map(|c| c / ch.max(1))
-                .collect(),
-            num_res_blocks: vae.layers_per_block,
-            z_channels: vae.latent_channels,
-            scale_factor: vae.scaling_factor,
-            shift_factor: vae.shift_factor.unwrap_or(0.0),
-        }
-    }
-
     /// Drops `component`'s weights.
-    pub fn unload(&mut self, component: Component) {
+    fn unload(&mut self, component: Component) {
         match component {
             Component::TextEncoder => self.clip = None,
             Component::TextEncoder2 => self.t5 = None,
@@ -488,42 +510,22 @@ impl FluxModel {
     }
 
     /// Drops every component.
-    pub fn unload_all(&mut self) {
+    fn unload_all(&mut self) {
         for component in self.components() {
             self.unload(component);
         }
     }
 
     /// Bytes of `component`'s weight files, loaded or not (0 when they can't be found).
-    pub fn file_bytes(&self, component: Component) -> u64 {
+    fn file_bytes(&self, component: Component) -> u64 {
         self.files_of(component)
             .map(|files| files_bytes(&files))
             .unwrap_or(0)
     }
 
     /// Bytes of weight files behind each loaded component.
-    pub fn loaded_bytes(&self) -> &[(Component, u64)] {
+    fn loaded_bytes(&self) -> &[(Component, u64)] {
         &self.loaded_bytes
-    }
-
-    /// The loaded CLIP encoder.
-    pub fn clip(&self) -> Option<&ClipEncoder> {
-        self.clip.as_ref()
-    }
-
-    /// The loaded T5 encoder.
-    pub fn t5(&self) -> Option<&T5Encoder> {
-        self.t5.as_ref()
-    }
-
-    /// The loaded transformer.
-    pub fn transformer(&self) -> Option<&FluxTransformer> {
-        self.transformer.as_ref()
-    }
-
-    /// The loaded autoencoder.
-    pub fn autoencoder(&self) -> Option<&FluxAutoencoder> {
-        self.autoencoder.as_ref()
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 
 use super::clip::ClipTextModel;
-pub use super::component::Component;
+pub use super::component::{Component, ModelWeights};
 use super::config::{
     read_json, ClipTextConfig, ModelIndex, SchedulerConfig, UnetConfig, VaeConfig,
 };
@@ -158,15 +158,43 @@ impl SdModel {
         (side, side)
     }
 
+    /// How the VAE tiles from now on (now, if it is loaded, and after reloads).
+    pub fn set_vae_tiling(&mut self, tiling: VaeTiling) {
+        self.vae_tiling = tiling;
+        if let Some(vae) = &mut self.vae {
+            vae.set_tiling(tiling);
+        }
+    }
+
+    /// The loaded text encoders, in order (empty entries are not loaded).
+    pub fn text_encoders(&self) -> Vec<Option<&TextEncoder>> {
+        self.text_encoders
+            .iter()
+            .map(|s| s.loaded.as_ref())
+            .collect()
+    }
+
+    /// The loaded UNet.
+    pub fn unet(&self) -> Option<&Unet> {
+        self.unet.as_ref()
+    }
+
+    /// The loaded VAE.
+    pub fn vae(&self) -> Option<&Vae> {
+        self.vae.as_ref()
+    }
+}
+
+impl ModelWeights for SdModel {
     /// The components every job of this model needs.
-    pub fn components(&self) -> Vec<Component> {
+    fn components(&self) -> Vec<Component> {
         let mut all: Vec<Component> = self.text_encoders.iter().map(|s| s.component).collect();
         all.extend([Component::Unet, Component::Vae]);
         all
     }
 
     /// Whether `component` is in memory.
-    pub fn is_loaded(&self, component: Component) -> bool {
+    fn is_loaded(&self, component: Component) -> bool {
         match component {
             Component::Unet => self.unet.is_some(),
             Component::Vae => self.vae.is_some(),
@@ -178,7 +206,7 @@ impl SdModel {
     }
 
     /// Loads `component` if it is not loaded, returning how long that took (zero when it was).
-    pub fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
+    fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
         if self.is_loaded(component) {
             return Ok(Duration::ZERO);
         }
@@ -229,7 +257,7 @@ impl SdModel {
     }
 
     /// Drops `component`'s weights.
-    pub fn unload(&mut self, component: Component) {
+    fn unload(&mut self, component: Component) {
         match component {
             Component::Unet => self.unet = None,
             Component::Vae => self.vae = None,
@@ -247,47 +275,21 @@ impl SdModel {
     }
 
     /// Drops every component.
-    pub fn unload_all(&mut self) {
+    fn unload_all(&mut self) {
         for component in self.components() {
             self.unload(component);
         }
     }
 
-    /// How the VAE tiles from now on (now, if it is loaded, and after reloads).
-    pub fn set_vae_tiling(&mut self, tiling: VaeTiling) {
-        self.vae_tiling = tiling;
-        if let Some(vae) = &mut self.vae {
-            vae.set_tiling(tiling);
-        }
-    }
-
     /// Bytes of `component`'s weight files, loaded or not (0 when they can't be found).
-    pub fn file_bytes(&self, component: Component) -> u64 {
+    fn file_bytes(&self, component: Component) -> u64 {
         component_files(&self.dir.join(component.name()))
             .map(|files| files_bytes(&files))
             .unwrap_or(0)
     }
 
     /// Bytes of weight files behind each loaded component.
-    pub fn loaded_bytes(&self) -> &[(Component, u64)] {
+    fn loaded_bytes(&self) -> &[(Component, u64)] {
         &self.loaded_bytes
-    }
-
-    /// The loaded text encoders, in order (empty entries are not loaded).
-    pub fn text_encoders(&self) -> Vec<Option<&TextEncoder>> {
-        self.text_encoders
-            .iter()
-            .map(|s| s.loaded.as_ref())
-            .collect()
-    }
-
-    /// The loaded UNet.
-    pub fn unet(&self) -> Option<&Unet> {
-        self.unet.as_ref()
-    }
-
-    /// The loaded VAE.
-    pub fn vae(&self) -> Option<&Vae> {
-        self.vae.as_ref()
     }
 }
