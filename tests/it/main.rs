@@ -11,6 +11,7 @@ mod common;
 mod engine;
 mod families;
 mod flux;
+mod flux2;
 mod hub;
 mod hub_faults;
 mod parity;

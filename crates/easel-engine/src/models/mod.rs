@@ -8,6 +8,8 @@ mod config_ranges;
 pub mod error;
 pub mod flux;
 mod gguf_check;
+pub mod qwen3;
+pub mod qwen_prompt;
 
 pub mod sd;
 pub mod t5_tokenizer;

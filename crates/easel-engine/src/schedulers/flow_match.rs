@@ -1,6 +1,7 @@
 //! The flow-matching Euler schedule as diffusers' `FlowMatchEulerDiscreteScheduler` computes it
 //! for FLUX: sigmas from 1 down to `1/steps`, shifted by a fixed `shift` (schnell) or by the
-//! image's token count (dev's dynamic shift), then a final 0.
+//! image's token count (dev's dynamic shift), then a final 0. FLUX.2 shifts by an empirical `mu`
+//! of the target's token count and the step count (`FlowMatchSchedule::flux2`).
 
 use crate::models::config::SchedulerConfig;
 
@@ -28,18 +29,7 @@ impl FlowMatchSchedule {
             ));
         }
         let steps = steps.max(1);
-        // FluxPipeline passes np.linspace(1, 1/steps, steps); the scheduler casts them to f32.
-        let linear: Vec<f32> = (0..steps)
-            .map(|i| {
-                let end = 1.0 / steps as f64;
-                let t = if steps == 1 {
-                    1.0
-                } else {
-                    1.0 + (end - 1.0) * i as f64 / (steps - 1) as f64
-                };
-                t as f32
-            })
-            .collect();
+        let linear = linear_sigmas(steps);
         let mut sigmas: Vec<f32> = if config.use_dynamic_shifting == Some(true) {
             let mu = dynamic_shift_mu(config, image_seq_len);
             let exponential = match config.time_shift_type.as_deref() {
@@ -77,6 +67,23 @@ impl FlowMatchSchedule {
         Ok(Self { sigmas })
     }
 
+    /// FLUX.2's schedule for `steps` steps of a target of `image_tokens` packed tokens
+    /// (references excluded): `linspace(1, 1/steps, steps)` shifted exponentially by
+    /// `empirical_mu`, then a final 0, as `Flux2KleinPipeline` builds it.
+    pub fn flux2(steps: usize, image_tokens: usize) -> Self {
+        let steps = steps.max(1);
+        let mu = empirical_mu(image_tokens, steps);
+        let mut sigmas: Vec<f32> = linear_sigmas(steps)
+            .iter()
+            .map(|&s| {
+                let t = f64::from(s);
+                (mu.exp() / (mu.exp() + (1.0 / t - 1.0))) as f32
+            })
+            .collect();
+        sigmas.push(0.0);
+        Self { sigmas }
+    }
+
     /// Steps in the whole schedule.
     pub fn steps(&self) -> usize {
         self.sigmas.len() - 1
@@ -95,6 +102,37 @@ impl FlowMatchSchedule {
     pub fn model_timestep(&self, index: usize) -> f32 {
         self.sigmas[index] * 1000.0 / 1000.0
     }
+}
+
+/// `np.linspace(1, 1/steps, steps)` as the pipelines pass it, cast to f32 by the scheduler.
+fn linear_sigmas(steps: usize) -> Vec<f32> {
+    (0..steps)
+        .map(|i| {
+            let end = 1.0 / steps as f64;
+            let t = if steps == 1 {
+                1.0
+            } else {
+                1.0 + (end - 1.0) * i as f64 / (steps - 1) as f64
+            };
+            t as f32
+        })
+        .collect()
+}
+
+/// FLUX.2's `compute_empirical_mu`: a line in the token count above 4300 tokens; below, a line
+/// in the step count between the fits for 10 and 200 steps (so `mu` jumps at 4300 tokens).
+pub fn empirical_mu(image_tokens: usize, steps: usize) -> f64 {
+    let (a1, b1) = (8.738_095_24e-5, 1.898_333_33);
+    let (a2, b2) = (0.000_169_27, 0.456_666_66);
+    let n = image_tokens as f64;
+    if image_tokens > 4300 {
+        return a2 * n + b2;
+    }
+    let m200 = a2 * n + b2;
+    let m10 = a1 * n + b1;
+    let a = (m200 - m10) / 190.0;
+    let b = m200 - 200.0 * a;
+    a * steps as f64 + b
 }
 
 /// `mu` of the dynamic shift: linear in the image's token count between the config's two
