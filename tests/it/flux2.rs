@@ -163,3 +163,73 @@ fn a_prompt_becomes_the_pipelines_512_tokens_and_embeddings() {
         .cut_off
         .is_some_and(|c| c.contains("fox") && c.contains("think")));
 }
+
+#[test]
+fn the_flux2_autoencoder_and_its_normalised_latents_match_diffusers() {
+    use candle_core::{DType, Device, Tensor};
+    use easel_engine::models::config::{read_json, VaeConfig};
+    use easel_engine::models::flux2_latents::{
+        pack, patchify, unpack, unpatchify, Flux2LatentNorm,
+    };
+    use easel_engine::models::vae::Vae;
+    use easel_engine::models::weights::{component_files, weights_var_builder};
+    if common::parity_missing() {
+        return;
+    }
+    let flux2 = common::parity_dir().join("flux2");
+    let dir = flux2.join("models/flux2-klein-tiny/vae");
+    let mut config: VaeConfig = read_json(&dir.join("config.json"), "VAE config").expect("config");
+    // FLUX.2's latents are normalised by the BatchNorm statistics instead of a scale/shift.
+    config.scaling_factor = 1.0;
+    config.shift_factor = None;
+    let vb = weights_var_builder(
+        &component_files(&dir).expect("files"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .expect("weights");
+    let vae = Vae::new(vb.clone(), &config).expect("the FLUX.2 autoencoder");
+    let norm = Flux2LatentNorm::new(&vb, 128, 1e-4).expect("BatchNorm statistics");
+    let golden =
+        candle_core::safetensors::load(flux2.join("components/klein.safetensors"), &Device::Cpu)
+            .expect("components");
+    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("diff")
+    };
+    // Encode: the posterior mean, patchified and normalised (the references' latents).
+    let posterior = vae.encode(&golden["vae.x"]).expect("encode");
+    let mean_golden = golden["out.encoder_moments"]
+        .narrow(1, 0, 32)
+        .expect("mean");
+    assert!(max_diff(&posterior.mean, &mean_golden) < 2e-4);
+    let normalized = norm
+        .normalize(&patchify(&posterior.mean).expect("patchify"))
+        .expect("norm");
+    let diff = max_diff(&normalized, &golden["out.encode_normalized"]);
+    assert!(diff < 2e-4, "normalised reference latents: {diff}");
+    // Decode: post_quant_conv and decoder.
+    let decoded = vae.decode(&golden["vae.z"]).expect("decode");
+    assert!(max_diff(&decoded, &golden["out.decode"]) < 2e-4);
+    // The pipeline's decode of packed, normalised latents.
+    let packed = &golden["pd.packed_latents"];
+    let latents = unpatchify(
+        &norm
+            .denormalize(&unpack(packed, 3, 4).expect("unpack"))
+            .expect("denorm"),
+    )
+    .expect("unpatchify");
+    assert!(max_diff(&latents, &golden["debug.pd.vae_input"]) < 1e-5);
+    let image = vae.decode(&latents).expect("decode");
+    assert!(max_diff(&image, &golden["out.pipeline_decode"]) < 2e-4);
+    assert_eq!(
+        pack(&unpack(packed, 3, 4).expect("unpack"))
+            .expect("pack")
+            .dims(),
+        packed.dims()
+    );
+}

@@ -7,6 +7,7 @@ pub mod config;
 mod config_ranges;
 pub mod error;
 pub mod flux;
+pub mod flux2_latents;
 mod gguf_check;
 pub mod qwen3;
 pub mod qwen_prompt;
