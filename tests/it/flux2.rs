@@ -233,3 +233,49 @@ fn the_flux2_autoencoder_and_its_normalised_latents_match_diffusers() {
         packed.dims()
     );
 }
+
+#[test]
+fn the_flux2_transformer_gives_diffusers_velocities() {
+    use candle_core::{DType, Device};
+    use easel_engine::models::config::read_json;
+    use easel_engine::models::flux2_transformer::{Flux2Transformer, Flux2TransformerConfig};
+    use easel_engine::models::weights::{component_files, weights_var_builder};
+    if common::parity_missing() {
+        return;
+    }
+    let flux2 = common::parity_dir().join("flux2");
+    let dir = flux2.join("models/flux2-klein-tiny/transformer");
+    let config: Flux2TransformerConfig =
+        read_json(&dir.join("config.json"), "FLUX.2 transformer config").expect("config");
+    let vb = weights_var_builder(
+        &component_files(&dir).expect("files"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .expect("weights");
+    let transformer = Flux2Transformer::new(&config, vb).expect("transformer");
+    let golden =
+        candle_core::safetensors::load(flux2.join("components/klein.safetensors"), &Device::Cpu)
+            .expect("components");
+    let sigma = golden["tr.timestep"]
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("timestep")[0];
+    let squeeze = |key: &str| golden[key].squeeze(0).expect(key);
+    let out = transformer
+        .forward(
+            &golden["tr.hidden_states"],
+            &squeeze("tr.img_ids"),
+            &golden["tr.encoder_hidden_states"],
+            &squeeze("tr.txt_ids"),
+            sigma,
+        )
+        .expect("forward");
+    let diff = (out - &golden["out.transformer"])
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff");
+    assert!(diff < 1e-4, "velocity: {diff}");
+}
