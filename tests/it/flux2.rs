@@ -279,3 +279,34 @@ fn the_flux2_transformer_gives_diffusers_velocities() {
         .expect("diff");
     assert!(diff < 1e-4, "velocity: {diff}");
 }
+
+#[test]
+fn every_flux2_klein_case_matches_diffusers() {
+    use easel_engine::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
+    if common::parity_missing() {
+        return;
+    }
+    let flux2 = common::parity_dir().join("flux2");
+    let mut checked = Vec::new();
+    for name in [
+        "flux2_klein_txt2img",
+        "flux2_klein_edit_1ref",
+        "flux2_klein_edit_2ref",
+    ] {
+        let case = ParityCase::load(&flux2.join(format!("cases/{name}.json"))).expect("case");
+        let report = case
+            .run(&flux2.join("models"), &candle_core::Device::Cpu)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            report.image_max_diff <= IMAGE_TOLERANCE,
+            "{name}: image {}",
+            report.image_max_diff
+        );
+        assert_eq!(report.step_max_diffs.len(), 4, "{name}");
+        for (step, diff) in report.step_max_diffs.iter().enumerate() {
+            assert!(*diff <= LATENT_TOLERANCE, "{name}: step {step}: {diff}");
+        }
+        checked.push((name, report.image_max_diff));
+    }
+    assert_eq!(checked.len(), 3);
+}

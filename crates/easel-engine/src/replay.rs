@@ -54,6 +54,16 @@ pub struct CaseSpec {
     /// The timesteps diffusers ran (one per step actually taken).
     #[serde(default)]
     pub timesteps: Vec<f64>,
+    /// Edit references (mode `edit`), in order.
+    #[serde(default)]
+    pub references: Vec<ReferenceSpec>,
+}
+
+/// One edit reference of a case.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReferenceSpec {
+    /// The picture's key in the case's safetensors (`[H, W, 3]` in 0..1).
+    pub key: String,
 }
 
 /// One recorded draw.
@@ -163,7 +173,7 @@ impl ParityCase {
             })?,
         };
         let source = match spec.mode.as_str() {
-            "txt2img" => None,
+            "txt2img" | "edit" => None,
             "img2img" | "inpaint" => {
                 let image = rgb_from_unit(self.tensor("input.init_image")?)?;
                 let mask = if spec.mode == "inpaint" {
@@ -195,7 +205,17 @@ impl ParityCase {
             seed: 0,
             width: Some(spec.width),
             height: Some(spec.height),
-            references: source.map(Reference::Init).into_iter().collect(),
+            references: source
+                .map(Reference::Init)
+                .into_iter()
+                .map(Ok)
+                .chain(spec.references.iter().map(|reference| {
+                    Ok(Reference::Edit {
+                        image: rgb_from_unit(self.tensor(&reference.key)?)?,
+                        name: reference.key.clone(),
+                    })
+                }))
+                .collect::<Result<Vec<_>, ReplayError>>()?,
             adapters: Vec::new(),
             paste_back: false,
             max_sequence_length: spec.max_sequence_length,

@@ -5,6 +5,7 @@
 //! in `FAMILIES`.
 
 mod flux;
+mod flux2;
 mod info;
 mod sd;
 
@@ -30,7 +31,11 @@ use crate::pipeline::{PipelineError, StageTimings, StepObserver};
 
 /// Every family Easel runs, the most particular first (the first that recognizes a folder
 /// opens it).
-static FAMILIES: &[&dyn Family] = &[&flux::FluxFamily, &sd::StableDiffusionFamily];
+static FAMILIES: &[&dyn Family] = &[
+    &flux2::Flux2Family,
+    &flux::FluxFamily,
+    &sd::StableDiffusionFamily,
+];
 
 /// A kind of model: how to recognize its folders, read their facts and open them.
 pub trait Family: Sync {

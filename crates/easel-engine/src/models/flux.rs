@@ -229,8 +229,9 @@ pub struct FluxModel {
 impl FluxModel {
     /// Whether `dir` holds a FLUX pipeline (by its `model_index.json`).
     pub fn is_flux_folder(dir: &Path) -> bool {
-        read_json::<ModelIndex>(&dir.join("model_index.json"), "model index")
-            .is_ok_and(|index| index.class_name.starts_with("Flux"))
+        read_json::<ModelIndex>(&dir.join("model_index.json"), "model index").is_ok_and(|index| {
+            index.class_name.starts_with("Flux") && !index.class_name.starts_with("Flux2")
+        })
     }
 
     /// Reads the configs of the FLUX model in `dir` and finds its transformer file: the

@@ -7,6 +7,7 @@ pub mod config;
 mod config_ranges;
 pub mod error;
 pub mod flux;
+pub mod flux2;
 pub mod flux2_latents;
 pub mod flux2_transformer;
 mod gguf_check;

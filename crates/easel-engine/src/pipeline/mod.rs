@@ -1,6 +1,7 @@
 //! Diffusion pipelines: requests, noise, the denoising loops and what they report.
 
 pub mod flux;
+pub mod flux2;
 pub mod image;
 pub mod noise;
 pub mod plan;

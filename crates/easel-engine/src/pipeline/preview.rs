@@ -60,6 +60,13 @@ pub const SDXL_PREVIEW: PreviewMap = PreviewMap {
     factors: &SDXL_LATENT_TO_RGB,
     bias: SDXL_RGB_BIAS,
 };
+/// FLUX.2's normalised 128-channel latents: no fitted map yet, so the first three channels
+/// (one latent pixel's first channel under each of three patch positions) as a rough picture
+/// of the composition.
+pub const FLUX2_PREVIEW: PreviewMap = PreviewMap {
+    factors: &[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.5]],
+    bias: [0.0; 3],
+};
 /// FLUX.1 latents.
 pub const FLUX_PREVIEW: PreviewMap = PreviewMap {
     factors: &FLUX_LATENT_TO_RGB,

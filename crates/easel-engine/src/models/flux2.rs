@@ -1,0 +1,262 @@
+//! An opened FLUX.2 [klein] folder (the hub's diffusers layout): configs read at open; the
+//! Qwen3 text encoder with its tokenizer, the transformer and the autoencoder (with its
+//! BatchNorm statistics) loaded on demand.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use serde::Deserialize;
+
+use super::component::{Component, ModelWeights};
+use super::config::{read_json, VaeConfig};
+use super::error::ModelError;
+use super::flux2_latents::Flux2LatentNorm;
+use super::flux2_transformer::{Flux2Transformer, Flux2TransformerConfig};
+use super::qwen3::{Qwen3Config, Qwen3Encoder};
+use super::qwen_prompt::QwenPromptTokenizer;
+use super::vae::Vae;
+use super::weights::{component_files, files_bytes, weights_error, weights_var_builder};
+
+/// The text encoder's layers whose hidden states make the prompt embeddings.
+pub const TEXT_LAYERS: [usize; 3] = [9, 18, 27];
+/// Tokens every prompt is padded (or cut) to.
+pub const MAX_SEQUENCE_LENGTH: usize = 512;
+/// Pixels per packed token side: 8 from the autoencoder times the 2x2 patches.
+pub const FLUX2_PATCH_PX: u32 = 16;
+/// Patchified latent channels.
+pub const LATENT_TOKEN_CHANNELS: usize = 128;
+
+/// `model_index.json` of a FLUX.2 pipeline.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Flux2Index {
+    /// `Flux2KleinPipeline`.
+    #[serde(rename = "_class_name")]
+    pub class_name: String,
+    /// Distilled models run one pass per step and ignore guidance; base models run CFG.
+    #[serde(default)]
+    pub is_distilled: bool,
+}
+
+/// The autoencoder's config: the usual VAE fields and the BatchNorm epsilon.
+#[derive(Debug, Clone, Deserialize)]
+struct Flux2VaeExtras {
+    #[serde(default = "default_bn_eps")]
+    batch_norm_eps: f64,
+}
+
+fn default_bn_eps() -> f64 {
+    1e-4
+}
+
+/// The Qwen3 encoder and its tokenizer.
+#[derive(Debug)]
+pub struct Flux2TextEncoder {
+    /// Template, tokens, padding.
+    pub tokenizer: QwenPromptTokenizer,
+    /// The first 27 layers.
+    pub model: Qwen3Encoder,
+}
+
+/// The autoencoder and its latent normalisation.
+#[derive(Debug)]
+pub struct Flux2Autoencoder {
+    /// Encoder and decoder (32 latent channels, no scale or shift).
+    pub vae: Vae,
+    /// The BatchNorm statistics over the 128 patchified channels.
+    pub norm: Flux2LatentNorm,
+}
+
+/// An opened FLUX.2 folder.
+#[derive(Debug)]
+pub struct Flux2Model {
+    dir: PathBuf,
+    /// `model_index.json`.
+    pub index: Flux2Index,
+    /// The text encoder's config.
+    pub text_config: Qwen3Config,
+    /// The transformer's config.
+    pub transformer_config: Flux2TransformerConfig,
+    /// The autoencoder's config (scale 1, no shift: the BatchNorm normalises).
+    pub vae_config: VaeConfig,
+    batch_norm_eps: f64,
+    text_encoder: Option<Flux2TextEncoder>,
+    transformer: Option<Flux2Transformer>,
+    autoencoder: Option<Flux2Autoencoder>,
+    device: Device,
+    dtype: DType,
+    loaded_bytes: Vec<(Component, u64)>,
+}
+
+impl Flux2Model {
+    /// Whether `dir` holds a FLUX.2 pipeline (by its `model_index.json`).
+    pub fn is_flux2_folder(dir: &Path) -> bool {
+        read_json::<Flux2Index>(&dir.join("model_index.json"), "model index")
+            .is_ok_and(|index| index.class_name.starts_with("Flux2"))
+    }
+
+    /// Reads the configs in `dir` (nothing is loaded yet).
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::FolderNotFound {
+                path: dir.to_path_buf(),
+            });
+        }
+        let index = read_json(&dir.join("model_index.json"), "model index")?;
+        let text_config = read_json(
+            &dir.join("text_encoder/config.json"),
+            "Qwen3 text encoder config",
+        )?;
+        let transformer_config = read_json(
+            &dir.join("transformer/config.json"),
+            "FLUX.2 transformer config",
+        )?;
+        let vae_path = dir.join("vae/config.json");
+        let mut vae_config: VaeConfig = read_json(&vae_path, "VAE config")?;
+        vae_config.scaling_factor = 1.0;
+        vae_config.shift_factor = None;
+        let extras: Flux2VaeExtras = read_json(&vae_path, "VAE config")?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            index,
+            text_config,
+            transformer_config,
+            vae_config,
+            batch_norm_eps: extras.batch_norm_eps,
+            text_encoder: None,
+            transformer: None,
+            autoencoder: None,
+            device: device.clone(),
+            dtype,
+            loaded_bytes: Vec::new(),
+        })
+    }
+
+    /// The model folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The precision the transformer and encoder run in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The native output size (1024 x 1024).
+    pub fn native_size_px(&self) -> (u32, u32) {
+        let side = self.vae_config.sample_size.unwrap_or(1024);
+        (side, side)
+    }
+
+    /// The text encoder, when loaded.
+    pub fn text_encoder(&self) -> Option<&Flux2TextEncoder> {
+        self.text_encoder.as_ref()
+    }
+
+    /// The transformer, when loaded.
+    pub fn transformer(&self) -> Option<&Flux2Transformer> {
+        self.transformer.as_ref()
+    }
+
+    /// The autoencoder, when loaded.
+    pub fn autoencoder(&self) -> Option<&Flux2Autoencoder> {
+        self.autoencoder.as_ref()
+    }
+
+    fn files_of(&self, component: Component) -> Result<Vec<PathBuf>, ModelError> {
+        component_files(&self.dir.join(component.name()))
+    }
+}
+
+impl ModelWeights for Flux2Model {
+    fn components(&self) -> Vec<Component> {
+        vec![
+            Component::TextEncoder,
+            Component::Transformer,
+            Component::Vae,
+        ]
+    }
+
+    fn is_loaded(&self, component: Component) -> bool {
+        match component {
+            Component::TextEncoder => self.text_encoder.is_some(),
+            Component::Transformer => self.transformer.is_some(),
+            Component::Vae => self.autoencoder.is_some(),
+            Component::TextEncoder2 | Component::Unet => false,
+        }
+    }
+
+    fn load(&mut self, component: Component) -> Result<Duration, ModelError> {
+        if self.is_loaded(component) {
+            return Ok(Duration::ZERO);
+        }
+        let started = Instant::now();
+        let files = self.files_of(component)?;
+        let config_path = self.dir.join(component.name()).join("config.json");
+        match component {
+            Component::TextEncoder => {
+                let tokenizer =
+                    QwenPromptTokenizer::load(&self.dir.join("tokenizer"), MAX_SEQUENCE_LENGTH)?;
+                let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                let layers = TEXT_LAYERS.iter().copied().max().unwrap_or(0);
+                let model = Qwen3Encoder::new(&self.text_config, layers, vb)
+                    .map_err(|e| weights_error(&files, &config_path, e))?;
+                self.text_encoder = Some(Flux2TextEncoder { tokenizer, model });
+            }
+            Component::Transformer => {
+                let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                let model = Flux2Transformer::new(&self.transformer_config, vb)
+                    .map_err(|e| weights_error(&files, &config_path, e))?;
+                self.transformer = Some(model);
+            }
+            Component::Vae => {
+                // The autoencoder runs in f32 (its BatchNorm statistics and decoder want it).
+                let vb = weights_var_builder(&files, DType::F32, &self.device)?;
+                let vae = Vae::new(vb.clone(), &self.vae_config)
+                    .map_err(|e| weights_error(&files, &config_path, e))?;
+                let norm = Flux2LatentNorm::new(&vb, LATENT_TOKEN_CHANNELS, self.batch_norm_eps)
+                    .map_err(|e| weights_error(&files, &config_path, e))?;
+                self.autoencoder = Some(Flux2Autoencoder { vae, norm });
+            }
+            Component::TextEncoder2 | Component::Unet => {
+                return Err(ModelError::Unsupported {
+                    what: format!("a FLUX.2 {} component", component.name()),
+                    path: self.dir.clone(),
+                })
+            }
+        }
+        self.loaded_bytes.push((component, files_bytes(&files)));
+        Ok(started.elapsed())
+    }
+
+    fn unload(&mut self, component: Component) {
+        match component {
+            Component::TextEncoder => self.text_encoder = None,
+            Component::Transformer => self.transformer = None,
+            Component::Vae => self.autoencoder = None,
+            Component::TextEncoder2 | Component::Unet => {}
+        }
+        self.loaded_bytes.retain(|(c, _)| *c != component);
+    }
+
+    fn unload_all(&mut self) {
+        for component in self.components() {
+            self.unload(component);
+        }
+    }
+
+    fn file_bytes(&self, component: Component) -> u64 {
+        self.files_of(component)
+            .map(|files| files_bytes(&files))
+            .unwrap_or(0)
+    }
+
+    fn loaded_bytes(&self) -> &[(Component, u64)] {
+        &self.loaded_bytes
+    }
+}
