@@ -310,3 +310,195 @@ fn every_flux2_klein_case_matches_diffusers() {
     }
     assert_eq!(checked.len(), 3);
 }
+
+/// The tiny FLUX.2 [klein] model folder.
+fn klein() -> std::path::PathBuf {
+    common::parity_dir().join("flux2/models/flux2-klein-tiny")
+}
+
+fn klein_request(prompt: &str) -> easel_engine::pipeline::request::GenerateRequest {
+    easel_engine::pipeline::request::GenerateRequest {
+        steps: 2,
+        guidance: 1.0,
+        width: Some(96),
+        height: Some(64),
+        seed: 5,
+        ..easel_engine::pipeline::request::GenerateRequest::new(klein(), prompt)
+    }
+}
+
+fn edit_reference(
+    width: u32,
+    height: u32,
+    name: &str,
+) -> easel_engine::pipeline::request::Reference {
+    easel_engine::pipeline::request::Reference::Edit {
+        image: common::test_image(width, height),
+        name: name.into(),
+    }
+}
+
+#[test]
+fn klein_generates_deterministically_and_staged_gives_the_same_bytes() {
+    use crate::common::jobs;
+    if common::parity_missing() {
+        return;
+    }
+    let engine = jobs::engine();
+    let run = |engine: &easel_engine::engine::Engine| {
+        let job = engine
+            .generate(klein_request("a red fox"))
+            .expect("engine running");
+        jobs::finished(jobs::wait_for(engine, job))
+    };
+    let first = run(&engine);
+    let again = run(&engine);
+    assert_eq!(first.image.dimensions(), (96, 64));
+    assert_eq!(first.image, again.image, "same seed, same bytes");
+    assert_eq!(first.parameters.negative_prompt, None);
+    let staged = run(&jobs::staged_engine());
+    assert_eq!(first.image, staged.image, "staged runs give the same bytes");
+    let other = engine
+        .generate(klein_request("a blue whale"))
+        .expect("engine running");
+    let other = jobs::finished(jobs::wait_for(&engine, other));
+    assert_ne!(first.image, other.image, "the prompt matters");
+}
+
+#[test]
+fn klein_edits_with_references_named_in_order_and_sized_from_the_first() {
+    use crate::common::jobs;
+    if common::parity_missing() {
+        return;
+    }
+    let engine = jobs::engine();
+    let mut request = klein_request("the cat from the first picture in the garden of the second");
+    (request.width, request.height) = (None, None);
+    request.references = vec![
+        edit_reference(100, 70, "cat.png"),
+        edit_reference(64, 64, "garden.png"),
+    ];
+    let job = engine.generate(request.clone()).expect("engine running");
+    let output = jobs::finished(jobs::wait_for(&engine, job));
+    // The first reference centre-cropped to multiples of 16.
+    assert_eq!(output.image.dimensions(), (96, 64));
+    assert_eq!(output.parameters.references, ["cat.png", "garden.png"]);
+    let text = easel_engine::output::a1111_parameters(&output.parameters);
+    assert!(
+        text.contains("References: \"cat.png; garden.png\""),
+        "{text}"
+    );
+    // The references matter, and so does their order.
+    request.references.reverse();
+    let job = engine.generate(request).expect("engine running");
+    let swapped = jobs::finished(jobs::wait_for(&engine, job));
+    assert_ne!(output.image, swapped.image);
+}
+
+#[test]
+fn klein_refuses_too_many_or_too_small_references_naming_them() {
+    use easel_engine::families::{open, plan};
+    if common::parity_missing() {
+        return;
+    }
+    let model = open(&klein(), &candle_core::Device::Cpu, candle_core::DType::F32).expect("open");
+    let mut five = klein_request("five pictures");
+    five.references = (0..5)
+        .map(|i| edit_reference(64, 64, &format!("{i}.png")))
+        .collect();
+    let error = plan(model.as_ref(), &five)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("at most 4 edit references") || error.contains("1 to 4"),
+        "{error}"
+    );
+    let mut small = klein_request("a stamp");
+    small.references = vec![edit_reference(40, 64, "stamp.png")];
+    let error = plan(model.as_ref(), &small)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("stamp.png") && error.contains("64 px"),
+        "{error}"
+    );
+}
+
+#[test]
+fn klein_inpaints_only_the_mask_and_keeps_every_other_pixel() {
+    use crate::common::jobs;
+    use easel_engine::pipeline::request::SourceImage;
+    if common::parity_missing() {
+        return;
+    }
+    let engine = jobs::engine();
+    let original = common::test_image(96, 64);
+    let mask = common::test_mask(96, 64);
+    let mut request = klein_request("a small boat").with_init(SourceImage {
+        image: original.clone(),
+        strength: 1.0,
+        mask: Some(mask.clone()),
+        feather_px: 0,
+    });
+    request.references.push(edit_reference(64, 64, "boat.png"));
+    let run = |request: &easel_engine::pipeline::request::GenerateRequest| {
+        let job = engine.generate(request.clone()).expect("engine running");
+        jobs::finished(jobs::wait_for(&engine, job))
+    };
+    let first = run(&request);
+    let again = run(&request);
+    assert_eq!(first.image, again.image, "deterministic");
+    let mut kept = 0;
+    let mut changed = 0;
+    for (x, y, pixel) in first.image.enumerate_pixels() {
+        match mask.get_pixel(x, y).0[0] {
+            0 => {
+                assert_eq!(pixel, original.get_pixel(x, y), "unmasked ({x}, {y})");
+                kept += 1;
+            }
+            255 if pixel != original.get_pixel(x, y) => changed += 1,
+            _ => {}
+        }
+    }
+    assert!(kept > 1000, "{kept}");
+    assert!(changed > 100, "the masked region is repainted: {changed}");
+}
+
+#[test]
+fn the_command_line_edits_with_references_and_says_so_in_the_png() {
+    if common::parity_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let reference = dir.path().join("cat photo.png");
+    common::test_image(100, 70)
+        .save(&reference)
+        .expect("reference");
+    let out = dir.path().join("edit.png");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+        .env("EASEL_CONFIG", "/nonexistent/easel.toml")
+        .env("EASEL_DATA_DIR", dir.path().join("data"))
+        .args(["generate", "--model"])
+        .arg(klein())
+        .args([
+            "--prompt",
+            "the cat, sleeping",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ])
+        .arg("--reference")
+        .arg(&reference)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run easel");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let written = image::open(&out).expect("the result");
+    assert_eq!((written.width(), written.height()), (96, 64));
+    let text = easel_engine::output::read_png_parameters(&out).expect("parameters");
+    assert!(text.contains("References: \"cat photo.png\""), "{text}");
+    assert!(text.contains("Steps: 2"), "{text}");
+}

@@ -173,6 +173,11 @@ pub fn a1111_parameters(parameters: &JobParameters) -> String {
     if let Some(strength) = parameters.strength {
         text.push_str(&format!(", Denoising strength: {strength}"));
     }
+    if !parameters.references.is_empty() {
+        // Quoted, as A1111 quotes values with commas; names in order, "; " between them.
+        let names = parameters.references.join("; ").replace('"', "'");
+        text.push_str(&format!(", References: \"{names}\""));
+    }
     text
 }
 
@@ -273,7 +278,23 @@ mod tests {
             width: 64,
             height: 48,
             strength: Some(0.6),
+            references: Vec::new(),
         }
+    }
+
+    #[test]
+    fn edit_references_are_named_in_order() {
+        let mut edit = parameters();
+        edit.references = vec!["cat.png".into(), "pasted".into()];
+        let text = a1111_parameters(&edit);
+        assert!(
+            text.ends_with(", References: \"cat.png; pasted\""),
+            "{text}"
+        );
+        // The recall of the other parameters is unaffected.
+        let recalled = parse_a1111_parameters(&text);
+        assert_eq!(recalled.seed, Some(42));
+        assert_eq!(recalled.strength, Some(0.6));
     }
 
     #[test]

@@ -146,6 +146,8 @@ pub struct JobParameters {
     pub height: u32,
     /// img2img / inpaint strength.
     pub strength: Option<f64>,
+    /// The edit references, in order: their file names, or "pasted".
+    pub references: Vec<String>,
 }
 
 impl JobParameters {
@@ -163,6 +165,10 @@ impl JobParameters {
             width: size_px.0,
             height: size_px.1,
             strength: request.init().map(|s| s.strength),
+            references: request
+                .edit_references()
+                .map(|(_, name)| name.to_string())
+                .collect(),
         }
     }
 }
