@@ -502,3 +502,74 @@ fn the_command_line_edits_with_references_and_says_so_in_the_png() {
     assert!(text.contains("References: \"cat photo.png\""), "{text}");
     assert!(text.contains("Steps: 2"), "{text}");
 }
+
+#[test]
+fn klein_downloads_by_repository_name_and_generates() {
+    use crate::common::fake_hub::FakeHub;
+    use crate::common::jobs;
+    use easel_engine::hub::{self, CacheRoots, Downloaded, HubClient, ModelRef};
+    if common::parity_missing() {
+        return;
+    }
+    let repo = "black-forest-labs/FLUX.2-klein-4B";
+    let hub = FakeHub::start();
+    hub.serve_folder(repo, &klein(), &[], false);
+    let models = tempfile::tempdir().expect("temp dir");
+    let client = HubClient::new(Some(hub.url()), None).expect("client");
+    let downloaded = hub::download(
+        ModelRef::Repo(repo),
+        &client,
+        &CacheRoots::only(models.path()),
+        false,
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .expect("downloads");
+    let Downloaded::Fetched(located) = downloaded else {
+        panic!("expected a fetch, got {downloaded:?}");
+    };
+    // The diffusers folders, not Black Forest Labs' single file beside them.
+    assert!(!located
+        .folder
+        .join("flux-2-klein-tiny.safetensors")
+        .exists());
+    let info = easel_engine::families::ModelInfo::read(&located.folder).expect("facts");
+    assert_eq!(info.family, "FLUX.2 [klein]");
+    assert_eq!(info.capabilities.edit_references, 4);
+    let engine = jobs::engine();
+    let mut request = klein_request("a fox");
+    request.model = located.folder.clone();
+    let job = engine.generate(request).expect("engine running");
+    let output = jobs::finished(jobs::wait_for(&engine, job));
+    assert_eq!(output.image.dimensions(), (96, 64));
+}
+
+#[test]
+fn the_black_forest_labs_single_file_gives_the_same_transformer() {
+    use crate::common::jobs;
+    if common::parity_missing() {
+        return;
+    }
+    // The folder without the diffusers transformer weights: the root's BFL file stands in.
+    let (_keep, copy) = common::copy_model_from(&klein());
+    for entry in std::fs::read_dir(copy.join("transformer"))
+        .expect("transformer folder")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "config.json" {
+            std::fs::remove_file(entry.path()).expect("remove a shard");
+        }
+    }
+    let engine = jobs::engine();
+    let run = |model: &std::path::Path| {
+        let mut request = klein_request("a fox");
+        request.model = model.to_path_buf();
+        request.references = vec![edit_reference(64, 64, "ref.png")];
+        let job = engine.generate(request).expect("engine running");
+        jobs::finished(jobs::wait_for(&engine, job))
+    };
+    let from_folder = run(&klein());
+    let from_single_file = run(&copy);
+    assert_eq!(from_folder.image, from_single_file.image);
+}

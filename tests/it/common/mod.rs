@@ -83,9 +83,14 @@ pub fn model(name: &str) -> PathBuf {
 
 /// Copies a parity model into a temporary folder (writable, so tests can damage it).
 pub fn copy_model(name: &str) -> (tempfile::TempDir, PathBuf) {
+    copy_model_from(&model(name))
+}
+
+/// Copies any model folder into a temporary folder (writable, so tests can change it).
+pub fn copy_model_from(folder: &Path) -> (tempfile::TempDir, PathBuf) {
     let temp = tempfile::tempdir().expect("a temporary folder");
-    let target = temp.path().join(name);
-    copy_dir(&model(name), &target);
+    let target = temp.path().join(folder.file_name().expect("a folder name"));
+    copy_dir(folder, &target);
     (temp, target)
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::component::{Component, ModelWeights};
 use super::config::{read_json, VaeConfig};
 use super::error::ModelError;
+use super::flux2_bfl::{bfl_var_builder, find_single_file};
 use super::flux2_latents::Flux2LatentNorm;
 use super::flux2_transformer::{Flux2Transformer, Flux2TransformerConfig};
 use super::qwen3::{Qwen3Config, Qwen3Encoder};
@@ -168,8 +169,22 @@ impl Flux2Model {
         self.autoencoder.as_ref()
     }
 
+    /// The weight files of `component`: its diffusers folder's, or (the transformer) Black
+    /// Forest Labs' single file at the root when the folder has none.
     fn files_of(&self, component: Component) -> Result<Vec<PathBuf>, ModelError> {
-        component_files(&self.dir.join(component.name()))
+        let in_folder = component_files(&self.dir.join(component.name()));
+        match (component, in_folder) {
+            (Component::Transformer, Err(missing)) => find_single_file(&self.dir)
+                .map(|file| vec![file])
+                .ok_or(missing),
+            (_, found) => found,
+        }
+    }
+
+    /// Whether the transformer comes from the BFL single file.
+    pub fn transformer_from_single_file(&self) -> bool {
+        component_files(&self.dir.join("transformer")).is_err()
+            && find_single_file(&self.dir).is_some()
     }
 }
 
@@ -209,7 +224,13 @@ impl ModelWeights for Flux2Model {
                 self.text_encoder = Some(Flux2TextEncoder { tokenizer, model });
             }
             Component::Transformer => {
-                let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                let vb = if self.transformer_from_single_file() {
+                    let inner = self.transformer_config.num_attention_heads
+                        * self.transformer_config.attention_head_dim;
+                    bfl_var_builder(&files[0], inner, self.dtype, &self.device)?
+                } else {
+                    weights_var_builder(&files, self.dtype, &self.device)?
+                };
                 let model = Flux2Transformer::new(&self.transformer_config, vb)
                     .map_err(|e| weights_error(&files, &config_path, e))?;
                 self.transformer = Some(model);

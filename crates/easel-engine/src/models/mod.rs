@@ -8,6 +8,7 @@ mod config_ranges;
 pub mod error;
 pub mod flux;
 pub mod flux2;
+pub mod flux2_bfl;
 pub mod flux2_latents;
 pub mod flux2_transformer;
 mod gguf_check;

@@ -70,19 +70,24 @@ pub fn weights_var_builder(
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>, ModelError> {
-    // Check each file on its own first so that the error names the bad one.
-    for file in files {
-        check_safetensors(file)?;
-    }
-    let reader = TensorReader::open(files).map_err(|message| ModelError::BadWeights {
-        path: files.first().cloned().unwrap_or_default(),
-        message,
-    })?;
+    let reader = checked_reader(files)?;
     Ok(VarBuilder::from_backend(
         Box::new(reader),
         dtype,
         device.clone(),
     ))
+}
+
+/// The tensors of `files`, each file's header checked first so that an error names the bad
+/// one.
+pub fn checked_reader(files: &[PathBuf]) -> Result<TensorReader, ModelError> {
+    for file in files {
+        check_safetensors(file)?;
+    }
+    TensorReader::open(files).map_err(|message| ModelError::BadWeights {
+        path: files.first().cloned().unwrap_or_default(),
+        message,
+    })
 }
 
 /// Reads a safetensors header and checks that the file is as long as it says.
