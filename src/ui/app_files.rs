@@ -57,7 +57,7 @@ impl EaselApp {
     /// Adds an image file as the new init image: the path a drop, a dialog and a pasted path
     /// all take.
     pub fn add_image_file(&mut self, ctx: &egui::Context, path: PathBuf) {
-        if let Err(error) = self.references.load_file(ctx, path, None, true) {
+        if let Err(error) = self.references.load_file(ctx, path, None, true, false) {
             self.status.show_error(error);
         }
     }
@@ -66,10 +66,13 @@ impl EaselApp {
         let masks_dir = self.paths.data_dir.join(MASKS_DIR);
         for reference in saved {
             let mask = reference.mask_file.map(|name| masks_dir.join(name));
-            if let Err(error) =
-                self.references
-                    .load_file(ctx, reference.path, mask, reference.is_init)
-            {
+            if let Err(error) = self.references.load_file(
+                ctx,
+                reference.path,
+                mask,
+                reference.is_init,
+                reference.is_edit,
+            ) {
                 self.status.show_error(error);
             }
         }

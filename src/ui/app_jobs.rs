@@ -120,6 +120,21 @@ impl EaselApp {
             Some(_) => (None, None),
             None => (Some(settings.width_px), Some(settings.height_px)),
         };
+        let mut references: Vec<Reference> = source.map(Reference::Init).into_iter().collect();
+        references.extend(self.references.edit_references().map(|r| {
+            Reference::Edit {
+                image: (*r.image).clone(),
+                name: r
+                    .path
+                    .as_ref()
+                    .filter(|p| !p.starts_with(self.paths.data_dir.join(PASTED_DIR)))
+                    .and_then(|p| p.file_name())
+                    .map_or_else(
+                        || "pasted".to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    ),
+            }
+        }));
         let negative = settings.negative_prompt.trim();
         for index in 0..settings.batch_count.max(1) {
             let request = GenerateRequest {
@@ -132,7 +147,7 @@ impl EaselApp {
                 seed: settings.seed.wrapping_add(index as u64),
                 width: size.0,
                 height: size.1,
-                references: source.clone().map(Reference::Init).into_iter().collect(),
+                references: references.clone(),
                 adapters: Vec::new(),
                 paste_back: true,
                 max_sequence_length: None,

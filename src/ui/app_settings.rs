@@ -103,6 +103,7 @@ impl EaselApp {
                     path,
                     mask_file: (!r.mask.is_empty()).then(|| mask_file_name(r.id)),
                     is_init: self.references.init == Some(r.id),
+                    is_edit: r.edit,
                 })
             })
             .collect();

@@ -274,6 +274,7 @@ impl EaselApp {
                     let context = PromptContext {
                         models: &self.models,
                         mode: self.references.mode(),
+                        mode_name: self.references.mode_name(),
                         busy: self.is_busy(),
                         prompt_cut_off: self.prompt_cut_off.as_deref(),
                         init_size_px: self.references.init().map(|r| r.image.dimensions()),

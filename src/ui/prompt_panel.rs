@@ -123,6 +123,8 @@ pub struct PromptContext<'a> {
     pub models: &'a [ModelEntry],
     /// The mode the references imply.
     pub mode: Mode,
+    /// The mode as the panel says it ("edit" for references without an init image).
+    pub mode_name: &'static str,
     /// Whether jobs are running or queued.
     pub busy: bool,
     /// Text the last prompt lost at the 77-token limit.
@@ -342,7 +344,7 @@ impl PromptPanel {
         s.width_px = (s.width_px / multiple).max(1) * multiple;
         s.height_px = (s.height_px / multiple).max(1) * multiple;
 
-        ui.label(format!("Mode: {}", context.mode.name()));
+        ui.label(format!("Mode: {}", context.mode_name));
         ui.horizontal(|ui| {
             let generate = ui
                 .add_enabled(s.model.is_some(), egui::Button::new("Generate"))

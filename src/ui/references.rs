@@ -32,6 +32,8 @@ pub struct Reference {
     pub mask: MaskLayer,
     /// What it was made with, when it is a result carrying A1111 `parameters`.
     pub parameters: Option<RecalledParameters>,
+    /// Whether it goes to an edit model as an edit reference (in panel order).
+    pub edit: bool,
     /// Thumbnail pixels made off the UI thread, waiting to become a texture.
     thumbnail_pixels: Option<egui::ColorImage>,
     thumbnail: Option<egui::TextureHandle>,
@@ -45,8 +47,12 @@ pub struct LoadedImage {
     pub image: Result<RgbImage, String>,
     /// The mask saved with it last session, if asked for and readable.
     pub mask: Option<GrayImage>,
+    /// The reference's id, taken when the load began.
+    pub id: u64,
     /// Whether it becomes the init image.
     pub make_init: bool,
+    /// Whether it is an edit reference.
+    pub edit: bool,
     /// Its A1111 `parameters`, when it is a PNG that carries them.
     pub parameters: Option<RecalledParameters>,
     /// Its thumbnail, made on the loading thread.
@@ -82,17 +88,22 @@ impl References {
         path: PathBuf,
         mask_path: Option<PathBuf>,
         make_init: bool,
+        edit: bool,
     ) -> Result<(), String> {
+        self.next_id += 1;
+        let id = self.next_id;
         self.loads.spawn("image-load", ctx, move || {
             let image = read_image_file(&path);
             let mask = mask_path.and_then(|m| MaskLayer::read_png(&m).ok());
             let parameters = read_png_parameters(&path).map(|t| parse_a1111_parameters(&t));
             let thumbnail = image.as_ref().ok().map(thumbnail);
             LoadedImage {
+                id,
                 path: Some(path),
                 image,
                 mask,
                 make_init,
+                edit,
                 parameters,
                 thumbnail,
             }
@@ -110,7 +121,8 @@ impl References {
         for loaded in self.loads.poll() {
             match loaded.image {
                 Ok(image) => {
-                    let id = self.add(image, loaded.path, loaded.make_init);
+                    let id =
+                        self.insert(loaded.id, image, loaded.path, loaded.make_init, loaded.edit);
                     if let Some(item) = self.get_mut(id) {
                         item.parameters = loaded.parameters;
                         item.thumbnail_pixels = loaded.thumbnail;
@@ -127,28 +139,52 @@ impl References {
         errors
     }
 
-    /// Adds decoded pixels (a paste, a result used as init); returns the new id.
+    /// Adds decoded pixels (a paste, a result used as init) at the end; returns the new id.
     pub fn add(&mut self, image: RgbImage, path: Option<PathBuf>, make_init: bool) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
+        self.insert(id, image, path, make_init, false)
+    }
+
+    /// Adds an image under `id` (taken when its load began), before the first reference with
+    /// a later id: loads that finish out of order still land in the order they were asked
+    /// for, so restored edit references keep their order.
+    fn insert(
+        &mut self,
+        id: u64,
+        image: RgbImage,
+        path: Option<PathBuf>,
+        make_init: bool,
+        edit: bool,
+    ) -> u64 {
         let name = path
             .as_ref()
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("pasted {id}"));
         let (width, height) = image.dimensions();
-        self.items.push(Reference {
-            id,
-            name,
-            path,
-            image: Arc::new(image),
-            mask: MaskLayer::new(width, height),
-            parameters: None,
-            thumbnail_pixels: None,
-            thumbnail: None,
-        });
-        // The first image added becomes the init image; later ones only when asked.
-        if make_init || self.init.is_none() {
+        let at = self
+            .items
+            .iter()
+            .position(|r| r.id > id)
+            .unwrap_or(self.items.len());
+        self.items.insert(
+            at,
+            Reference {
+                id,
+                name,
+                path,
+                image: Arc::new(image),
+                mask: MaskLayer::new(width, height),
+                parameters: None,
+                edit,
+                thumbnail_pixels: None,
+                thumbnail: None,
+            },
+        );
+        // The first image added becomes the init image (an edit reference never does);
+        // later ones only when asked.
+        if make_init || (self.init.is_none() && !edit) {
             self.init = Some(id);
         }
         id
@@ -171,6 +207,34 @@ impl References {
         self.get_mut(id)
     }
 
+    /// The edit references, in panel order (the init image is never one).
+    pub fn edit_references(&self) -> impl Iterator<Item = &Reference> {
+        self.items
+            .iter()
+            .filter(|r| r.edit && Some(r.id) != self.init)
+    }
+
+    /// Moves the reference `id` one place earlier (`-1`) or later (`+1`) in the panel.
+    pub fn move_by(&mut self, id: u64, step: isize) {
+        let Some(from) = self.items.iter().position(|r| r.id == id) else {
+            return;
+        };
+        let to = from as isize + step;
+        if (0..self.items.len() as isize).contains(&to) {
+            self.items.swap(from, to as usize);
+        }
+    }
+
+    /// What the panel's mode line says: "edit" when there are edit references and no init
+    /// image, else the request's mode.
+    pub fn mode_name(&self) -> &'static str {
+        if self.init().is_none() && self.edit_references().next().is_some() {
+            "edit"
+        } else {
+            self.mode().name()
+        }
+    }
+
     /// The mode the references imply: no init image is txt2img; an init image with a
     /// painted mask is inpaint; without one, img2img.
     pub fn mode(&self) -> Mode {
@@ -185,6 +249,7 @@ impl References {
     pub fn ui(&mut self, ui: &mut egui::Ui) -> Option<ReferenceAction> {
         let mut action = None;
         let mut remove = None;
+        let mut moves: Vec<(u64, isize)> = Vec::new();
         ui.horizontal(|ui| {
             ui.strong("References");
             if ui.button("Add image…").clicked() {
@@ -238,10 +303,36 @@ impl References {
                                     remove = Some(item.id);
                                 }
                             });
+                            ui.horizontal(|ui| {
+                                ui.checkbox(&mut item.edit, "Edit ref")
+                                    .on_hover_text(format!(
+                                        "Give {} to an edit model as a reference (in this order)",
+                                        item.name
+                                    ));
+                                for (text, step, words) in [("<", -1, "earlier"), (">", 1, "later")]
+                                {
+                                    let label = format!("Move {} {words}", item.name);
+                                    let button = ui.small_button(text);
+                                    // Screen readers and tests hear what the arrow does.
+                                    button.widget_info(|| {
+                                        egui::WidgetInfo::labeled(
+                                            egui::Role::Button,
+                                            true,
+                                            label.clone(),
+                                        )
+                                    });
+                                    if button.on_hover_text(label.clone()).clicked() {
+                                        moves.push((item.id, step));
+                                    }
+                                }
+                            });
                         });
                     }
                 });
             });
+        for (id, step) in moves {
+            self.move_by(id, step);
+        }
         if let Some(id) = remove {
             self.items.retain(|r| r.id != id);
             if self.init == Some(id) {

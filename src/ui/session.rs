@@ -19,6 +19,9 @@ pub struct SavedReference {
     pub mask_file: Option<String>,
     /// Whether it was the init image.
     pub is_init: bool,
+    /// Whether it was an edit reference (references keep their panel order).
+    #[serde(default)]
+    pub is_edit: bool,
 }
 
 /// The session file's contents.
@@ -106,6 +109,7 @@ mod tests {
             path: "/images/a.png".into(),
             mask_file: Some("mask-0.png".into()),
             is_init: true,
+            is_edit: false,
         });
         session.save(dir.path()).expect("save");
         assert_eq!(Session::load(dir.path()), (session, None));

@@ -689,6 +689,67 @@ fn a_setting_changed_in_the_window_is_saved_at_once_and_a_bad_one_is_refused() {
 }
 
 #[test]
+fn edit_references_go_to_klein_in_panel_order_and_survive_a_restart() {
+    if parity_missing() {
+        return;
+    }
+    let folders = Folders::new();
+    let klein = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/parity/flux2/models/flux2-klein-tiny");
+    std::os::unix::fs::symlink(
+        klein.canonicalize().expect("canonical"),
+        folders.paths().models_dir.join("flux2-klein-tiny"),
+    )
+    .expect("link the FLUX.2 model");
+    let cat = folders.picture("cat.png");
+    let garden = folders.picture("garden.png");
+    {
+        let mut harness = window(folders.paths(), plain_engine());
+        harness.step();
+        harness.state_mut().prompt.settings.model = None;
+        click(&mut harness, "Model");
+        click(&mut harness, "flux2-klein-tiny");
+        // Distilled klein: its 4 steps, no negative prompt, its own sampler.
+        assert_eq!(harness.state().prompt.settings.steps, 4);
+        harness.get_by_label("flow-match Euler");
+        drop_file(&mut harness, garden.clone());
+        drop_file(&mut harness, cat.clone());
+        run_until(&mut harness, "both pictures", |app| {
+            app.references.items.len() == 2
+        });
+        click(&mut harness, "No init image (txt2img)");
+        for item in &mut harness.state_mut().references.items {
+            item.edit = true;
+        }
+        // The cat first: "Move cat.png earlier".
+        click(&mut harness, "Move cat.png earlier");
+        harness.get_by_label("Mode: edit");
+        {
+            let settings = &mut harness.state_mut().prompt.settings;
+            settings.prompt = "the cat in the garden".into();
+            settings.steps = 2;
+            (settings.width_px, settings.height_px) = (64, 64);
+        }
+        click(&mut harness, "Generate");
+        run_until(&mut harness, "the edit", |app| {
+            !app.is_busy() && !app.has_background_work() && !app.results.history.is_empty()
+        });
+        let entry = &harness.state().results.history[0];
+        assert_eq!(entry.parameters.references, ["cat.png", "garden.png"]);
+        harness.state_mut().persist(None);
+    }
+    let mut harness = window(folders.paths(), plain_engine());
+    run_until(&mut harness, "the restored references", |app| {
+        app.references.items.len() == 2
+    });
+    let items = &harness.state().references.items;
+    assert_eq!(items[0].name, "cat.png");
+    assert_eq!(items[1].name, "garden.png");
+    assert!(items.iter().all(|r| r.edit));
+    assert!(harness.state().references.init.is_none());
+}
+
+#[test]
 fn picking_a_flux_model_takes_its_defaults_and_generates() {
     if parity_missing() {
         return;
