@@ -266,6 +266,11 @@ impl EaselApp {
             });
         });
         let models_context = self.models_context();
+        let reference_sizes_px: Vec<(u32, u32)> = self
+            .references
+            .edit_references()
+            .map(|r| r.image.dimensions())
+            .collect();
         egui::Panel::left("prompt")
             .resizable(true)
             .default_size(320.0)
@@ -278,6 +283,7 @@ impl EaselApp {
                         busy: self.is_busy(),
                         prompt_cut_off: self.prompt_cut_off.as_deref(),
                         init_size_px: self.references.init().map(|r| r.image.dimensions()),
+                        reference_sizes_px: &reference_sizes_px,
                         free_bytes: models_context.free_bytes,
                         bytes_per_weight: models_context.bytes_per_weight,
                     };

@@ -10,6 +10,7 @@ use eframe::egui;
 use serde::{Deserialize, Serialize};
 
 use super::model_list::ModelEntry;
+use easel_engine::families::GuidanceKind;
 
 /// Everything the panel edits; saved with the session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +132,8 @@ pub struct PromptContext<'a> {
     pub prompt_cut_off: Option<&'a str>,
     /// The init image's size, which the output takes when there is one.
     pub init_size_px: Option<(u32, u32)>,
+    /// The edit references' sizes, for the memory estimate.
+    pub reference_sizes_px: &'a [(u32, u32)],
     /// The memory a model can use now, where known (for the will-it-fit line).
     pub free_bytes: Option<u64>,
     /// 2 when the engine runs in 16 bits, 4 in f32.
@@ -241,13 +244,18 @@ impl PromptPanel {
                 "Steps",
                 egui::DragValue::new(&mut s.steps).range(1..=150),
             );
-            labelled_drag(
-                ui,
-                "Guidance",
+            // A timestep-distilled model (FLUX.1 schnell, FLUX.2 [klein]) ignores guidance.
+            let takes_guidance = picked.is_none_or(|e| e.guidance != GuidanceKind::None);
+            let label = ui.label("Guidance");
+            ui.add_enabled(
+                takes_guidance,
                 egui::DragValue::new(&mut s.guidance)
                     .range(0.0..=30.0)
                     .speed(0.1),
-            );
+            )
+            .labelled_by(label.id)
+            .on_disabled_hover_text(format!("{family} takes no guidance"));
+            ui.end_row();
             let label = ui.label("Seed");
             ui.horizontal(|ui| {
                 ui.add(egui::DragValue::new(&mut s.seed))
@@ -308,7 +316,12 @@ impl PromptPanel {
                 .and_then(|m| context.models.iter().find(|e| &e.dir == m));
             if let Some(entry) = picked {
                 let size_px = context.init_size_px.unwrap_or((s.width_px, s.height_px));
-                let estimate = entry.memory_estimate(size_px, context.bytes_per_weight);
+                // Each edit reference adds its tokens to every attention.
+                let estimate = entry.memory_estimate_with_references(
+                    size_px,
+                    context.reference_sizes_px,
+                    context.bytes_per_weight,
+                );
                 let verdict = Verdict::of(&estimate, context.free_bytes);
                 ui.label("Memory");
                 let line = format!(

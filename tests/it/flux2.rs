@@ -573,3 +573,26 @@ fn the_black_forest_labs_single_file_gives_the_same_transformer() {
     let from_single_file = run(&copy);
     assert_eq!(from_folder.image, from_single_file.image);
 }
+
+#[test]
+fn klein_states_its_facts_and_counts_reference_tokens_in_its_memory() {
+    use easel_engine::families::{GuidanceKind, ModelInfo};
+    if common::parity_missing() {
+        return;
+    }
+    let mut info = ModelInfo::read(&klein()).expect("facts");
+    assert_eq!(info.size_multiple_px, 16);
+    assert_eq!(info.guidance, GuidanceKind::None);
+    assert!(!info.negative_prompt && !info.sampler_choice && info.wants_its_defaults);
+    assert_eq!(info.defaults.steps, 4);
+    // At klein 4B's widths (24 heads of 128), where attention outweighs the VAE's decode.
+    info.footprint = easel_engine::families::DenoiserFootprint::joint_transformer(24, 512, 3072);
+    let plain = info.memory_estimate((1024, 1024), 2);
+    let with_two =
+        info.memory_estimate_with_references((1024, 1024), &[(1024, 1024), (768, 512)], 2);
+    assert!(with_two.activations_bytes > plain.activations_bytes);
+    assert_eq!(
+        info.memory_estimate_with_references((1024, 1024), &[], 2),
+        plain
+    );
+}

@@ -99,6 +99,33 @@ impl ModelInfo {
         )
     }
 
+    /// `memory_estimate` for an edit with references of `reference_sizes_px`: each adds its
+    /// tokens (one per `size_multiple_px` square) to every joint attention.
+    pub fn memory_estimate_with_references(
+        &self,
+        size_px: (u32, u32),
+        reference_sizes_px: &[(u32, u32)],
+        bytes_per_weight: u64,
+    ) -> MemoryEstimate {
+        if self.capabilities.edit_references == 0 {
+            return self.memory_estimate(size_px, bytes_per_weight);
+        }
+        let side = u64::from(self.size_multiple_px.max(1));
+        let tokens: u64 = reference_sizes_px
+            .iter()
+            .map(|&(w, h)| (u64::from(w) / side) * (u64::from(h) / side))
+            .sum();
+        let mut footprint = self.footprint;
+        footprint.joint_text_tokens += tokens;
+        estimate_parts(
+            self.weights,
+            footprint,
+            bytes_per_weight,
+            size_px.0,
+            size_px.1,
+        )
+    }
+
     /// `px` rounded down to a side this model takes (never below one multiple).
     pub fn round_side(&self, px: u32) -> u32 {
         let multiple = self.size_multiple_px.max(1);
