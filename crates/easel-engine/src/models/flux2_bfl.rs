@@ -11,7 +11,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use super::error::ModelError;
-use super::tensor_reader::TensorReader;
+use super::tensor_reader::{expect_shape, TensorReader};
 use super::weights::checked_reader;
 
 /// Whether a folder's root holds a BFL FLUX.2 single file, and which.
@@ -140,16 +140,7 @@ impl SimpleBackend for BflNames {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let _ = init;
-        let tensor = self.get_unchecked(name, dtype, device)?;
-        if tensor.shape() != &shape {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name} (from the BFL single file)"),
-                expected: shape,
-                got: tensor.shape().clone(),
-            }
-            .bt());
-        }
-        Ok(tensor)
+        expect_shape(self.get_unchecked(name, dtype, device)?, shape, name)
     }
 
     fn get_unchecked(

@@ -112,16 +112,7 @@ impl SimpleBackend for TensorReader {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.read(name, dtype, device)?;
-        if tensor.shape() != &shape {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: shape,
-                got: tensor.shape().clone(),
-            }
-            .bt());
-        }
-        Ok(tensor)
+        expect_shape(self.read(name, dtype, device)?, shape, name)
     }
 
     fn get_unchecked(
@@ -136,6 +127,19 @@ impl SimpleBackend for TensorReader {
     fn contains_tensor(&self, name: &str) -> bool {
         self.entries.contains_key(name)
     }
+}
+
+/// `tensor` when it has `shape`, else the error a `VarBuilder` reports for `name`.
+pub fn expect_shape(tensor: Tensor, shape: Shape, name: &str) -> candle_core::Result<Tensor> {
+    if tensor.shape() != &shape {
+        return Err(candle_core::Error::UnexpectedShape {
+            msg: format!("shape mismatch for {name}"),
+            expected: shape,
+            got: tensor.shape().clone(),
+        }
+        .bt());
+    }
+    Ok(tensor)
 }
 
 /// The JSON header of a safetensors file and where its data begins.

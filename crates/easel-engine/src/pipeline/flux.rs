@@ -243,7 +243,11 @@ pub fn decode(
 }
 
 /// diffusers' `scale_noise`: `sigma * noise + (1 - sigma) * sample`.
-fn scale_noise(sample: &Tensor, noise: &Tensor, sigma: f32) -> candle_core::Result<Tensor> {
+pub(crate) fn scale_noise(
+    sample: &Tensor,
+    noise: &Tensor,
+    sigma: f32,
+) -> candle_core::Result<Tensor> {
     (noise * f64::from(sigma))? + (sample * f64::from(1.0 - sigma))?
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
+use super::flux::scale_noise;
 use super::image::{
     binarize, feather_mask, fit_mask, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit,
 };
@@ -340,9 +341,4 @@ fn token_ids(rows: usize, cols: usize, t: f32, device: &Device) -> candle_core::
         .flat_map(|i| (0..cols).flat_map(move |j| [t, i as f32, j as f32, 0.0]))
         .collect();
     Tensor::from_vec(values, (rows * cols, 4), device)
-}
-
-/// diffusers' `scale_noise`: `sigma * noise + (1 - sigma) * sample`.
-fn scale_noise(sample: &Tensor, noise: &Tensor, sigma: f32) -> candle_core::Result<Tensor> {
-    (noise * f64::from(sigma))? + (sample * f64::from(1.0 - sigma))?
 }
