@@ -121,6 +121,13 @@ struct StreamModulation {
     gate2: Tensor,
 }
 
+/// cos and sin `[S, head_dim / 2]` of the interleaved rotary embedding of a job's positions.
+#[derive(Debug, Clone)]
+pub struct Flux2Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
 /// The FLUX.2 transformer, loaded.
 pub struct Flux2Transformer {
     config: Flux2TransformerConfig,
@@ -243,6 +250,35 @@ impl Flux2Transformer {
         text_ids: &Tensor,
         sigma: f32,
     ) -> Result<Tensor> {
+        let rope = self.rope_for(text_ids, image_ids, image.device(), image.dtype())?;
+        self.forward_with(image, text, &rope, sigma)
+    }
+
+    /// The rotary embedding of `[text ids; image ids]`, on `device`: made once per job and
+    /// given to every step's `forward_with`.
+    pub fn rope_for(
+        &self,
+        text_ids: &Tensor,
+        image_ids: &Tensor,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Flux2Rope> {
+        let ids = Tensor::cat(&[text_ids, image_ids], 0)?;
+        let (cos, sin) = self.rope(&ids, dtype)?;
+        Ok(Flux2Rope {
+            cos: cos.to_device(device)?,
+            sin: sin.to_device(device)?,
+        })
+    }
+
+    /// `forward` with the positions' rotary embedding made beforehand (`rope_for`).
+    pub fn forward_with(
+        &self,
+        image: &Tensor,
+        text: &Tensor,
+        rope: &Flux2Rope,
+        sigma: f32,
+    ) -> Result<Tensor> {
         let device = image.device();
         let dtype = image.dtype();
         let batch = image.dim(0)?;
@@ -253,19 +289,17 @@ impl Flux2Transformer {
         let single_mods = modulation(&self.modulation_single.forward(&silu_temb)?, 3)?;
         let image_mods = stream_modulation(image_mods);
         let text_mods = stream_modulation(text_mods);
-        let ids = Tensor::cat(&[text_ids, image_ids], 0)?;
-        let (cos, sin) = self.rope(&ids, dtype)?;
+        let (cos, sin) = (&rope.cos, &rope.sin);
 
         let mut img = self.x_embedder.forward(image)?;
         let mut txt = self.context_embedder.forward(text)?;
         for block in &self.double_blocks {
-            (img, txt) =
-                self.double_block(block, &img, &txt, &image_mods, &text_mods, &cos, &sin)?;
+            (img, txt) = self.double_block(block, &img, &txt, &image_mods, &text_mods, cos, sin)?;
         }
         let text_len = txt.dim(1)?;
         let mut h = Tensor::cat(&[&txt, &img], 1)?;
         for block in &self.single_blocks {
-            h = self.single_block(block, &h, &single_mods, &cos, &sin)?;
+            h = self.single_block(block, &h, &single_mods, cos, sin)?;
         }
         let img = h.narrow(1, text_len, h.dim(1)? - text_len)?;
         let out_mods = modulation(&self.norm_out.forward(&silu_temb)?, 2)?;
@@ -315,8 +349,8 @@ impl Flux2Transformer {
                 }
             }
         }
-        // Made on the CPU (angles in f64, as diffusers computes them) and moved where the
-        // attention runs.
+        // Made on the CPU (angles in f64, as diffusers computes them); `rope_for` moves them
+        // where the attention runs.
         let half = self.config.attention_head_dim / 2;
         let cos = Tensor::from_vec(cos, (ids.len(), half), &Device::Cpu)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (ids.len(), half), &Device::Cpu)?.to_dtype(dtype)?;
@@ -350,10 +384,8 @@ impl Flux2Transformer {
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
-        let device = q.device();
-        let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
-        let q = candle_nn::rotary_emb::rope_i(q, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope_i(k, &cos, &sin)?;
+        let q = candle_nn::rotary_emb::rope_i(q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_i(k, cos, sin)?;
         let scale = 1.0 / (self.config.attention_head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;

@@ -224,6 +224,7 @@ pub fn denoise(
         (text_len, 4),
         &device,
     )?;
+    let rope = transformer.rope_for(&text_ids, &image_ids, &device, dtype)?;
     timings.push("prepare latents", started.elapsed());
 
     // 4. Denoise: Euler along the flow; the references are the same clean tokens each step.
@@ -242,7 +243,7 @@ pub fn denoise(
         let timestep = schedule.model_timestep(step);
         let velocity_of = |embeds: &Tensor| -> Result<Tensor, PipelineError> {
             Ok(transformer
-                .forward(&input, &image_ids, embeds, &text_ids, timestep)?
+                .forward_with(&input, embeds, &rope, timestep)?
                 .narrow(1, 0, target_tokens)?
                 .to_dtype(DType::F32)?)
         };
