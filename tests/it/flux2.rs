@@ -596,3 +596,69 @@ fn klein_states_its_facts_and_counts_reference_tokens_in_its_memory() {
         plain
     );
 }
+
+#[test]
+fn the_klein_catalog_entry_takes_the_repositorys_own_shards_and_generates() {
+    use crate::common::fake_hub::FakeHub;
+    use crate::common::jobs;
+    use easel_engine::hub::{self, catalog, CacheRoots, Downloaded, HubClient, ModelRef};
+    if common::parity_missing() {
+        return;
+    }
+    let entry = catalog::find("flux2-klein-4b").expect("in the catalog");
+    assert!(!entry.gated && entry.licence.starts_with("Apache-2.0"));
+    assert!(catalog::find("flux2-klein-9b").is_some_and(|e| e.gated));
+    let hub = FakeHub::start();
+    hub.serve_folder(entry.repo, &klein(), &[], false);
+    let models = tempfile::tempdir().expect("temp dir");
+    let roots = CacheRoots::only(models.path());
+    assert!(hub::locate(ModelRef::Catalog(entry), &roots).is_none());
+    let client = HubClient::new(Some(hub.url()), None).expect("client");
+    let downloaded = hub::download(
+        ModelRef::Catalog(entry),
+        &client,
+        &roots,
+        false,
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .expect("downloads");
+    let Downloaded::Fetched(located) = downloaded else {
+        panic!("expected a fetch, got {downloaded:?}");
+    };
+    // Both shards of each sharded folder and their indexes, not the single file at the root.
+    for folder in ["text_encoder", "transformer"] {
+        let files = std::fs::read_dir(located.folder.join(folder))
+            .expect(folder)
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+            })
+            .count();
+        assert_eq!(files, 2, "{folder}");
+    }
+    let requests = hub.requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.contains("flux-2-klein-tiny.safetensors")),
+        "{requests:?}"
+    );
+    let info = easel_engine::families::ModelInfo::read(&located.folder).expect("facts");
+    assert_eq!(info.name, entry.name);
+    let engine = jobs::engine();
+    let mut request = klein_request("a fox");
+    request.model = located.folder.clone();
+    let job = engine.generate(request).expect("engine running");
+    assert_eq!(
+        jobs::finished(jobs::wait_for(&engine, job))
+            .image
+            .dimensions(),
+        (96, 64)
+    );
+    // Found again without the network.
+    assert_eq!(
+        hub::locate(ModelRef::Catalog(entry), &roots).map(|l| l.folder),
+        Some(located.folder)
+    );
+}

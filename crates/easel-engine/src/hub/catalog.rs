@@ -236,6 +236,14 @@ impl FileSpec {
     }
 }
 
+impl FileSpec {
+    /// Whether it stands for every weight file of a folder (`path` ends in `/`): the
+    /// repository's own shard names are taken from its listing, never guessed.
+    pub fn is_folder(&self) -> bool {
+        self.path.ends_with('/')
+    }
+}
+
 impl CatalogEntry {
     /// The files to fetch from `repo`, with fp16 variants when `prefer_fp16`.
     pub fn repo_paths(&self, prefer_fp16: bool) -> Vec<&'static str> {
@@ -502,12 +510,62 @@ const ALL_MODES: Capabilities = Capabilities {
     references: false,
 };
 
+const EDIT_MODES: Capabilities = Capabilities {
+    txt2img: true,
+    img2img: true,
+    inpaint: true,
+    references: true,
+};
+
 const INPAINT_ONLY: Capabilities = Capabilities {
     txt2img: false,
     img2img: false,
     inpaint: true,
     references: false,
 };
+
+/// Every weight file of `folder` (ending in `/`), whatever the repository names its shards.
+const fn weights_folder(folder: &'static str, part: Part, params: u64, stored: Stored) -> FileSpec {
+    weights(folder, None, part, params, stored)
+}
+
+/// A FLUX.2 [klein] repository in the diffusers layout with a Qwen3 text encoder of
+/// `text_params` and a transformer of `transformer_params` (bf16); the Black Forest Labs single
+/// file beside them is not fetched.
+const fn flux2_klein_files(text_params: u64, transformer_params: u64) -> [FileSpec; 10] {
+    [
+        config("model_index.json"),
+        config("scheduler/scheduler_config.json"),
+        config("text_encoder/config.json"),
+        weights_folder(
+            "text_encoder/",
+            Part::TextEncoder,
+            text_params,
+            Stored::Half,
+        ),
+        config("tokenizer/tokenizer.json"),
+        config("tokenizer/tokenizer_config.json"),
+        config("transformer/config.json"),
+        weights_folder(
+            "transformer/",
+            Part::Denoiser,
+            transformer_params,
+            Stored::Half,
+        ),
+        config("vae/config.json"),
+        weights_folder("vae/", Part::Vae, FLUX2_VAE_PARAMS, Stored::Half),
+    ]
+}
+
+/// Approximate parameter counts of the FLUX.2 parts (Qwen3-4B and -8B as published; the
+/// transformers by their names; the autoencoder as FLUX.1's).
+const QWEN3_4B_PARAMS: u64 = 4_022_000_000;
+const QWEN3_8B_PARAMS: u64 = 8_191_000_000;
+const KLEIN_4B_PARAMS: u64 = 3_900_000_000;
+const KLEIN_9B_PARAMS: u64 = 9_000_000_000;
+const FLUX2_VAE_PARAMS: u64 = 84_000_000;
+const FLUX2_KLEIN_4B_FILES: [FileSpec; 10] = flux2_klein_files(QWEN3_4B_PARAMS, KLEIN_4B_PARAMS);
+const FLUX2_KLEIN_9B_FILES: [FileSpec; 10] = flux2_klein_files(QWEN3_8B_PARAMS, KLEIN_9B_PARAMS);
 
 const fn defaults(side_px: u32, steps: usize, guidance: f64, sampler: SamplerKind) -> Defaults {
     Defaults {
@@ -526,7 +584,7 @@ const OPENRAIL_PP: &str =
 const STABILITY_COMMUNITY: &str =
     "Stability AI Community License: free below $1M yearly revenue, else an enterprise licence";
 
-static CATALOG: [CatalogEntry; 11] = [
+static CATALOG: [CatalogEntry; 13] = [
     CatalogEntry {
         id: "sd15",
         name: "Stable Diffusion 1.5",
@@ -679,6 +737,32 @@ static CATALOG: [CatalogEntry; 11] = [
             T5_XXL_TOKENIZER,
             gguf_transformer("flux1-dev.gguf"),
         ],
+    },
+    CatalogEntry {
+        id: "flux2-klein-4b",
+        name: "FLUX.2 [klein] 4B (edits with up to 4 references)",
+        repo: "black-forest-labs/FLUX.2-klein-4B",
+        revision: "main",
+        footprint: DenoiserFootprint::joint_transformer(24, 512, 3072),
+        capabilities: EDIT_MODES,
+        defaults: defaults(1024, 4, 1.0, SamplerKind::Euler),
+        licence: "Apache-2.0 (huggingface.co/black-forest-labs/FLUX.2-klein-4B)",
+        gated: false,
+        files: &FLUX2_KLEIN_4B_FILES,
+        borrowed: &[],
+    },
+    CatalogEntry {
+        id: "flux2-klein-9b",
+        name: "FLUX.2 [klein] 9B (edits with up to 4 references)",
+        repo: "black-forest-labs/FLUX.2-klein-9B",
+        revision: "main",
+        footprint: DenoiserFootprint::joint_transformer(32, 512, 4096),
+        capabilities: EDIT_MODES,
+        defaults: defaults(1024, 4, 1.0, SamplerKind::Euler),
+        licence: "FLUX Non-Commercial License: no commercial use (huggingface.co/black-forest-labs/FLUX.2-klein-9B)",
+        gated: true,
+        files: &FLUX2_KLEIN_9B_FILES,
+        borrowed: &[],
     },
 ];
 

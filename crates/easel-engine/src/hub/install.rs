@@ -169,11 +169,22 @@ fn plan(
         let paths = diffusers_files(&listing, prefer_fp16);
         return Ok(vec![RepoPlan { listing, paths }]);
     };
-    let paths = entry
-        .files
-        .iter()
-        .map(|f| pick_path(&listing, f.path_for(prefer_fp16), f.path))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut paths = Vec::new();
+    for file in entry.files {
+        if file.is_folder() {
+            // Every weight file the repository has there (shard names are the repo's own).
+            let found = folder_weights(listing.files.keys().map(String::as_str), file.path);
+            if found.is_empty() {
+                return Err(HubError::FileNotInRepo {
+                    repo: listing.repo.clone(),
+                    path: format!("{}*.safetensors", file.path),
+                });
+            }
+            paths.extend(found);
+        } else {
+            paths.push(pick_path(&listing, file.path_for(prefer_fp16), file.path)?);
+        }
+    }
     let mut plans = vec![RepoPlan { listing, paths }];
     for borrowed in entry.borrowed {
         let listing = client.list(borrowed.repo, borrowed.revision)?;
@@ -208,14 +219,23 @@ fn locate_entry(entry: &'static CatalogEntry, roots: &CacheRoots) -> Option<Loca
     // Any snapshot that holds each file in one of its precisions will do.
     let (snapshot, in_user_cache) = roots.all().into_iter().enumerate().find_map(|(i, root)| {
         let snapshot = RepoFolder::new(root, entry.repo).snapshot_with(entry.revision, &[])?;
-        let complete = entry
-            .files
-            .iter()
-            .all(|f| snapshot.join(f.path).is_file() || snapshot.join(f.path_for(true)).is_file());
+        let complete = entry.files.iter().all(|f| {
+            if f.is_folder() {
+                complete_folder(&snapshot.join(f.path)).is_some()
+            } else {
+                snapshot.join(f.path).is_file() || snapshot.join(f.path_for(true)).is_file()
+            }
+        });
         complete.then_some((snapshot, i > 0))
     })?;
     let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for file in entry.files {
+    for file in entry.files.iter().filter(|f| f.is_folder()) {
+        for name in complete_folder(&snapshot.join(file.path))? {
+            let relative = format!("{}{name}", file.path);
+            links.push((PathBuf::from(&relative), snapshot.join(&relative)));
+        }
+    }
+    for file in entry.files.iter().filter(|f| !f.is_folder()) {
         // The half-precision file when it is all there is or the full one is missing.
         let path = [file.path, file.path_for(true)]
             .into_iter()
@@ -240,6 +260,47 @@ fn locate_entry(entry: &'static CatalogEntry, roots: &CacheRoots) -> Option<Loca
         snapshot,
         in_user_cache,
     })
+}
+
+/// The weight files (`*.safetensors`, and a sharded set's `*.safetensors.index.json`) directly
+/// in `folder/` among the repository's `paths`.
+fn folder_weights<'a>(paths: impl Iterator<Item = &'a str>, folder: &str) -> Vec<String> {
+    paths
+        .filter(|p| {
+            p.strip_prefix(folder).is_some_and(|name| {
+                !name.contains('/')
+                    && (name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json"))
+            })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The weight files of a downloaded folder, when it is complete: at least one safetensors,
+/// and every shard a `*.safetensors.index.json` names. `None` when something is missing.
+fn complete_folder(folder: &Path) -> Option<Vec<String>> {
+    let names: Vec<String> = std::fs::read_dir(folder)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors") || n.ends_with(".safetensors.index.json"))
+        .collect();
+    if !names.iter().any(|n| n.ends_with(".safetensors")) {
+        return None;
+    }
+    for index in names.iter().filter(|n| n.ends_with(".index.json")) {
+        let text = std::fs::read_to_string(folder.join(index)).ok()?;
+        let parsed: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let shards = parsed.get("weight_map")?.as_object()?;
+        if !shards
+            .values()
+            .filter_map(serde_json::Value::as_str)
+            .all(|shard| folder.join(shard).is_file())
+        {
+            return None;
+        }
+    }
+    Some(names)
 }
 
 /// Makes `folder/<relative>` link to each target, leaving links already right alone (a job
