@@ -171,20 +171,24 @@ impl EaselApp {
 impl EaselApp {
     /// Pasted images (and results used as init whose save failed) have no file: each gets
     /// one in the data folder, written now, so that the session brings them back with their
-    /// masks after a restart.
+    /// masks after a restart (and written again if that write failed).
     fn keep_images_without_files(&mut self, background: Option<&egui::Context>) {
         let folder = self.paths.data_dir.join(PASTED_DIR);
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
+        // With no write under way, a pasted image whose file is missing (its write failed, or
+        // the file went) is written again: the pixels are still here, so nothing is lost.
+        let writing = self.mask_writes.is_busy();
         let mut writes = Vec::new();
-        for reference in self
-            .references
-            .items
-            .iter_mut()
-            .filter(|r| r.path.is_none())
-        {
-            let path = folder.join(format!("pasted-{stamp}-{}.png", reference.id));
+        for reference in &mut self.references.items {
+            let path = match &reference.path {
+                None => folder.join(format!("pasted-{stamp}-{}.png", reference.id)),
+                Some(path) if !writing && path.starts_with(&folder) && !path.is_file() => {
+                    path.clone()
+                }
+                Some(_) => continue,
+            };
             reference.path = Some(path.clone());
             writes.push((path, std::sync::Arc::clone(&reference.image)));
         }

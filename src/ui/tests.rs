@@ -569,6 +569,15 @@ fn a_pasted_image_and_its_mask_survive_a_restart() {
         assert!(harness.state().references.init().is_some(), "pasted");
         click(&mut harness, "Fill");
         harness.state_mut().persist(None);
+        // A pasted image whose file went missing (a failed write) is written again.
+        let pasted_dir = folders.paths().data_dir.join("pasted");
+        for entry in std::fs::read_dir(&pasted_dir)
+            .expect("pasted folder")
+            .flatten()
+        {
+            std::fs::remove_file(entry.path()).expect("remove");
+        }
+        harness.state_mut().persist(None);
     }
     let kept = folders.paths().data_dir.join("pasted");
     assert_eq!(

@@ -198,10 +198,12 @@ impl Engine {
         match request {
             Request::Download { download, request } => {
                 let outbox = outbox::Outbox::new(self.event_sender.clone(), Arc::clone(&self.wake));
-                self.with_downloads(|downloads| downloads.start(download, request, outbox))
+                self.with_downloads(|downloads| downloads.start(download, request, outbox));
+                Ok(())
             }
             Request::CancelDownload(download) => {
-                self.with_downloads(|downloads| downloads.cancel(download))
+                self.with_downloads(|downloads| downloads.cancel(download));
+                Ok(())
             }
             other => self.requests.send(other).map_err(|_| EngineStopped),
         }
@@ -209,16 +211,12 @@ impl Engine {
 
     /// Runs `change` on the downloads; a poisoned lock (a panic while it was held) still
     /// holds a usable map of cancel flags.
-    fn with_downloads(
-        &self,
-        change: impl FnOnce(&mut downloads::Downloads),
-    ) -> Result<(), EngineStopped> {
+    fn with_downloads(&self, change: impl FnOnce(&mut downloads::Downloads)) {
         let mut downloads = self
             .downloads
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         change(&mut downloads);
-        Ok(())
     }
 
     /// The events, for a blocking `recv` (command line) or a per-frame `try_iter` (window).
@@ -235,7 +233,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         // Downloads keep their bytes and resume next time.
-        self.with_downloads(|downloads| downloads.cancel_all()).ok();
+        self.with_downloads(|downloads| downloads.cancel_all());
         // A failed send means the thread already ended, which is what we want here.
         if self.requests.send(Request::Shutdown).is_err() {
             return;

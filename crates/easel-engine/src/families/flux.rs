@@ -7,10 +7,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use super::sd::folder_name;
 use super::{
-    time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind, Loaded,
-    LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
+    folder_name, time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, FamilyModel,
+    GuidanceKind, Loaded, LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
 };
 use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
@@ -23,28 +22,17 @@ use crate::pipeline::{flux, PipelineError, StageTimings, StepObserver};
 use crate::schedulers::SamplerKind;
 
 /// FLUX.1: a folder whose `model_index.json` names a FLUX pipeline.
-pub(super) struct FluxFamily;
-
-impl Family for FluxFamily {
-    fn recognizes(&self, dir: &Path) -> bool {
+impl FamilyModel for FluxModel {
+    fn recognizes(dir: &Path) -> bool {
         FluxModel::is_flux_folder(dir)
     }
 
-    fn info(&self, dir: &Path) -> Result<ModelInfo, ModelError> {
-        // Only configs are read: the CPU device is a name here, nothing is allocated on it.
-        let model = FluxModel::open(dir, &Device::Cpu, DType::F32)?;
-        Ok(info_of(&model))
+    fn from_configs(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        FluxModel::open(dir, device, dtype)
     }
 
-    fn open(
-        &self,
-        dir: &Path,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Box<dyn LoadedModel>, ModelError> {
-        let model = FluxModel::open(dir, device, dtype)?;
-        let info = info_of(&model);
-        Ok(Box::new(Loaded { model, info }))
+    fn facts(&self) -> ModelInfo {
+        info_of(self)
     }
 }
 

@@ -7,10 +7,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use super::sd::folder_name;
 use super::{
-    Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind, Loaded, LoadedModel,
-    ModelDefaults, ModelInfo, PartBytes, Plan,
+    folder_name, Capabilities, DenoiserFootprint, EncodedPrompt, FamilyModel, GuidanceKind, Loaded,
+    LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
 };
 use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
@@ -25,28 +24,17 @@ use crate::pipeline::{PipelineError, StageTimings, StepObserver};
 use crate::schedulers::SamplerKind;
 
 /// FLUX.2: a folder whose `model_index.json` names a FLUX.2 pipeline.
-pub(super) struct Flux2Family;
-
-impl Family for Flux2Family {
-    fn recognizes(&self, dir: &Path) -> bool {
+impl FamilyModel for Flux2Model {
+    fn recognizes(dir: &Path) -> bool {
         Flux2Model::is_flux2_folder(dir)
     }
 
-    fn info(&self, dir: &Path) -> Result<ModelInfo, ModelError> {
-        // Only configs are read: the CPU device is a name here, nothing is allocated on it.
-        let model = Flux2Model::open(dir, &Device::Cpu, DType::F32)?;
-        Ok(info_of(&model))
+    fn from_configs(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        Flux2Model::open(dir, device, dtype)
     }
 
-    fn open(
-        &self,
-        dir: &Path,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Box<dyn LoadedModel>, ModelError> {
-        let model = Flux2Model::open(dir, device, dtype)?;
-        let info = info_of(&model);
-        Ok(Box::new(Loaded { model, info }))
+    fn facts(&self) -> ModelInfo {
+        info_of(self)
     }
 }
 

@@ -32,9 +32,9 @@ use crate::pipeline::{PipelineError, StageTimings, StepObserver};
 /// Every family Easel runs, the most particular first (the first that recognizes a folder
 /// opens it).
 static FAMILIES: &[&dyn Family] = &[
-    &flux2::Flux2Family,
-    &flux::FluxFamily,
-    &sd::StableDiffusionFamily,
+    &FamilyOf::<crate::models::flux2::Flux2Model>::NEW,
+    &FamilyOf::<crate::models::flux::FluxModel>::NEW,
+    &FamilyOf::<crate::models::sd::SdModel>::NEW,
 ];
 
 /// A kind of model: how to recognize its folders, read their facts and open them.
@@ -52,6 +52,55 @@ pub trait Family: Sync {
     ) -> Result<Box<dyn LoadedModel>, ModelError>;
 }
 
+/// What a family's model says about itself: enough for its `Family` (`FamilyOf`).
+trait FamilyModel: ModelWeights + Sized + 'static {
+    /// Whether `dir` holds a model of this family (its configs only are read).
+    fn recognizes(dir: &Path) -> bool;
+    /// Reads the configs in `dir`; nothing is loaded.
+    fn from_configs(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError>;
+    /// Its facts.
+    fn facts(&self) -> ModelInfo;
+}
+
+/// The family whose model is `M`.
+struct FamilyOf<M>(std::marker::PhantomData<fn() -> M>);
+
+impl<M> FamilyOf<M> {
+    const NEW: Self = Self(std::marker::PhantomData);
+}
+
+impl<M: FamilyModel> Family for FamilyOf<M>
+where
+    Loaded<M>: LoadedModel,
+{
+    fn recognizes(&self, dir: &Path) -> bool {
+        M::recognizes(dir)
+    }
+
+    fn info(&self, dir: &Path) -> Result<ModelInfo, ModelError> {
+        // Only configs are read: the CPU device is a name here, nothing is allocated on it.
+        Ok(M::from_configs(dir, &Device::Cpu, DType::F32)?.facts())
+    }
+
+    fn open(
+        &self,
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Box<dyn LoadedModel>, ModelError> {
+        let model = M::from_configs(dir, device, dtype)?;
+        let info = model.facts();
+        Ok(Box::new(Loaded { model, info }))
+    }
+}
+
+/// The last part of `dir`, as the picker shows it.
+fn folder_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
 /// The family of the model in `dir`; Stable Diffusion (the diffusers layout) when no other
 /// recognizes it, so that its errors name the missing files.
 fn family_of(dir: &Path) -> Result<&'static dyn Family, ModelError> {
@@ -64,7 +113,7 @@ fn family_of(dir: &Path) -> Result<&'static dyn Family, ModelError> {
         .iter()
         .copied()
         .find(|family| family.recognizes(dir))
-        .unwrap_or(&sd::StableDiffusionFamily))
+        .unwrap_or(&FamilyOf::<crate::models::sd::SdModel>::NEW))
 }
 
 impl ModelInfo {

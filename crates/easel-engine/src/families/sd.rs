@@ -7,8 +7,8 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::{
-    time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, Family, GuidanceKind, Loaded,
-    LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
+    folder_name, time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, FamilyModel,
+    GuidanceKind, Loaded, LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
 };
 use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
@@ -30,28 +30,17 @@ const DEFAULTS: ModelDefaults = ModelDefaults {
 };
 
 /// Stable Diffusion: any diffusers folder that no other family claims.
-pub(super) struct StableDiffusionFamily;
-
-impl Family for StableDiffusionFamily {
-    fn recognizes(&self, dir: &Path) -> bool {
+impl FamilyModel for SdModel {
+    fn recognizes(dir: &Path) -> bool {
         dir.join("unet/config.json").is_file()
     }
 
-    fn info(&self, dir: &Path) -> Result<ModelInfo, ModelError> {
-        // Only configs are read: the CPU device is a name here, nothing is allocated on it.
-        let model = SdModel::open(dir, &Device::Cpu, DType::F32)?;
-        Ok(info_of(&model))
+    fn from_configs(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        SdModel::open(dir, device, dtype)
     }
 
-    fn open(
-        &self,
-        dir: &Path,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Box<dyn LoadedModel>, ModelError> {
-        let model = SdModel::open(dir, device, dtype)?;
-        let info = info_of(&model);
-        Ok(Box::new(Loaded { model, info }))
+    fn facts(&self) -> ModelInfo {
+        info_of(self)
     }
 }
 
@@ -106,13 +95,6 @@ fn info_of(model: &SdModel) -> ModelInfo {
             vae_bytes: bytes_of(&[Component::Vae]),
         },
     }
-}
-
-/// The last part of `dir`, as the picker shows it.
-pub(super) fn folder_name(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string())
 }
 
 impl LoadedModel for Loaded<SdModel> {

@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::flow_blend::{scale_noise, KeepOutsideMask};
 use super::image::{
-    binarize, feather_mask, fit_mask, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit,
+    binarize, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit, painted_mask,
 };
 use super::noise::{NoiseRole, NoiseSource};
 use super::plan::Plan;
-use super::request::{GenerateRequest, Mode, RequestError};
+use super::request::{GenerateRequest, RequestError};
 use super::result::{Denoised, Generated};
 use super::{PipelineError, StageTimings, StepControl, StepObserver};
 use crate::models::component::Component;
@@ -147,16 +148,10 @@ pub fn denoise(
         Some(image_latents) => scale_noise(image_latents, &initial_noise, sigmas[first_step])?,
         None => initial_noise.clone(),
     };
-    let painted_mask = match (source.and_then(|s| s.mask.as_ref()), mode) {
-        (Some(mask), Mode::Inpaint) => Some(feather_mask(
-            &fit_mask(mask, width, height),
-            source.map_or(0, |s| s.feather_px),
-        )),
-        _ => None,
-    };
+    let painted_mask = painted_mask(source, mode, width, height);
     // Inpainting keeps the original outside the mask: its weights in packed token space.
-    let blend_masks = match &painted_mask {
-        Some(mask) => {
+    let blend = match (&painted_mask, &image_latents) {
+        (Some(mask), Some(original)) => {
             let mask_px = binarize(&mask_to_unit(mask, &device)?)?;
             let mask_latent = mask_to_latent(&mask_px, FLUX_LATENT_SCALE)?.repeat((
                 1,
@@ -164,11 +159,13 @@ pub fn denoise(
                 1,
                 1,
             ))?;
-            let repaint = pack(&mask_latent)?;
-            let keep = (1.0 - &repaint)?;
-            Some((repaint, keep))
+            Some(KeepOutsideMask::new(
+                pack(&mask_latent)?,
+                original.clone(),
+                initial_noise.clone(),
+            )?)
         }
-        None => None,
+        _ => None,
     };
     let img_ids = image_ids(latent_h / 2, latent_w / 2, &device)?.to_dtype(dtype)?;
     let txt = prompt.t5.to_dtype(dtype)?;
@@ -203,15 +200,8 @@ pub fn denoise(
             )?
             .to_dtype(DType::F32)?;
         latents = (&latents + (velocity * f64::from(sigma_next - sigma))?)?;
-        if let (Some((repaint, keep)), Some(image_latents)) = (&blend_masks, &image_latents) {
-            // Outside the mask: the original, taken to the next step's noise level with the
-            // same noise (clean after the last step).
-            let original = if step + 1 < schedule.steps() {
-                scale_noise(image_latents, &initial_noise, sigma_next)?
-            } else {
-                image_latents.clone()
-            };
-            latents = (original.mul(keep)? + latents.mul(repaint)?)?;
+        if let Some(blend) = &blend {
+            latents = blend.apply(&latents, sigma_next, step + 1 == schedule.steps())?;
         }
         timings.push(format!("step {}", done + 1), step_started.elapsed());
         let unpacked = unpack(&latents, latent_h, latent_w)?;
@@ -240,15 +230,6 @@ pub fn decode(
     let started = Instant::now();
     let pixels = autoencoder.decode(&denoised.latents)?;
     denoised.finish(&pixels, request.paste_back, started)
-}
-
-/// diffusers' `scale_noise`: `sigma * noise + (1 - sigma) * sample`.
-pub(crate) fn scale_noise(
-    sample: &Tensor,
-    noise: &Tensor,
-    sigma: f32,
-) -> candle_core::Result<Tensor> {
-    (noise * f64::from(sigma))? + (sample * f64::from(1.0 - sigma))?
 }
 
 /// `[1, c, h, w]` latents as `[1, h/2 * w/2, c * 4]` tokens, channel order (c, ph, pw) as

@@ -11,13 +11,13 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use super::flux::scale_noise;
+use super::flow_blend::{scale_noise, KeepOutsideMask};
 use super::image::{
-    binarize, feather_mask, fit_mask, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit,
+    binarize, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit, painted_mask,
 };
 use super::noise::{NoiseRole, NoiseSource};
 use super::plan::Plan;
-use super::request::{GenerateRequest, Mode, RequestError};
+use super::request::{GenerateRequest, RequestError};
 use super::result::{Denoised, Generated};
 use super::{PipelineError, StageTimings, StepControl, StepObserver};
 use crate::models::component::Component;
@@ -184,23 +184,19 @@ pub fn denoise(
         Some(image_latents) => scale_noise(image_latents, &initial_noise, sigmas[first_step])?,
         None => initial_noise.clone(),
     };
-    let painted_mask = match (source.and_then(|s| s.mask.as_ref()), plan.mode) {
-        (Some(mask), Mode::Inpaint) => Some(feather_mask(
-            &fit_mask(mask, width, height),
-            source.map_or(0, |s| s.feather_px),
-        )),
-        _ => None,
-    };
+    let painted_mask = painted_mask(source, plan.mode, width, height);
     // Inpainting keeps the original outside the mask, per token (one token per 16 px).
-    let blend_masks = match &painted_mask {
-        Some(mask) => {
+    let blend = match (&painted_mask, &image_latents) {
+        (Some(mask), Some(original)) => {
             let mask_px = binarize(&mask_to_unit(mask, &device)?)?;
             let per_token = mask_to_latent(&mask_px, FLUX2_PATCH_PX as usize)?;
-            let repaint = pack(&per_token.repeat((1, channels, 1, 1))?)?;
-            let keep = (1.0 - &repaint)?;
-            Some((repaint, keep))
+            Some(KeepOutsideMask::new(
+                pack(&per_token.repeat((1, channels, 1, 1))?)?,
+                original.clone(),
+                initial_noise.clone(),
+            )?)
         }
-        None => None,
+        _ => None,
     };
     let mut all_ids = vec![token_ids(rows, cols, 0.0, &device)?];
     all_ids.extend(reference_ids);
@@ -253,13 +249,8 @@ pub fn denoise(
             velocity = (&unguided + ((velocity - &unguided)? * request.guidance)?)?;
         }
         latents = (&latents + (velocity * f64::from(sigma_next - sigma))?)?;
-        if let (Some((repaint, keep)), Some(image_latents)) = (&blend_masks, &image_latents) {
-            let original = if step + 1 < schedule.steps() {
-                scale_noise(image_latents, &initial_noise, sigma_next)?
-            } else {
-                image_latents.clone()
-            };
-            latents = (original.mul(keep)? + latents.mul(repaint)?)?;
+        if let Some(blend) = &blend {
+            latents = blend.apply(&latents, sigma_next, step + 1 == schedule.steps())?;
         }
         timings.push(format!("step {}", done + 1), step_started.elapsed());
         observer.after_step(

@@ -4,6 +4,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 use image::{imageops::FilterType, GrayImage, RgbImage};
 
+use super::request::{Mode, SourceImage};
+
 /// An RGB image as a `[1, 3, h, w]` f32 tensor in -1..1.
 pub fn image_to_tensor(image: &RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = image.dimensions();
@@ -102,6 +104,23 @@ pub fn paste_back(original: &RgbImage, generated: &RgbImage, mask: &GrayImage) -
     }
     out
 }
+/// The mask an inpainting request painted, at the output size and feathered as asked; `None`
+/// for other modes. Every pipeline blends and pastes back through it.
+pub fn painted_mask(
+    source: Option<&SourceImage>,
+    mode: Mode,
+    width: u32,
+    height: u32,
+) -> Option<GrayImage> {
+    match (source.and_then(|s| s.mask.as_ref()), mode) {
+        (Some(mask), Mode::Inpaint) => Some(feather_mask(
+            &fit_mask(mask, width, height),
+            source.map_or(0, |s| s.feather_px),
+        )),
+        _ => None,
+    }
+}
+
 /// `mask` blurred by about `radius_px` (three box passes, close to a Gaussian), so that a
 /// repainted region blends into the kept pixels when pasted back. 0 returns it unchanged; a
 /// radius beyond the image's longer side blurs no more than that side does.

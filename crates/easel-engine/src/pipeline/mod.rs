@@ -1,5 +1,6 @@
 //! Diffusion pipelines: requests, noise, the denoising loops and what they report.
 
+pub mod flow_blend;
 pub mod flux;
 pub mod flux2;
 pub mod image;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use super::image::{
-    binarize, feather_mask, fit_mask, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit,
+    binarize, fit_rgb, image_to_tensor, mask_to_latent, mask_to_unit, painted_mask,
 };
 use super::noise::{NoiseRole, NoiseSource};
 use super::plan::Plan;
@@ -141,13 +141,7 @@ pub fn denoise(
         }
         _ => (&initial_noise * scheduler.init_noise_sigma())?,
     };
-    let painted_mask = match (source.and_then(|s| s.mask.as_ref()), mode) {
-        (Some(mask), Mode::Inpaint) => Some(feather_mask(
-            &fit_mask(mask, width, height),
-            source.map_or(0, |s| s.feather_px),
-        )),
-        _ => None,
-    };
+    let painted_mask = painted_mask(source, mode, width, height);
     let inpaint = match (&painted_mask, &source_tensor) {
         (Some(mask), Some(pixels)) => {
             let mask_px = binarize(&mask_to_unit(mask, &device)?)?;
