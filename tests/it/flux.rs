@@ -5,16 +5,14 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
 use crate::common::jobs::{
-    cancel_after_second_step, engine, engine_with, engine_with_slow_steps, failure, finished,
-    staged_engine, wait_for, Outcome,
+    cancel_after_second_step, engine, engine_out_of_memory_at_first_step, engine_with_slow_steps,
+    failure, finished, staged_engine, transformer_bytes, wait_for, Outcome,
 };
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
-use easel_engine::device::DeviceChoice;
-use easel_engine::engine::{EngineConfig, EngineError, Event, Fault, FaultPoint, Strategy};
+use easel_engine::engine::{EngineError, Event, Strategy};
 use easel_engine::pipeline::request::{GenerateRequest, Reference, RequestError, SourceImage};
 use easel_engine::pipeline::PipelineError;
 
@@ -258,20 +256,6 @@ fn flux_sizes_must_be_multiples_of_16() {
     );
 }
 
-/// The transformer's bytes in each memory report that holds one.
-fn transformer_bytes(events: &[Event]) -> Vec<u64> {
-    crate::common::jobs::memory_reports(events)
-        .into_iter()
-        .filter_map(|report| {
-            report
-                .weights_bytes
-                .iter()
-                .find(|w| w.component == "transformer")
-                .map(|w| w.bytes)
-        })
-        .collect()
-}
-
 /// The tiny schnell folder with its transformer as a GGUF (Q8_0 where the rows allow it),
 /// beside the single safetensors file or (`keep_full` false) in its place.
 fn quantized_copy(keep_full: bool) -> (tempfile::TempDir, PathBuf) {
@@ -346,29 +330,7 @@ fn out_of_memory_falls_back_to_the_gguf_transformer_when_the_folder_has_one() {
     }
     let (_temp, folder) = quantized_copy(true);
     // The first step runs out of memory with the full transformer, in every f32 strategy.
-    let failures_left = Arc::new(std::sync::atomic::AtomicUsize::new(3));
-    let hook_failures = failures_left.clone();
-    let hook = Arc::new(move |point: FaultPoint| {
-        let first_step = matches!(point, FaultPoint::BeforeStep { step: 1, .. });
-        let fail = first_step
-            && hook_failures
-                .fetch_update(
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                    |left| left.checked_sub(1),
-                )
-                .is_ok();
-        if fail {
-            Fault::OutOfMemory
-        } else {
-            Fault::Proceed
-        }
-    });
-    let engine = engine_with(EngineConfig {
-        device: DeviceChoice::Cpu,
-        fault_hook: Some(hook),
-        ..Default::default()
-    });
+    let engine = engine_out_of_memory_at_first_step(3);
     let end = wait_for(
         &engine,
         engine.generate(flux_request(&folder)).expect("send"),

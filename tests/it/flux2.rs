@@ -239,6 +239,7 @@ fn the_flux2_transformer_gives_diffusers_velocities() {
     use candle_core::{DType, Device};
     use easel_engine::models::config::read_json;
     use easel_engine::models::flux2_transformer::{Flux2Transformer, Flux2TransformerConfig};
+    use easel_engine::models::flux2_weights::Flux2Weights;
     use easel_engine::models::weights::{component_files, weights_var_builder};
     if common::parity_missing() {
         return;
@@ -253,7 +254,7 @@ fn the_flux2_transformer_gives_diffusers_velocities() {
         &Device::Cpu,
     )
     .expect("weights");
-    let transformer = Flux2Transformer::new(&config, vb).expect("transformer");
+    let transformer = Flux2Transformer::new(&config, &Flux2Weights::Full(vb)).expect("transformer");
     let golden =
         candle_core::safetensors::load(flux2.join("components/klein.safetensors"), &Device::Cpu)
             .expect("components");
@@ -387,6 +388,14 @@ fn klein_edits_with_references_named_in_order_and_sized_from_the_first() {
     assert!(
         text.contains("References: \"cat.png; garden.png\""),
         "{text}"
+    );
+    // Low-memory runs load the autoencoder beside the transformer to encode the references.
+    let staged = jobs::staged_engine();
+    let job = staged.generate(request.clone()).expect("engine running");
+    let staged_output = jobs::finished(jobs::wait_for(&staged, job));
+    assert_eq!(
+        output.image, staged_output.image,
+        "staged edits give the same bytes"
     );
     // The references matter, and so does their order.
     request.references.reverse();

@@ -12,6 +12,7 @@ mod engine;
 mod families;
 mod flux;
 mod flux2;
+mod flux2_gguf;
 mod hub;
 mod hub_faults;
 mod parity;

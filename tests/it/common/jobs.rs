@@ -115,6 +115,46 @@ pub fn memory_reports(events: &[Event]) -> Vec<&MemoryReport> {
         .collect()
 }
 
+/// The transformer's bytes in each memory report that holds one.
+pub fn transformer_bytes(events: &[Event]) -> Vec<u64> {
+    memory_reports(events)
+        .into_iter()
+        .filter_map(|report| {
+            report
+                .weights_bytes
+                .iter()
+                .find(|w| w.component == "transformer")
+                .map(|w| w.bytes)
+        })
+        .collect()
+}
+
+/// An engine on the CPU whose first `times` attempts at a first step run out of memory.
+pub fn engine_out_of_memory_at_first_step(times: usize) -> Engine {
+    let failures_left = Arc::new(std::sync::atomic::AtomicUsize::new(times));
+    let hook = Arc::new(move |point: FaultPoint| {
+        let first_step = matches!(point, FaultPoint::BeforeStep { step: 1, .. });
+        let fail = first_step
+            && failures_left
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                )
+                .is_ok();
+        if fail {
+            Fault::OutOfMemory
+        } else {
+            Fault::Proceed
+        }
+    });
+    engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        fault_hook: Some(hook),
+        ..Default::default()
+    })
+}
+
 pub fn wait_for(engine: &Engine, job: JobId) -> JobEnd {
     wait_for_with(engine, job, |_| {})
 }

@@ -145,6 +145,14 @@ impl LoadedModel for Loaded<Flux2Model> {
         flux2::decode(&self.model, request, denoised)
     }
 
+    fn has_quantized_denoiser(&self) -> bool {
+        self.model.can_switch_to_quantized()
+    }
+
+    fn use_quantized_denoiser(&mut self, quantized: bool) {
+        self.model.prefer_quantized(quantized);
+    }
+
     fn preview(&self, latents: &Tensor) -> candle_core::Result<RgbImage> {
         latent_preview(latents, &FLUX2_PREVIEW)
     }

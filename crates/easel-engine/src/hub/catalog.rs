@@ -566,6 +566,31 @@ const KLEIN_9B_PARAMS: u64 = 9_000_000_000;
 const FLUX2_VAE_PARAMS: u64 = 84_000_000;
 const FLUX2_KLEIN_4B_FILES: [FileSpec; 10] = flux2_klein_files(QWEN3_4B_PARAMS, KLEIN_4B_PARAMS);
 const FLUX2_KLEIN_9B_FILES: [FileSpec; 10] = flux2_klein_files(QWEN3_8B_PARAMS, KLEIN_9B_PARAMS);
+/// klein 4B without its transformer's weights (its config stays: it describes the network):
+/// the GGUF entries borrow the transformer.
+const FLUX2_KLEIN_4B_GGUF_FILES: [FileSpec; 9] = {
+    let all = FLUX2_KLEIN_4B_FILES;
+    [
+        all[0], all[1], all[2], all[3], all[4], all[5], all[6], all[8], all[9],
+    ]
+};
+
+/// A GGUF quantization of klein 4B's transformer from stable-diffusion.cpp's repository, of
+/// `bits` per weight on average (its published sizes: Q4_0 2.5 GB, Q8_0 4.3 GB).
+const fn klein_4b_gguf(path: &'static str, bits: f32) -> BorrowedFile {
+    BorrowedFile {
+        repo: "leejet/FLUX.2-klein-4B-GGUF",
+        revision: "main",
+        path,
+        place_at: path,
+        approx_bytes: (KLEIN_4B_PARAMS as f64 * bits as f64 / 8.0) as u64,
+        weights: Some(Weights {
+            part: Part::Denoiser,
+            params: KLEIN_4B_PARAMS,
+            stored: Stored::Quantized(bits),
+        }),
+    }
+}
 
 const fn defaults(side_px: u32, steps: usize, guidance: f64, sampler: SamplerKind) -> Defaults {
     Defaults {
@@ -584,7 +609,7 @@ const OPENRAIL_PP: &str =
 const STABILITY_COMMUNITY: &str =
     "Stability AI Community License: free below $1M yearly revenue, else an enterprise licence";
 
-static CATALOG: [CatalogEntry; 13] = [
+static CATALOG: [CatalogEntry; 15] = [
     CatalogEntry {
         id: "sd15",
         name: "Stable Diffusion 1.5",
@@ -750,6 +775,32 @@ static CATALOG: [CatalogEntry; 13] = [
         gated: false,
         files: &FLUX2_KLEIN_4B_FILES,
         borrowed: &[],
+    },
+    CatalogEntry {
+        id: "flux2-klein-4b-q8",
+        name: "FLUX.2 [klein] 4B, 8-bit GGUF transformer",
+        repo: "black-forest-labs/FLUX.2-klein-4B",
+        revision: "main",
+        footprint: DenoiserFootprint::joint_transformer(24, 512, 3072),
+        capabilities: EDIT_MODES,
+        defaults: defaults(1024, 4, 1.0, SamplerKind::Euler),
+        licence: "Apache-2.0 (huggingface.co/black-forest-labs/FLUX.2-klein-4B)",
+        gated: false,
+        files: &FLUX2_KLEIN_4B_GGUF_FILES,
+        borrowed: &[klein_4b_gguf("flux-2-klein-4b-Q8_0.gguf", 8.8)],
+    },
+    CatalogEntry {
+        id: "flux2-klein-4b-q4",
+        name: "FLUX.2 [klein] 4B, 4-bit GGUF transformer (least memory)",
+        repo: "black-forest-labs/FLUX.2-klein-4B",
+        revision: "main",
+        footprint: DenoiserFootprint::joint_transformer(24, 512, 3072),
+        capabilities: EDIT_MODES,
+        defaults: defaults(1024, 4, 1.0, SamplerKind::Euler),
+        licence: "Apache-2.0 (huggingface.co/black-forest-labs/FLUX.2-klein-4B)",
+        gated: false,
+        files: &FLUX2_KLEIN_4B_GGUF_FILES,
+        borrowed: &[klein_4b_gguf("flux-2-klein-4b-Q4_0.gguf", 5.1)],
     },
     CatalogEntry {
         id: "flux2-klein-9b",

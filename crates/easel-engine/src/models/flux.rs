@@ -23,6 +23,7 @@ use super::error::ModelError;
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::PromptTokenizer;
 use super::weights::{component_files, files_bytes, weights_error, weights_var_builder};
+use super::weights::{files_with_extension, find_gguf};
 
 /// Pixels per latent of the FLUX autoencoder.
 pub const FLUX_LATENT_SCALE: usize = 8;
@@ -555,21 +556,4 @@ fn find_full_transformer(dir: &Path) -> Option<PathBuf> {
         (!flux, p.clone())
     });
     candidates.into_iter().next()
-}
-
-fn find_gguf(dir: &Path) -> Option<PathBuf> {
-    let mut candidates = files_with_extension(dir, "gguf");
-    candidates.sort();
-    candidates.into_iter().next()
-}
-
-fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == extension))
-                .collect()
-        })
-        .unwrap_or_default()
 }

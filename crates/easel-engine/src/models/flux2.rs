@@ -12,12 +12,14 @@ use super::component::{Component, ModelWeights};
 use super::config::{read_json, VaeConfig};
 use super::error::ModelError;
 use super::flux2_bfl::{bfl_var_builder, find_single_file};
+use super::flux2_gguf::GgufTransformer;
 use super::flux2_latents::Flux2LatentNorm;
 use super::flux2_transformer::{Flux2Transformer, Flux2TransformerConfig};
+use super::flux2_weights::Flux2Weights;
 use super::qwen3::{Qwen3Config, Qwen3Encoder};
 use super::qwen_prompt::QwenPromptTokenizer;
 use super::vae::Vae;
-use super::weights::{component_files, files_bytes, weights_error, weights_var_builder};
+use super::weights::{component_files, files_bytes, find_gguf, weights_error, weights_var_builder};
 
 /// The text encoder's layers whose hidden states make the prompt embeddings.
 pub const TEXT_LAYERS: [usize; 3] = [9, 18, 27];
@@ -84,9 +86,34 @@ pub struct Flux2Model {
     text_encoder: Option<Flux2TextEncoder>,
     transformer: Option<Flux2Transformer>,
     autoencoder: Option<Flux2Autoencoder>,
+    /// Whether the transformer comes from the folder's GGUF even when full weights are there.
+    prefer_gguf: bool,
     device: Device,
     dtype: DType,
     loaded_bytes: Vec<(Component, u64)>,
+}
+
+/// Where the transformer's weights are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransformerSource {
+    /// The diffusers `transformer/` folder (one file or shards).
+    Folder(Vec<PathBuf>),
+    /// Black Forest Labs' single file at the folder's top.
+    SingleFile(PathBuf),
+    /// A GGUF quantization at the folder's top.
+    Gguf(PathBuf),
+}
+
+impl TransformerSource {
+    /// The files read.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            TransformerSource::Folder(files) => files.clone(),
+            TransformerSource::SingleFile(file) | TransformerSource::Gguf(file) => {
+                vec![file.clone()]
+            }
+        }
+    }
 }
 
 impl Flux2Model {
@@ -127,6 +154,7 @@ impl Flux2Model {
             text_encoder: None,
             transformer: None,
             autoencoder: None,
+            prefer_gguf: false,
             device: device.clone(),
             dtype,
             loaded_bytes: Vec::new(),
@@ -169,22 +197,53 @@ impl Flux2Model {
         self.autoencoder.as_ref()
     }
 
-    /// The weight files of `component`: its diffusers folder's, or (the transformer) Black
-    /// Forest Labs' single file at the root when the folder has none.
+    /// The weight files of `component`; the transformer's are those of `transformer_source`.
     fn files_of(&self, component: Component) -> Result<Vec<PathBuf>, ModelError> {
-        let in_folder = component_files(&self.dir.join(component.name()));
-        match (component, in_folder) {
-            (Component::Transformer, Err(missing)) => find_single_file(&self.dir)
-                .map(|file| vec![file])
+        match component {
+            Component::Transformer => self.transformer_source().map(|source| source.files()),
+            _ => component_files(&self.dir.join(component.name())),
+        }
+    }
+
+    /// Where the transformer comes from: the folder's GGUF when it is preferred (the
+    /// out-of-memory ladder's last rung), else the diffusers folder, else BFL's single file,
+    /// else a GGUF (a folder shipped with the quantized transformer only).
+    pub fn transformer_source(&self) -> Result<TransformerSource, ModelError> {
+        let gguf = find_gguf(&self.dir);
+        if let (true, Some(file)) = (self.prefer_gguf, &gguf) {
+            return Ok(TransformerSource::Gguf(file.clone()));
+        }
+        match component_files(&self.dir.join("transformer")) {
+            Ok(files) => Ok(TransformerSource::Folder(files)),
+            Err(missing) => find_single_file(&self.dir)
+                .map(TransformerSource::SingleFile)
+                .or(gguf.map(TransformerSource::Gguf))
                 .ok_or(missing),
-            (_, found) => found,
         }
     }
 
     /// Whether the transformer comes from the BFL single file.
     pub fn transformer_from_single_file(&self) -> bool {
-        component_files(&self.dir.join("transformer")).is_err()
-            && find_single_file(&self.dir).is_some()
+        matches!(
+            self.transformer_source(),
+            Ok(TransformerSource::SingleFile(_))
+        )
+    }
+
+    /// Reads the transformer from the GGUF (when `quantized` and the folder has one) or from
+    /// the full weights; a loaded transformer of the other kind is dropped.
+    pub fn prefer_quantized(&mut self, quantized: bool) {
+        let before = self.transformer_source().ok();
+        self.prefer_gguf = quantized;
+        if self.transformer_source().ok() != before {
+            self.unload(Component::Transformer);
+        }
+    }
+
+    /// Whether the transformer in use is full precision and a GGUF is there to fall back to.
+    pub fn can_switch_to_quantized(&self) -> bool {
+        !matches!(self.transformer_source(), Ok(TransformerSource::Gguf(_)))
+            && find_gguf(&self.dir).is_some()
     }
 }
 
@@ -224,15 +283,28 @@ impl ModelWeights for Flux2Model {
                 self.text_encoder = Some(Flux2TextEncoder { tokenizer, model });
             }
             Component::Transformer => {
-                let vb = if self.transformer_from_single_file() {
-                    let inner = self.transformer_config.num_attention_heads
-                        * self.transformer_config.attention_head_dim;
-                    bfl_var_builder(&files[0], inner, self.dtype, &self.device)?
-                } else {
-                    weights_var_builder(&files, self.dtype, &self.device)?
+                let inner = self.transformer_config.num_attention_heads
+                    * self.transformer_config.attention_head_dim;
+                let config = &self.transformer_config;
+                let built = match self.transformer_source()? {
+                    TransformerSource::Folder(files) => {
+                        let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                        Flux2Transformer::new(config, &Flux2Weights::Full(vb))
+                    }
+                    TransformerSource::SingleFile(file) => {
+                        let vb = bfl_var_builder(&file, inner, self.dtype, &self.device)?;
+                        Flux2Transformer::new(config, &Flux2Weights::Full(vb))
+                    }
+                    TransformerSource::Gguf(file) => {
+                        let file = GgufTransformer::open(&file, inner, &self.device)?;
+                        let weights = Flux2Weights::Gguf {
+                            file: &file,
+                            dtype: self.dtype,
+                        };
+                        Flux2Transformer::new(config, &weights)
+                    }
                 };
-                let model = Flux2Transformer::new(&self.transformer_config, vb)
-                    .map_err(|e| weights_error(&files, &config_path, e))?;
+                let model = built.map_err(|e| weights_error(&files, &config_path, e))?;
                 self.transformer = Some(model);
             }
             Component::Vae => {

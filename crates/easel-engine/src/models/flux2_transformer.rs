@@ -5,8 +5,10 @@
 //! projection for q, k, v and the SwiGLU MLP). candle has nothing for FLUX.2.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{linear_no_bias as linear, rms_norm, Linear, RmsNorm, VarBuilder};
+use candle_nn::RmsNorm;
 use serde::Deserialize;
+
+use super::flux2_weights::{Flux2Linear as Linear, Flux2Weights};
 
 /// `transformer/config.json` of a `Flux2Transformer2DModel`.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,10 +73,10 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn new(inner: usize, mlp: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(inner: usize, mlp: usize, weights: &Flux2Weights, name: &str) -> Result<Self> {
         Ok(Self {
-            linear_in: linear(inner, 2 * mlp, vb.pp("linear_in"))?,
-            linear_out: linear(mlp, inner, vb.pp("linear_out"))?,
+            linear_in: weights.linear(inner, 2 * mlp, &format!("{name}.linear_in"))?,
+            linear_out: weights.linear(mlp, inner, &format!("{name}.linear_out"))?,
         })
     }
 
@@ -155,7 +157,7 @@ impl std::fmt::Debug for Flux2Transformer {
 
 impl Flux2Transformer {
     /// Builds the transformer from diffusers-named weights.
-    pub fn new(config: &Flux2TransformerConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &Flux2TransformerConfig, weights: &Flux2Weights) -> Result<Self> {
         if config.guidance_embeds {
             candle_core::bail!("FLUX.2 [dev]'s guidance embedder is not supported yet");
         }
@@ -164,20 +166,21 @@ impl Flux2Transformer {
         let head = config.attention_head_dim;
         let eps = config.eps;
         let out_channels = config.out_channels.unwrap_or(config.in_channels);
-        let stream = |vb: &VarBuilder, names: [&str; 6]| -> Result<StreamAttention> {
+        let square = |name: String| weights.linear(inner, inner, &name);
+        let stream = |attn: &str, names: [&str; 6]| -> Result<StreamAttention> {
             Ok(StreamAttention {
-                q: linear(inner, inner, vb.pp(names[0]))?,
-                k: linear(inner, inner, vb.pp(names[1]))?,
-                v: linear(inner, inner, vb.pp(names[2]))?,
-                norm_q: rms_norm(head, eps, vb.pp(names[3]))?,
-                norm_k: rms_norm(head, eps, vb.pp(names[4]))?,
-                out: linear(inner, inner, vb.pp(names[5]))?,
+                q: square(format!("{attn}.{}", names[0]))?,
+                k: square(format!("{attn}.{}", names[1]))?,
+                v: square(format!("{attn}.{}", names[2]))?,
+                norm_q: weights.rms_norm(head, eps, &format!("{attn}.{}", names[3]))?,
+                norm_k: weights.rms_norm(head, eps, &format!("{attn}.{}", names[4]))?,
+                out: square(format!("{attn}.{}", names[5]))?,
             })
         };
         let double_blocks = (0..config.num_layers)
             .map(|i| {
-                let vb = vb.pp(format!("transformer_blocks.{i}"));
-                let attn = vb.pp("attn");
+                let block = format!("transformer_blocks.{i}");
+                let attn = format!("{block}.attn");
                 Ok(DoubleBlock {
                     image: stream(
                         &attn,
@@ -194,48 +197,65 @@ impl Flux2Transformer {
                             "to_add_out",
                         ],
                     )?,
-                    ff: FeedForward::new(inner, mlp, vb.pp("ff"))?,
-                    ff_context: FeedForward::new(inner, mlp, vb.pp("ff_context"))?,
+                    ff: FeedForward::new(inner, mlp, weights, &format!("{block}.ff"))?,
+                    ff_context: FeedForward::new(
+                        inner,
+                        mlp,
+                        weights,
+                        &format!("{block}.ff_context"),
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let single_blocks = (0..config.num_single_layers)
             .map(|i| {
-                let attn = vb.pp(format!("single_transformer_blocks.{i}.attn"));
+                let attn = format!("single_transformer_blocks.{i}.attn");
                 Ok(SingleBlock {
-                    qkv_mlp: linear(inner, 3 * inner + 2 * mlp, attn.pp("to_qkv_mlp_proj"))?,
-                    norm_q: rms_norm(head, eps, attn.pp("norm_q"))?,
-                    norm_k: rms_norm(head, eps, attn.pp("norm_k"))?,
-                    out: linear(inner + mlp, inner, attn.pp("to_out"))?,
+                    qkv_mlp: weights.linear(
+                        inner,
+                        3 * inner + 2 * mlp,
+                        &format!("{attn}.to_qkv_mlp_proj"),
+                    )?,
+                    norm_q: weights.rms_norm(head, eps, &format!("{attn}.norm_q"))?,
+                    norm_k: weights.rms_norm(head, eps, &format!("{attn}.norm_k"))?,
+                    out: weights.linear(inner + mlp, inner, &format!("{attn}.to_out"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let time = vb.pp("time_guidance_embed.timestep_embedder");
+        let time = "time_guidance_embed.timestep_embedder";
         Ok(Self {
             config: config.clone(),
-            x_embedder: linear(config.in_channels, inner, vb.pp("x_embedder"))?,
-            context_embedder: linear(config.joint_attention_dim, inner, vb.pp("context_embedder"))?,
-            time_linear_1: linear(
+            x_embedder: weights.linear(config.in_channels, inner, "x_embedder")?,
+            context_embedder: weights.linear(
+                config.joint_attention_dim,
+                inner,
+                "context_embedder",
+            )?,
+            time_linear_1: weights.linear(
                 config.timestep_guidance_channels,
                 inner,
-                time.pp("linear_1"),
+                &format!("{time}.linear_1"),
             )?,
-            time_linear_2: linear(inner, inner, time.pp("linear_2"))?,
-            modulation_image: linear(
+            time_linear_2: weights.linear(inner, inner, &format!("{time}.linear_2"))?,
+            modulation_image: weights.linear(
                 inner,
                 6 * inner,
-                vb.pp("double_stream_modulation_img.linear"),
+                "double_stream_modulation_img.linear",
             )?,
-            modulation_text: linear(
+            modulation_text: weights.linear(
                 inner,
                 6 * inner,
-                vb.pp("double_stream_modulation_txt.linear"),
+                "double_stream_modulation_txt.linear",
             )?,
-            modulation_single: linear(inner, 3 * inner, vb.pp("single_stream_modulation.linear"))?,
+            modulation_single: weights.linear(
+                inner,
+                3 * inner,
+                "single_stream_modulation.linear",
+            )?,
             double_blocks,
             single_blocks,
-            norm_out: linear(inner, 2 * inner, vb.pp("norm_out.linear"))?,
-            proj_out: linear(inner, out_channels, vb.pp("proj_out"))?,
+            norm_out: weights.linear(inner, 2 * inner, "norm_out.linear")?,
+            proj_out: weights.linear(inner, out_channels, "proj_out")?,
         })
     }
 

@@ -134,3 +134,22 @@ pub fn files_bytes(files: &[PathBuf]) -> u64 {
         .map(|m| m.len())
         .sum()
 }
+
+/// The first `*.gguf` at the folder's top, by name.
+pub fn find_gguf(dir: &Path) -> Option<PathBuf> {
+    let mut candidates = files_with_extension(dir, "gguf");
+    candidates.sort();
+    candidates.into_iter().next()
+}
+
+/// The files at the folder's top whose extension is `extension`.
+pub fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == extension))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -36,9 +36,9 @@ impl Plan {
     }
 
     /// The second stage of a staged run: the denoiser, with the VAE beside it only when an
-    /// init image must be encoded first.
+    /// init image or edit references must be encoded first.
     pub fn denoising_stage(&self) -> Vec<Component> {
-        if self.mode == Mode::TextToImage {
+        if self.mode == Mode::TextToImage && self.edit_references == 0 {
             vec![self.denoiser]
         } else {
             vec![self.denoiser, Component::Vae]
