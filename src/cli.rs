@@ -183,8 +183,8 @@ struct ReplayArgs {
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// sd15, sdxl or flux (random weights of the real architecture, FLUX at reduced depth,
-    /// built once and cached), or a model folder.
+    /// sd15, sdxl, flux or flux2-klein (random weights of the real architecture, FLUX.1 dev
+    /// and FLUX.2 [klein] 4B at reduced depth, built once and cached), or a model folder.
     #[arg(long, default_value = "sd15")]
     model: String,
     /// Output side in pixels (square, a multiple of 8; 16 for FLUX).
@@ -199,6 +199,29 @@ struct BenchArgs {
     /// Where random-weight models are kept (default: `bench` in the models folder).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Edit-reference counts to run a job each with, e.g. `0,1,2,4` (the default for models
+    /// that edit with references; `none` runs no such job).
+    #[arg(long, value_parser = parse_reference_counts)]
+    references: Option<ReferenceCounts>,
+}
+
+/// The `--references` of `easel bench`.
+#[derive(Debug, Clone)]
+struct ReferenceCounts(Vec<usize>);
+
+fn parse_reference_counts(text: &str) -> Result<ReferenceCounts, String> {
+    if text == "none" {
+        return Ok(ReferenceCounts(Vec::new()));
+    }
+    text.split(',')
+        .map(|count| {
+            count
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{count:?} is not a count: give counts like 0,1,2,4 or none"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(ReferenceCounts)
 }
 
 /// `FILE` (scale 1) or `FILE:SCALE` as a LoRA adapter.
@@ -282,7 +305,7 @@ fn bench(
         Some(architecture) => BenchModel::Architecture(architecture),
         None if Path::new(&args.model).is_dir() => BenchModel::Folder(PathBuf::from(&args.model)),
         None => bail!(
-            "--model {:?}: give sd15, sdxl or a diffusers model folder",
+            "--model {:?}: give sd15, sdxl, flux, flux2-klein or a diffusers model folder",
             args.model
         ),
     };
@@ -295,6 +318,7 @@ fn bench(
         cache_dir: args
             .cache
             .unwrap_or_else(|| settings.models_dir.join("bench")),
+        reference_counts: args.references.map(|counts| counts.0),
     };
     let started = std::time::Instant::now();
     let report = easel_engine::bench::run(&options, &mut |phase| {

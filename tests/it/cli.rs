@@ -259,11 +259,69 @@ fn bench_reports_every_mode_as_json() {
 }
 
 #[test]
+fn bench_measures_each_count_of_edit_references() {
+    if common::parity_missing() {
+        return;
+    }
+    let klein = common::parity_dir().join("flux2/models/flux2-klein-tiny");
+    let klein = klein.to_str().expect("utf-8 path");
+    let bench = |references: &str| {
+        easel(&[
+            "bench",
+            "--model",
+            klein,
+            "--size",
+            "64",
+            "--steps",
+            "2",
+            "--json",
+            "--device",
+            "cpu",
+            "--references",
+            references,
+        ])
+    };
+    let run = bench("0,2");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: serde_json::Value =
+        serde_json::from_slice(&run.stdout).expect("one JSON object on stdout");
+    let runs = report["reference_runs"].as_array().expect("reference runs");
+    // 512 prompt tokens and 16 tokens per 64x64 picture, the output's and each reference's.
+    let counts: Vec<(u64, u64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["references"].as_u64().expect("count"),
+                r["tokens"].as_u64().expect("tokens"),
+            )
+        })
+        .collect();
+    assert_eq!(counts, [(0, 528), (2, 560)]);
+    for run in runs {
+        assert!(
+            run["step_secs_median"].as_f64().expect("step") > 0.0,
+            "{run}"
+        );
+        assert!(
+            run["peak_rss_bytes"].as_u64().expect("peak") > 1 << 20,
+            "{run}"
+        );
+    }
+    let too_many = bench("5");
+    assert!(!too_many.status.success());
+    assert!(
+        stderr(&too_many).contains("at most 4 references; --references asked for 5"),
+        "{}",
+        stderr(&too_many)
+    );
+}
+
+#[test]
 fn bench_refuses_an_unknown_model_clearly() {
     let run = easel(&["bench", "--model", "sd99", "--json"]);
     assert!(!run.status.success());
     assert!(
-        stderr(&run).contains("give sd15, sdxl or a diffusers model folder"),
+        stderr(&run).contains("give sd15, sdxl, flux, flux2-klein or a diffusers model folder"),
         "{}",
         stderr(&run)
     );

@@ -405,6 +405,34 @@ fn klein_edits_with_references_named_in_order_and_sized_from_the_first() {
 }
 
 #[test]
+fn a_klein_edit_cancelled_mid_run_stops_and_the_next_job_runs() {
+    use crate::common::jobs;
+    if common::parity_missing() {
+        return;
+    }
+    let engine = jobs::engine_with_slow_steps();
+    let mut request = klein_request("the fox in the garden");
+    request.steps = 200;
+    request.references = vec![edit_reference(64, 64, "garden.png")];
+    let job = engine.generate(request.clone()).expect("engine running");
+    let end = jobs::cancel_after_second_step(&engine, job);
+    assert!(matches!(end.outcome, jobs::Outcome::Cancelled), "cancelled");
+    let steps = end.steps().len();
+    assert!(
+        steps < 200,
+        "cancel stops the loop early ({steps} steps ran)"
+    );
+    request.steps = 2;
+    let next = engine.generate(request).expect("engine running");
+    assert_eq!(
+        jobs::finished(jobs::wait_for(&engine, next))
+            .image
+            .dimensions(),
+        (96, 64)
+    );
+}
+
+#[test]
 fn klein_refuses_too_many_or_too_small_references_naming_them() {
     use easel_engine::families::{open, plan};
     if common::parity_missing() {
@@ -670,4 +698,29 @@ fn the_klein_catalog_entry_takes_the_repositorys_own_shards_and_generates() {
         hub::locate(ModelRef::Catalog(entry), &roots).map(|l| l.folder),
         Some(located.folder)
     );
+}
+
+#[test]
+fn text_layers_the_encoder_lacks_or_the_transformer_cannot_take_are_refused() {
+    if common::parity_missing() {
+        return;
+    }
+    let (_keep, copy) = common::copy_model_from(&klein());
+    let index_path = copy.join("model_index.json");
+    let index = std::fs::read_to_string(&index_path).expect("index");
+    for (layers, expected) in [
+        ("[9, 18, 40]", "must name layers 1 to 36"),
+        ("[9, 18]", "2 text layers of 32 values make 64, but the transformer takes 96"),
+    ] {
+        let changed = index.replacen(
+            "\"is_distilled\": true",
+            &format!("\"is_distilled\": true, \"text_encoder_out_layers\": {layers}"),
+            1,
+        );
+        std::fs::write(&index_path, changed).expect("write index");
+        let error = easel_engine::families::ModelInfo::read(&copy)
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains(expected) && error.contains("model_index.json"), "{error}");
+    }
 }

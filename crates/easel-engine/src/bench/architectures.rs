@@ -1,5 +1,5 @@
-//! Random-weight models of the real SD 1.5 and SDXL architectures, and of FLUX.1 dev at its
-//! real widths but reduced depth, built from their published configs and saved in the layouts
+//! Random-weight models of the real SD 1.5 and SDXL architectures, and of FLUX.1 dev and
+//! FLUX.2 [klein] 4B (`klein.rs`) at their real widths but reduced depth, built from their published configs and saved in the layouts
 //! the hub ships, so the benchmark needs no download.
 //!
 //! Each component is built by Easel's own loaders over a candle `VarMap`, which creates every
@@ -29,6 +29,10 @@ pub enum Architecture {
     /// the real 19 and 38, 2 T5 layers of 24. A step of the real model costs about
     /// 19 double + 38 single blocks' worth; this one fits in a few GB.
     FluxReduced,
+    /// FLUX.2 [klein] 4B's widths (3072-wide transformer, Qwen3-4B's 2560-wide layers, the
+    /// full 32-channel autoencoder) at reduced depth: 1 double- and 2 single-stream blocks of
+    /// the real 5 and 20, 3 Qwen3 layers (see `klein.rs`).
+    Flux2KleinReduced,
 }
 
 impl Architecture {
@@ -38,21 +42,26 @@ impl Architecture {
             Architecture::Sd15 => "sd15",
             Architecture::Sdxl => "sdxl",
             Architecture::FluxReduced => "flux",
+            Architecture::Flux2KleinReduced => "flux2-klein",
         }
     }
 
-    /// The architecture called `name` ("sd15", "sdxl", "flux").
+    /// The architecture called `name` ("sd15", "sdxl", "flux", "flux2-klein").
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "sd15" => Some(Architecture::Sd15),
             "sdxl" => Some(Architecture::Sdxl),
             "flux" => Some(Architecture::FluxReduced),
+            "flux2-klein" => Some(Architecture::Flux2KleinReduced),
             _ => None,
         }
     }
 
     /// Every config file of the model folder, `(relative path, JSON text)`.
     fn config_files(self) -> Vec<(&'static str, &'static str)> {
+        if self == Architecture::Flux2KleinReduced {
+            return super::klein::config_files();
+        }
         let mut files = vec![
             ("tokenizer/tokenizer.json", BENCH_TOKENIZER),
             ("tokenizer/tokenizer_config.json", TOKENIZER_CONFIG),
@@ -86,6 +95,7 @@ impl Architecture {
                     T5_BENCH_TOKENIZER_CONFIG,
                 ),
             ]),
+            Architecture::Flux2KleinReduced => {}
         }
         files
     }
@@ -110,13 +120,24 @@ pub fn ensure_random_model(
         }
         std::fs::write(&path, text).map_err(|e| BenchError::io(&path, e))?;
     }
-    if architecture == Architecture::FluxReduced {
-        build_flux_weights(&dir, progress)?;
+    let own_builder = match architecture {
+        Architecture::FluxReduced => {
+            Some(build_flux_weights as fn(&Path, &mut dyn FnMut(&str)) -> _)
+        }
+        Architecture::Flux2KleinReduced => {
+            Some(super::klein::build_weights as fn(&Path, &mut dyn FnMut(&str)) -> _)
+        }
+        Architecture::Sd15 | Architecture::Sdxl => None,
+    };
+    if let Some(build) = own_builder {
+        build(&dir, progress)?;
         std::fs::write(&done_marker, "").map_err(|e| BenchError::io(&done_marker, e))?;
         return Ok(dir);
     }
     let text_encoders: &[&str] = match architecture {
-        Architecture::Sd15 | Architecture::FluxReduced => &["text_encoder"],
+        Architecture::Sd15 | Architecture::FluxReduced | Architecture::Flux2KleinReduced => {
+            &["text_encoder"]
+        }
         Architecture::Sdxl => &["text_encoder", "text_encoder_2"],
     };
     for encoder in text_encoders {
@@ -175,13 +196,13 @@ fn build_flux_weights(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), 
     })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BenchError> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BenchError> {
     Ok(crate::models::config::read_json(path, "benchmark config")?)
 }
 
 /// Builds a component over an empty `VarMap` (which creates every tensor it asks for, with
 /// candle's initialisers) and saves the tensors under their names to `path`.
-fn save_random(
+pub(super) fn save_random(
     path: &Path,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
 ) -> Result<(), BenchError> {

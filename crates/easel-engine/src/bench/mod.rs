@@ -8,7 +8,9 @@
 //! Easel's loop adds to a step.
 
 pub mod architectures;
+mod klein;
 mod page_cache;
+mod references;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +28,8 @@ use crate::models::error::ModelError;
 use crate::pipeline::request::GenerateRequest;
 use crate::schedulers::SamplerKind;
 pub use architectures::Architecture;
-pub use report::{BenchReport, Machine, ModeReport, Modes};
+pub use references::DEFAULT_COUNTS as DEFAULT_REFERENCE_COUNTS;
+pub use report::{BenchReport, Machine, ModeReport, Modes, ReferenceRun};
 
 /// The model a benchmark runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +55,9 @@ pub struct BenchOptions {
     pub dtype: Option<DType>,
     /// Where random-weight models are kept between runs.
     pub cache_dir: PathBuf,
+    /// Edit-reference counts to run one job each with (models that edit with references);
+    /// `None` runs `DEFAULT_REFERENCE_COUNTS` for those models and nothing for the others.
+    pub reference_counts: Option<Vec<usize>>,
 }
 
 /// Why the benchmark could not finish.
@@ -122,7 +128,22 @@ pub fn run(
         ),
         BenchModel::Folder(dir) => (dir.clone(), false, dir.display().to_string()),
     };
-    let request = bench_request(&ModelInfo::read(&folder)?, options);
+    let info = ModelInfo::read(&folder)?;
+    let reference_counts = match &options.reference_counts {
+        Some(counts) => counts.clone(),
+        None if info.capabilities.edit_references > 0 => DEFAULT_REFERENCE_COUNTS.to_vec(),
+        None => Vec::new(),
+    };
+    if let Some(&too_many) = reference_counts
+        .iter()
+        .find(|&&count| count > info.capabilities.edit_references)
+    {
+        return Err(BenchError::Options(format!(
+            "{} edits with at most {} references; --references asked for {too_many}",
+            info.family, info.capabilities.edit_references
+        )));
+    }
+    let request = bench_request(&info, options);
     let weight_files = page_cache::weight_files(&folder);
     let mut cold_loads_from_disk = true;
 
@@ -145,6 +166,18 @@ pub fn run(
 
     // Both engines have unloaded and ended: what the process keeps now is not weights.
     let after_unload_anon_rss_bytes = process_anon_rss_bytes();
+    let reference_runs = if reference_counts.is_empty() {
+        Vec::new()
+    } else {
+        references::measure(
+            options,
+            &request,
+            &reference_counts,
+            info.footprint.joint_text_tokens as usize,
+            info.size_multiple_px,
+            progress,
+        )?
+    };
     progress("bare denoiser forward");
     let (device_name, dtype, denoiser_forward_secs_median) =
         bare_denoiser_forward(options, &request)?;
@@ -173,6 +206,7 @@ pub fn run(
         denoiser_forward_secs_median,
         loop_overhead_percent,
         cold_loads_from_disk,
+        reference_runs,
     })
 }
 

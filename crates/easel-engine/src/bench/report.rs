@@ -41,6 +41,21 @@ pub struct BenchReport {
     pub loop_overhead_percent: f64,
     /// Whether weight files could be dropped from the page cache before each cold load.
     pub cold_loads_from_disk: bool,
+    /// One job per edit-reference count (models that edit with references).
+    pub reference_runs: Vec<ReferenceRun>,
+}
+
+/// A job with some edit references, each as large as the output.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferenceRun {
+    /// Edit references in the job.
+    pub references: usize,
+    /// Tokens in every attention: the prompt's, the output's and each reference's.
+    pub tokens: usize,
+    /// Median of the job's steps after the first.
+    pub step_secs_median: f64,
+    /// Peak process RSS during the job (the weights included).
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// The figures of both residency modes.
@@ -160,6 +175,23 @@ impl BenchReport {
                 "staged peak is {:.0}% of full",
                 100.0 * staged as f64 / full.max(1) as f64
             );
+        }
+        if !self.reference_runs.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<11} {:>7} {:>12} {:>10}",
+                "references", "tokens", "step median", "peak RSS"
+            );
+            for run in &self.reference_runs {
+                let _ = writeln!(
+                    out,
+                    "{:<11} {:>7} {:>11.3}s {:>10}",
+                    run.references,
+                    run.tokens,
+                    run.step_secs_median,
+                    bytes(run.peak_rss_bytes)
+                );
+            }
         }
         if !self.cold_loads_from_disk {
             let _ = writeln!(

@@ -21,7 +21,8 @@ use super::qwen_prompt::QwenPromptTokenizer;
 use super::vae::Vae;
 use super::weights::{component_files, files_bytes, find_gguf, weights_error, weights_var_builder};
 
-/// The text encoder's layers whose hidden states make the prompt embeddings.
+/// The text encoder's layers whose hidden states make the prompt embeddings (diffusers'
+/// `text_encoder_out_layers` default).
 pub const TEXT_LAYERS: [usize; 3] = [9, 18, 27];
 /// Tokens every prompt is padded (or cut) to.
 pub const MAX_SEQUENCE_LENGTH: usize = 512;
@@ -39,6 +40,15 @@ pub struct Flux2Index {
     /// Distilled models run one pass per step and ignore guidance; base models run CFG.
     #[serde(default)]
     pub is_distilled: bool,
+    /// The text encoder's layers whose hidden states are concatenated. diffusers takes them
+    /// as a pipeline argument (always 9, 18 and 27 for the published models); a folder may
+    /// state others here, as the benchmark's reduced-depth model does.
+    #[serde(default = "default_text_layers")]
+    pub text_encoder_out_layers: Vec<usize>,
+}
+
+fn default_text_layers() -> Vec<usize> {
+    TEXT_LAYERS.to_vec()
 }
 
 /// The autoencoder's config: the usual VAE fields and the BatchNorm epsilon.
@@ -130,15 +140,16 @@ impl Flux2Model {
                 path: dir.to_path_buf(),
             });
         }
-        let index = read_json(&dir.join("model_index.json"), "model index")?;
-        let text_config = read_json(
+        let index: Flux2Index = read_json(&dir.join("model_index.json"), "model index")?;
+        let text_config: Qwen3Config = read_json(
             &dir.join("text_encoder/config.json"),
             "Qwen3 text encoder config",
         )?;
-        let transformer_config = read_json(
+        let transformer_config: Flux2TransformerConfig = read_json(
             &dir.join("transformer/config.json"),
             "FLUX.2 transformer config",
         )?;
+        check_text_layers(dir, &index, &text_config, &transformer_config)?;
         let vae_path = dir.join("vae/config.json");
         let mut vae_config: VaeConfig = read_json(&vae_path, "VAE config")?;
         vae_config.scaling_factor = 1.0;
@@ -247,6 +258,39 @@ impl Flux2Model {
     }
 }
 
+/// The text layers exist in the encoder and, concatenated, are as wide as the transformer's
+/// text input.
+fn check_text_layers(
+    dir: &Path,
+    index: &Flux2Index,
+    text: &Qwen3Config,
+    transformer: &Flux2TransformerConfig,
+) -> Result<(), ModelError> {
+    let layers = &index.text_encoder_out_layers;
+    let bad = |message: String| ModelError::BadConfig {
+        what: "FLUX.2 model index",
+        path: dir.join("model_index.json"),
+        message,
+    };
+    if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > text.num_hidden_layers) {
+        return Err(bad(format!(
+            "text_encoder_out_layers {layers:?} must name layers 1 to {} of the text encoder",
+            text.num_hidden_layers
+        )));
+    }
+    if layers.len() * text.hidden_size != transformer.joint_attention_dim {
+        return Err(bad(format!(
+            "{} text layers of {} values make {}, but the transformer takes {} \
+             (transformer/config.json's joint_attention_dim)",
+            layers.len(),
+            text.hidden_size,
+            layers.len() * text.hidden_size,
+            transformer.joint_attention_dim
+        )));
+    }
+    Ok(())
+}
+
 impl ModelWeights for Flux2Model {
     fn components(&self) -> Vec<Component> {
         vec![
@@ -277,7 +321,13 @@ impl ModelWeights for Flux2Model {
                 let tokenizer =
                     QwenPromptTokenizer::load(&self.dir.join("tokenizer"), MAX_SEQUENCE_LENGTH)?;
                 let vb = weights_var_builder(&files, self.dtype, &self.device)?;
-                let layers = TEXT_LAYERS.iter().copied().max().unwrap_or(0);
+                let layers = self
+                    .index
+                    .text_encoder_out_layers
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(0);
                 let model = Qwen3Encoder::new(&self.text_config, layers, vb)
                     .map_err(|e| weights_error(&files, &config_path, e))?;
                 self.text_encoder = Some(Flux2TextEncoder { tokenizer, model });

@@ -21,7 +21,7 @@ use super::request::{GenerateRequest, RequestError};
 use super::result::{Denoised, Generated};
 use super::{PipelineError, StageTimings, StepControl, StepObserver};
 use crate::models::component::Component;
-use crate::models::flux2::{Flux2Autoencoder, Flux2Model, FLUX2_PATCH_PX, TEXT_LAYERS};
+use crate::models::flux2::{Flux2Autoencoder, Flux2Model, FLUX2_PATCH_PX};
 use crate::models::flux2_latents::{pack, patchify, unpack, unpatchify};
 use crate::models::qwen3::concat_hidden_states;
 use crate::schedulers::flow_match::FlowMatchSchedule;
@@ -97,9 +97,11 @@ pub fn encode(
             .tokenize(prompt)
             .map_err(PipelineError::Prompt)?;
         let ids = Tensor::from_vec(tokens.ids.clone(), (1, tokens.ids.len()), model.device())?;
-        let states = encoder
-            .model
-            .hidden_states(&ids, &tokens.mask, &TEXT_LAYERS)?;
+        let states = encoder.model.hidden_states(
+            &ids,
+            &tokens.mask,
+            &model.index.text_encoder_out_layers,
+        )?;
         Ok((
             concat_hidden_states(&states)?.to_dtype(DType::F32)?,
             tokens.cut_off,
