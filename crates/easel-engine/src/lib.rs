@@ -9,6 +9,7 @@ pub mod families;
 pub mod hub;
 pub mod image_file;
 pub mod models;
+pub mod ops;
 pub mod output;
 pub mod pipeline;
 pub mod replay;

@@ -4,25 +4,27 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{self as nn, VarBuilder};
 
+use crate::ops::{conv2d, Conv2d};
+
 use super::config::VaeConfig;
 use super::tiles::{GroupNorm, TileLayout, Tiles};
 use super::vae_blocks::{DownBlock, MidBlock, UpBlock, VAE_NORM_EPS};
 
-fn conv3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<nn::Conv2d> {
+fn conv3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
     let cfg = nn::Conv2dConfig {
         padding: 1,
         ..Default::default()
     };
-    nn::conv2d(in_channels, out_channels, 3, cfg, vb)
+    conv2d(in_channels, out_channels, 3, cfg, vb)
 }
 
 #[derive(Debug)]
 struct Encoder {
-    conv_in: nn::Conv2d,
+    conv_in: Conv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     conv_norm_out: GroupNorm,
-    conv_out: nn::Conv2d,
+    conv_out: Conv2d,
 }
 
 impl Encoder {
@@ -101,11 +103,11 @@ impl Encoder {
 
 #[derive(Debug)]
 struct Decoder {
-    conv_in: nn::Conv2d,
+    conv_in: Conv2d,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
-    conv_out: nn::Conv2d,
+    conv_out: Conv2d,
 }
 
 impl Decoder {
@@ -234,8 +236,8 @@ impl LatentDistribution {
 pub struct Vae {
     encoder: Encoder,
     decoder: Decoder,
-    quant_conv: Option<nn::Conv2d>,
-    post_quant_conv: Option<nn::Conv2d>,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
     config: VaeConfig,
     dtype: DType,
     tiling: VaeTiling,
@@ -250,7 +252,7 @@ impl Vae {
         let latent = config.latent_channels;
         let conv1 = nn::Conv2dConfig::default();
         let quant_conv = if config.use_quant_conv {
-            Some(nn::conv2d(
+            Some(conv2d(
                 2 * latent,
                 2 * latent,
                 1,
@@ -261,13 +263,7 @@ impl Vae {
             None
         };
         let post_quant_conv = if config.use_post_quant_conv {
-            Some(nn::conv2d(
-                latent,
-                latent,
-                1,
-                conv1,
-                vb.pp("post_quant_conv"),
-            )?)
+            Some(conv2d(latent, latent, 1, conv1, vb.pp("post_quant_conv"))?)
         } else {
             None
         };

@@ -5,6 +5,8 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
+use crate::ops::{conv2d, Conv2d};
+
 use super::tiles::{GroupNorm, Tiles};
 
 /// The VAE's GroupNorm epsilon, fixed in diffusers' encoder and decoder.
@@ -21,23 +23,23 @@ fn conv(
     stride: usize,
     padding: usize,
     vb: VarBuilder,
-) -> Result<nn::Conv2d> {
+) -> Result<Conv2d> {
     let cfg = nn::Conv2dConfig {
         padding,
         stride,
         ..Default::default()
     };
-    nn::conv2d(in_channels, out_channels, kernel, cfg, vb)
+    conv2d(in_channels, out_channels, kernel, cfg, vb)
 }
 
 /// `ResnetBlock2D` with no time embedding.
 #[derive(Debug)]
 pub struct Resnet {
     norm1: GroupNorm,
-    conv1: nn::Conv2d,
+    conv1: Conv2d,
     norm2: GroupNorm,
-    conv2: nn::Conv2d,
-    shortcut: Option<nn::Conv2d>,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
 }
 
 impl Resnet {
@@ -217,7 +219,7 @@ fn resnet_stack(
 #[derive(Debug)]
 pub struct UpBlock {
     resnets: Vec<Resnet>,
-    upsample: Option<nn::Conv2d>,
+    upsample: Option<Conv2d>,
 }
 
 impl UpBlock {
@@ -277,7 +279,7 @@ impl UpBlock {
 #[derive(Debug)]
 pub struct DownBlock {
     resnets: Vec<Resnet>,
-    downsample: Option<nn::Conv2d>,
+    downsample: Option<Conv2d>,
 }
 
 impl DownBlock {

@@ -1,0 +1,393 @@
+//! A 2-D convolution for the CPU that spends its time in one matrix product: the input rows
+//! a tile of output rows needs are copied, contiguous run by contiguous run, into a reused
+//! column buffer; the weights are used where they lie, as a `[out, in * kh * kw]` matrix; the
+//! bias is written first and the product added onto it, straight into the NCHW output.
+//! candle's CPU conv2d instead copies the whole input to NHWC, re-lays the weights on every
+//! call, gathers the columns one element at a time and adds the bias in a separate pass.
+//!
+//! Other devices and dtypes use candle's own convolution (`Conv2d::forward` decides).
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+/// Bytes of column buffer a tile may use: large enough that the product is efficient, small
+/// enough to stay in the caches' reach.
+const TILE_BUFFER_BYTES: usize = 8 << 20;
+
+thread_local! {
+    /// The column buffer, kept between calls so that no step pays for fresh pages.
+    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A convolution layer: weights `[out, in, kh, kw]`, a bias, stride and padding.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+impl Conv2d {
+    /// A layer over these weights (`bias` `[out]`, if any).
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
+        Self {
+            weight,
+            bias,
+            config,
+        }
+    }
+
+    /// The weights.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Whether Easel's kernel can run this layer on `x` (f32 on the CPU, no groups or
+    /// dilation); candle's runs it otherwise.
+    fn own_kernel_runs(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && self.config.groups == 1
+            && self.config.dilation == 1
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.own_kernel_runs(x) {
+            let out_channels = self.weight.dim(0)?;
+            let bias = match &self.bias {
+                Some(bias) => bias.clone(),
+                None => Tensor::zeros(out_channels, DType::F32, x.device())?,
+            };
+            let op = Conv2dOp {
+                stride: self.config.stride,
+                padding: self.config.padding,
+            };
+            return x.contiguous()?.apply_op3_no_bwd(
+                &self.weight.contiguous()?,
+                &bias.contiguous()?,
+                &op,
+            );
+        }
+        let y = x.conv2d(
+            &self.weight,
+            self.config.padding,
+            self.config.stride,
+            self.config.dilation,
+            self.config.groups,
+        )?;
+        match &self.bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// `candle_nn::conv2d`'s loader (same names, shapes and initialisation) for Easel's layer.
+pub fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    config: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let layer = candle_nn::conv2d(in_channels, out_channels, kernel, config, vb)?;
+    Ok(Conv2d::new(
+        layer.weight().clone(),
+        layer.bias().cloned(),
+        config,
+    ))
+}
+
+/// The kernel's parameters.
+struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+}
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    in_channels: usize,
+    height: usize,
+    width: usize,
+    out_channels: usize,
+    kernel_h: usize,
+    kernel_w: usize,
+    out_h: usize,
+    out_w: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Dims {
+    /// Rows of the column matrix: every input value one output value reads.
+    fn k(&self) -> usize {
+        self.in_channels * self.kernel_h * self.kernel_w
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "easel-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input: &CpuStorage,
+        input_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, in_channels, height, width) = input_layout.shape().dims4()?;
+        let (out_channels, weight_in, kernel_h, kernel_w) = weight_layout.shape().dims4()?;
+        if weight_in != in_channels || bias_layout.shape().dims1()? != out_channels {
+            candle_core::bail!(
+                "conv2d: input {:?}, weight {:?}, bias {:?} do not fit",
+                input_layout.shape(),
+                weight_layout.shape(),
+                bias_layout.shape()
+            );
+        }
+        let padded_h = height + 2 * self.padding;
+        let padded_w = width + 2 * self.padding;
+        if padded_h < kernel_h || padded_w < kernel_w || self.stride == 0 {
+            candle_core::bail!("conv2d: a {kernel_h}x{kernel_w} kernel over {height}x{width}");
+        }
+        let dims = Dims {
+            batch,
+            in_channels,
+            height,
+            width,
+            out_channels,
+            kernel_h,
+            kernel_w,
+            out_h: (padded_h - kernel_h) / self.stride + 1,
+            out_w: (padded_w - kernel_w) / self.stride + 1,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let input = contiguous_slice(input, input_layout)?;
+        let weight = contiguous_slice(weight, weight_layout)?;
+        let bias = contiguous_slice(bias, bias_layout)?;
+        let mut out = vec![0f32; batch * out_channels * dims.out_h * dims.out_w];
+        convolve(&dims, input, weight, bias, &mut out);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((batch, out_channels, dims.out_h, dims.out_w)),
+        ))
+    }
+}
+
+fn contiguous_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let values = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => candle_core::bail!("conv2d: the operands must be contiguous"),
+    }
+}
+
+/// The whole convolution: per image, per tile of output rows, columns then one product.
+fn convolve(dims: &Dims, input: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32]) {
+    let k = dims.k();
+    let n = dims.out_h * dims.out_w;
+    let image_len = dims.in_channels * dims.height * dims.width;
+    let pointwise =
+        dims.kernel_h == 1 && dims.kernel_w == 1 && dims.stride == 1 && dims.padding == 0;
+    let rows_per_tile = if pointwise {
+        dims.out_h
+    } else {
+        (TILE_BUFFER_BYTES / 4 / (k * dims.out_w).max(1)).clamp(1, dims.out_h)
+    };
+    COLUMNS.with(|columns| {
+        let mut columns = columns.borrow_mut();
+        for b in 0..dims.batch {
+            let image = &input[b * image_len..(b + 1) * image_len];
+            let out_image = &mut out[b * dims.out_channels * n..(b + 1) * dims.out_channels * n];
+            let mut first_row = 0;
+            while first_row < dims.out_h {
+                let rows = rows_per_tile.min(dims.out_h - first_row);
+                let tile_n = rows * dims.out_w;
+                let tile_start = first_row * dims.out_w;
+                // The bias first; the product is added onto it.
+                for (co, &value) in bias.iter().enumerate() {
+                    out_image[co * n + tile_start..co * n + tile_start + tile_n].fill(value);
+                }
+                let rhs: &[f32] = if pointwise {
+                    image
+                } else {
+                    if columns.len() < k * tile_n {
+                        columns.resize(k * tile_n, 0.0);
+                    }
+                    gather_columns(dims, image, first_row, rows, &mut columns[..k * tile_n]);
+                    &columns[..k * tile_n]
+                };
+                // The one unsafe call: gemm takes raw pointers and strides.
+                // SAFETY: `out_image` holds `out_channels` rows of `n` values from which the
+                // tile takes columns `tile_start..tile_start + tile_n`; `weight` is
+                // `[out_channels, k]` and `rhs` `[k, tile_n]`, all row-major and in bounds.
+                #[allow(unsafe_code)]
+                unsafe {
+                    gemm::gemm(
+                        dims.out_channels,
+                        tile_n,
+                        k,
+                        out_image.as_mut_ptr().add(tile_start),
+                        1,
+                        n as isize,
+                        true,
+                        weight.as_ptr(),
+                        1,
+                        k as isize,
+                        rhs.as_ptr(),
+                        1,
+                        tile_n as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism(),
+                    );
+                }
+                first_row += rows;
+            }
+        }
+    });
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        threads => gemm::Parallelism::Rayon(threads),
+    }
+}
+
+/// Fills `columns` (`[k, rows * out_w]`) for output rows `first_row..first_row + rows`: row
+/// `(c, ki, kj)` holds, for each output position, the input value under kernel tap `(ki, kj)`
+/// of channel `c`, or 0 in the padding. With stride 1 each output row's run is one copy.
+fn gather_columns(dims: &Dims, image: &[f32], first_row: usize, rows: usize, columns: &mut [f32]) {
+    let out_w = dims.out_w;
+    let tile_n = rows * out_w;
+    let plane = dims.height * dims.width;
+    for c in 0..dims.in_channels {
+        let channel = &image[c * plane..(c + 1) * plane];
+        for ki in 0..dims.kernel_h {
+            for kj in 0..dims.kernel_w {
+                let row = (c * dims.kernel_h + ki) * dims.kernel_w + kj;
+                let target = &mut columns[row * tile_n..(row + 1) * tile_n];
+                // Output columns whose input column `ox * stride + kj - padding` is inside.
+                let first_ox = dims.padding.saturating_sub(kj).div_ceil(dims.stride);
+                let last_ox = ((dims.width + dims.padding).saturating_sub(kj + 1) / dims.stride
+                    + 1)
+                .min(out_w)
+                .max(first_ox);
+                for r in 0..rows {
+                    let segment = &mut target[r * out_w..(r + 1) * out_w];
+                    let iy = ((first_row + r) * dims.stride + ki) as isize - dims.padding as isize;
+                    if iy < 0 || iy >= dims.height as isize {
+                        segment.fill(0.0);
+                        continue;
+                    }
+                    let input_row =
+                        &channel[iy as usize * dims.width..(iy as usize + 1) * dims.width];
+                    segment[..first_ox].fill(0.0);
+                    segment[last_ox..].fill(0.0);
+                    let first_ix = first_ox * dims.stride + kj - dims.padding;
+                    if dims.stride == 1 {
+                        let len = last_ox - first_ox;
+                        segment[first_ox..last_ox]
+                            .copy_from_slice(&input_row[first_ix..first_ix + len]);
+                    } else {
+                        for (slot, ix) in segment[first_ox..last_ox]
+                            .iter_mut()
+                            .zip((first_ix..).step_by(dims.stride))
+                        {
+                            *slot = input_row[ix];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Easel's convolution against candle's on the same operands.
+    fn largest_relative_difference(
+        shape: (usize, usize, usize, usize),
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> f32 {
+        let device = Device::Cpu;
+        let (b, c, h, w) = shape;
+        let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &device).expect("x");
+        let weight =
+            Tensor::randn(0f32, 0.2, (out_channels, c, kernel, kernel), &device).expect("weight");
+        let bias = Tensor::randn(0f32, 1.0, out_channels, &device).expect("bias");
+        let config = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let ours = Conv2d::new(weight.clone(), Some(bias.clone()), config)
+            .forward(&x)
+            .expect("ours");
+        let reference = x
+            .conv2d(&weight, padding, stride, 1, 1)
+            .and_then(|y| y.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?))
+            .expect("candle's");
+        assert_eq!(ours.dims(), reference.dims());
+        let scale = reference
+            .abs()
+            .and_then(|a| a.max_all())
+            .and_then(|m| m.to_scalar::<f32>())
+            .expect("scale")
+            .max(1.0);
+        (ours - reference)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|m| m.to_scalar::<f32>())
+            .expect("difference")
+            / scale
+    }
+
+    #[test]
+    fn three_by_three_convolutions_match_candles_on_odd_shapes() {
+        for (shape, out_channels, stride, padding) in [
+            ((1, 3, 7, 5), 4, 1, 1),
+            ((2, 5, 9, 13), 7, 1, 1),
+            ((1, 4, 8, 8), 3, 2, 0),
+            ((2, 3, 11, 6), 5, 2, 1),
+            ((1, 2, 5, 5), 3, 1, 0),
+            ((1, 6, 3, 3), 2, 1, 2),
+        ] {
+            let difference = largest_relative_difference(shape, out_channels, 3, stride, padding);
+            assert!(
+                difference < 1e-5,
+                "{shape:?} -> {out_channels}, stride {stride}, padding {padding}: {difference}"
+            );
+        }
+    }
+
+    #[test]
+    fn pointwise_and_large_convolutions_match_candles() {
+        assert!(largest_relative_difference((2, 9, 6, 7), 5, 1, 1, 0) < 1e-5);
+        assert!(largest_relative_difference((1, 4, 5, 3), 6, 1, 2, 0) < 1e-5);
+        // Wide enough that several tiles of output rows are gathered.
+        assert!(largest_relative_difference((1, 160, 72, 40), 8, 3, 1, 1) < 1e-5);
+    }
+}
