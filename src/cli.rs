@@ -18,7 +18,12 @@ use easel_engine::image_file::{read_mask_file, read_rgb_image};
 use easel_engine::output::{save_new_result, save_png_with_parameters};
 
 pub use crate::cli_checks::UsageError;
-use easel_engine::pipeline::request::{Adapter, GenerateRequest, Reference, SourceImage};
+use easel_engine::pipeline::masked_area::MaskedArea;
+use easel_engine::pipeline::outpaint::{extend_canvas, Extend, ExtendFill};
+use easel_engine::pipeline::request::{
+    Adapter, GenerateRequest, InpaintArea, InpaintOptions, Reference, SourceImage,
+    DEFAULT_MASK_PADDING_PX,
+};
 use easel_engine::replay::{ParityCase, IMAGE_TOLERANCE, LATENT_TOLERANCE};
 use easel_engine::schedulers::SamplerKind;
 use easel_engine::settings;
@@ -130,9 +135,29 @@ struct GenerateArgs {
     /// image's longer side).
     #[arg(long, default_value_t = 0)]
     feather: u32,
-    /// How much to change the init image, 0 to 1.
-    #[arg(long, default_value_t = 0.75)]
-    strength: f64,
+    /// How much to change the init image, 0 to 1 (default 0.75; 1 with --extend).
+    #[arg(long)]
+    strength: Option<f64>,
+    /// Inpainting: auto (the masked area when the image is larger than the model's native
+    /// size), masked (a box around the mask, painted at the model's native pixel count and
+    /// blended back) or whole.
+    #[arg(long, value_parser = InpaintArea::parse, default_value = "auto")]
+    inpaint_area: InpaintArea,
+    /// Context around the mask's box when the masked area is painted, in pixels.
+    #[arg(long, default_value_t = DEFAULT_MASK_PADDING_PX)]
+    mask_padding: u32,
+    /// Keep the repaint's colours as generated instead of matching them to the pixels
+    /// around the mask.
+    #[arg(long)]
+    no_colour_match: bool,
+    /// Outpaint: grow the init image's canvas by L,T,R,B pixels and paint the new area (the
+    /// original pixels are kept).
+    #[arg(long, value_name = "L,T,R,B", value_parser = Extend::parse, requires = "init")]
+    extend: Option<Extend>,
+    /// What the new area starts as: edge (the border's colours stretched and blurred) or
+    /// noise.
+    #[arg(long, value_parser = ExtendFill::parse, default_value = "edge")]
+    extend_fill: ExtendFill,
     /// Denoising steps (default: setting `steps`; FLUX: 4 schnell, 28 dev).
     #[arg(long)]
     steps: Option<usize>,
@@ -378,16 +403,42 @@ fn generate(
         return Err(UsageError(message).into());
     }
     let source = match &args.init {
-        Some(init) => Some(SourceImage {
-            image: load_rgb(init)?,
-            strength: args.strength,
-            mask: args
+        Some(init) => {
+            let image = load_rgb(init)?;
+            let mask = args
                 .mask
                 .as_deref()
                 .map(|m| read_mask_file(m).map_err(anyhow::Error::msg))
-                .transpose()?,
-            feather_px: args.feather,
-        }),
+                .transpose()?;
+            Some(match args.extend.filter(|e| !e.is_empty()) {
+                Some(extend) => {
+                    if let Some(mask) = mask
+                        .as_ref()
+                        .filter(|m| m.dimensions() != image.dimensions())
+                    {
+                        return Err(UsageError(format!(
+                            "--mask is {}x{} but --init is {}x{}: with --extend the mask covers the init image",
+                            mask.width(), mask.height(), image.width(), image.height()
+                        ))
+                        .into());
+                    }
+                    let (image, mask) =
+                        extend_canvas(&image, mask.as_ref(), extend, args.extend_fill, args.seed);
+                    SourceImage {
+                        image,
+                        strength: args.strength.unwrap_or(1.0),
+                        mask: Some(mask),
+                        feather_px: args.feather,
+                    }
+                }
+                None => SourceImage {
+                    image,
+                    strength: args.strength.unwrap_or(0.75),
+                    mask,
+                    feather_px: args.feather,
+                },
+            })
+        }
         None => None,
     };
     let mut references: Vec<Reference> = source.map(Reference::Init).into_iter().collect();
@@ -432,6 +483,11 @@ fn generate(
         references,
         adapters,
         paste_back: !args.no_paste_back,
+        inpaint: InpaintOptions {
+            area: args.inpaint_area,
+            mask_padding_px: args.mask_padding,
+            match_colours: !args.no_colour_match,
+        },
     };
     // Checked against the model's configs before the engine starts (no weights load): what
     // the model cannot take is a command line to change.
@@ -440,8 +496,15 @@ fn generate(
         &candle_core::Device::Cpu,
         candle_core::DType::F32,
     )?;
-    easel_engine::families::plan(opened.as_ref(), &request)
-        .map_err(|e| UsageError(format!("{e}")))?;
+    // A masked-area inpaint runs on its crop: that is what the model must take.
+    let opened_info = opened.info();
+    let runs = MaskedArea::prepare(
+        &request,
+        opened_info.native_size_px,
+        opened_info.size_multiple_px,
+    )
+    .map_or_else(|| request.clone(), |(crop, _)| crop);
+    easel_engine::families::plan(opened.as_ref(), &runs).map_err(|e| UsageError(format!("{e}")))?;
     drop(opened);
     let engine = Engine::spawn(config, Arc::new(|| {}))?;
 

@@ -150,6 +150,7 @@ impl EaselApp {
                 references: references.clone(),
                 adapters: Vec::new(),
                 paste_back: true,
+                inpaint: InpaintOptions::default(),
                 max_sequence_length: None,
             };
             match self.engine.generate(request) {

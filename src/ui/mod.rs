@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use easel_engine::engine::{EngineConfig, Event, JobId, JobOutput};
 use easel_engine::hub::CacheRoots;
 use easel_engine::output::{save_new_result, save_png_with_parameters, RecalledParameters};
-use easel_engine::pipeline::request::{GenerateRequest, Reference, SourceImage};
+use easel_engine::pipeline::request::{GenerateRequest, InpaintOptions, Reference, SourceImage};
 use easel_engine::settings::{Resolved, Settings};
 use eframe::egui;
 

@@ -710,7 +710,10 @@ fn text_layers_the_encoder_lacks_or_the_transformer_cannot_take_are_refused() {
     let index = std::fs::read_to_string(&index_path).expect("index");
     for (layers, expected) in [
         ("[9, 18, 40]", "must name layers 1 to 36"),
-        ("[9, 18]", "2 text layers of 32 values make 64, but the transformer takes 96"),
+        (
+            "[9, 18]",
+            "2 text layers of 32 values make 64, but the transformer takes 96",
+        ),
     ] {
         let changed = index.replacen(
             "\"is_distilled\": true",
@@ -721,6 +724,9 @@ fn text_layers_the_encoder_lacks_or_the_transformer_cannot_take_are_refused() {
         let error = easel_engine::families::ModelInfo::read(&copy)
             .expect_err("refused")
             .to_string();
-        assert!(error.contains(expected) && error.contains("model_index.json"), "{error}");
+        assert!(
+            error.contains(expected) && error.contains("model_index.json"),
+            "{error}"
+        );
     }
 }

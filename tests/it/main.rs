@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod boundaries;
+mod canvas_edit;
 mod cli;
 mod cli_faults;
 mod common;

@@ -178,6 +178,12 @@ pub fn a1111_parameters(parameters: &JobParameters) -> String {
         let names = parameters.references.join("; ").replace('"', "'");
         text.push_str(&format!(", References: \"{names}\""));
     }
+    if let Some(padding) = parameters.masked_area_padding_px {
+        // A1111's names for "only masked" inpainting.
+        text.push_str(&format!(
+            ", Inpaint area: Only masked, Masked area padding: {padding}"
+        ));
+    }
     text
 }
 
@@ -267,6 +273,7 @@ mod tests {
 
     fn parameters() -> JobParameters {
         JobParameters {
+            masked_area_padding_px: None,
             model: PathBuf::from("/models/sd15"),
             mode: Mode::ImageToImage,
             prompt: "a lighthouse".into(),

@@ -11,7 +11,9 @@ use serde::Deserialize;
 
 use crate::families::{generate, load_these};
 use crate::pipeline::noise::{NoiseRole, RecordedNoise};
-use crate::pipeline::request::{GenerateRequest, Reference, SourceImage};
+use crate::pipeline::request::{
+    GenerateRequest, InpaintArea, InpaintOptions, Reference, SourceImage,
+};
 use crate::pipeline::{PipelineError, StageTimings, StepControl, StepObserver};
 use crate::schedulers::SamplerKind;
 
@@ -218,6 +220,12 @@ impl ParityCase {
                 .collect::<Result<Vec<_>, ReplayError>>()?,
             adapters: Vec::new(),
             paste_back: false,
+            // diffusers paints the whole image and matches no colours.
+            inpaint: InpaintOptions {
+                area: InpaintArea::Whole,
+                match_colours: false,
+                ..InpaintOptions::default()
+            },
             max_sequence_length: spec.max_sequence_length,
         })
     }

@@ -25,7 +25,7 @@ use crate::engine::memory::{
 use crate::engine::{Engine, EngineConfig, EngineError, Event, JobOutput, ResidencyPolicy};
 use crate::families::{GuidanceKind, ModelInfo};
 use crate::models::error::ModelError;
-use crate::pipeline::request::GenerateRequest;
+use crate::pipeline::request::{GenerateRequest, InpaintOptions};
 use crate::schedulers::SamplerKind;
 pub use architectures::Architecture;
 pub use references::DEFAULT_COUNTS as DEFAULT_REFERENCE_COUNTS;
@@ -248,6 +248,7 @@ fn bench_request(info: &ModelInfo, options: &BenchOptions) -> GenerateRequest {
         references: Vec::new(),
         adapters: Vec::new(),
         paste_back: true,
+        inpaint: InpaintOptions::default(),
         max_sequence_length: None,
     }
 }

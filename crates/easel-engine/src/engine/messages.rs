@@ -148,6 +148,9 @@ pub struct JobParameters {
     pub strength: Option<f64>,
     /// The edit references, in order: their file names, or "pasted".
     pub references: Vec<String>,
+    /// The context around the mask when only the masked area was painted (`None`: the
+    /// whole image was).
+    pub masked_area_padding_px: Option<u32>,
 }
 
 impl JobParameters {
@@ -169,6 +172,7 @@ impl JobParameters {
                 .edit_references()
                 .map(|(_, name)| name.to_string())
                 .collect(),
+            masked_area_padding_px: None,
         }
     }
 }

@@ -229,7 +229,7 @@ pub fn decode(
         .ok_or(PipelineError::NotLoaded(Component::Vae))?;
     let started = Instant::now();
     let pixels = autoencoder.decode(&denoised.latents)?;
-    denoised.finish(&pixels, request.paste_back, started)
+    denoised.finish(&pixels, request, started)
 }
 
 /// `[1, c, h, w]` latents as `[1, h/2 * w/2, c * 4]` tokens, channel order (c, ph, pw) as

@@ -286,7 +286,7 @@ pub fn decode(
     let started = Instant::now();
     let latents = unpatchify(&autoencoder.norm.denormalize(&denoised.latents)?)?;
     let pixels = autoencoder.vae.decode(&latents)?;
-    denoised.finish(&pixels, request.paste_back, started)
+    denoised.finish(&pixels, request, started)
 }
 
 /// Normalised patchified latents of an image, the posterior mean, packed `[1, n, 128]`.

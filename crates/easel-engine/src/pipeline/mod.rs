@@ -1,10 +1,13 @@
 //! Diffusion pipelines: requests, noise, the denoising loops and what they report.
 
+pub mod colour_match;
 pub mod flow_blend;
 pub mod flux;
 pub mod flux2;
 pub mod image;
+pub mod masked_area;
 pub mod noise;
+pub mod outpaint;
 pub mod plan;
 pub mod preview;
 pub mod request;

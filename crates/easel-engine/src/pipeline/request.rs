@@ -65,6 +65,56 @@ pub enum Adapter {
     },
 }
 
+/// Where an inpaint is painted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InpaintArea {
+    /// The masked area when the image is larger than the model's native size, else whole.
+    #[default]
+    Auto,
+    /// A box around the mask, cut out and painted at the model's native pixel count.
+    Masked,
+    /// The whole image at the output size.
+    Whole,
+}
+
+impl InpaintArea {
+    /// `auto`, `masked` or `whole`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(InpaintArea::Auto),
+            "masked" => Ok(InpaintArea::Masked),
+            "whole" => Ok(InpaintArea::Whole),
+            other => Err(format!(
+                "{other:?}: the inpaint area is auto, masked or whole"
+            )),
+        }
+    }
+}
+
+/// How an inpaint is painted and put back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InpaintOptions {
+    /// Where the model paints.
+    pub area: InpaintArea,
+    /// Context around the mask's box in the masked area, in output pixels.
+    pub mask_padding_px: u32,
+    /// Match the repaint's colours to the band around the mask (see `colour_match`).
+    pub match_colours: bool,
+}
+
+/// The masked area's default context, in pixels (A1111's default).
+pub const DEFAULT_MASK_PADDING_PX: u32 = 32;
+
+impl Default for InpaintOptions {
+    fn default() -> Self {
+        Self {
+            area: InpaintArea::Auto,
+            mask_padding_px: DEFAULT_MASK_PADDING_PX,
+            match_colours: true,
+        }
+    }
+}
+
 /// Which of the three modes a request is, derived from what it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -117,6 +167,8 @@ pub struct GenerateRequest {
     /// Inpainting: put the unmasked original pixels back after decoding (through the mask,
     /// feathered as painted). Off only to compare the raw decode.
     pub paste_back: bool,
+    /// Inpainting: the area painted, and colour matching.
+    pub inpaint: InpaintOptions,
     /// FLUX: T5 tokens the prompt is padded to; `None` takes the model's (256 schnell, 512
     /// dev). Stable Diffusion ignores it.
     pub max_sequence_length: Option<usize>,
@@ -138,6 +190,7 @@ impl GenerateRequest {
             references: Vec::new(),
             adapters: Vec::new(),
             paste_back: true,
+            inpaint: InpaintOptions::default(),
             max_sequence_length: None,
         }
     }

@@ -6,7 +6,9 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 use image::{GrayImage, RgbImage};
 
+use super::colour_match::match_colours;
 use super::image::{decoded_to_unit_hwc, paste_back, unit_hwc_to_image};
+use super::request::GenerateRequest;
 use super::{PipelineError, StageTimings};
 
 /// Denoised latents and what decoding needs; the denoiser can be dropped once they are made.
@@ -28,12 +30,12 @@ pub struct Denoised {
 
 impl Denoised {
     /// The result from the autoencoder's `pixels` (`[1, 3, h, w]`, about -1..1), decoding
-    /// having begun at `started`: the original pasted back outside the painted mask when
-    /// `paste_back` asks for it.
+    /// having begun at `started`: for an inpaint whose `request` asks for them, the repaint's
+    /// colours matched to its surroundings, then the original pasted back outside the mask.
     pub fn finish(
         self,
         pixels: &Tensor,
-        paste_back_kept: bool,
+        request: &GenerateRequest,
         started: Instant,
     ) -> Result<Generated, PipelineError> {
         let Denoised {
@@ -46,8 +48,15 @@ impl Denoised {
         } = self;
         let decoded = decoded_to_unit_hwc(&pixels.to_dtype(DType::F32)?)?;
         let raw = unit_hwc_to_image(&decoded)?;
-        let image = match (&painted_mask, &source_image, paste_back_kept) {
-            (Some(mask), Some(original), true) => paste_back(original, &raw, mask),
+        let image = match (&painted_mask, &source_image, request.paste_back) {
+            (Some(mask), Some(original), true) => {
+                let repainted = if request.inpaint.match_colours {
+                    match_colours(&raw, original, mask)
+                } else {
+                    raw
+                };
+                paste_back(original, &repainted, mask)
+            }
             _ => raw,
         };
         timings.push("decode", started.elapsed());

@@ -243,7 +243,7 @@ pub fn decode(
         .ok_or(PipelineError::NotLoaded(Component::Vae))?;
     let started = Instant::now();
     let pixels = vae.decode(&denoised.latents)?;
-    denoised.finish(&pixels, request.paste_back, started)
+    denoised.finish(&pixels, request, started)
 }
 
 /// Encodes prompt and negative prompt as the model's family does.

@@ -6,6 +6,7 @@ use super::Worker;
 use crate::engine::messages::{Event, JobId, JobOutput, Strategy};
 use crate::families::{plan, LoadedModel};
 use crate::models::vae::VaeTiling;
+use crate::pipeline::masked_area::MaskedArea;
 use crate::pipeline::request::GenerateRequest;
 use crate::pipeline::{PipelineError, StageTimings};
 
@@ -16,6 +17,24 @@ impl Worker {
     /// Runs `request` with the strategy the settings choose and, each time it runs out of
     /// memory, unloads everything and retries one strategy down (see `Strategy`).
     pub(super) fn run_with_model(
+        &mut self,
+        job: JobId,
+        request: &GenerateRequest,
+        model: &mut dyn LoadedModel,
+    ) -> Result<JobOutput, PipelineError> {
+        // An inpaint of the masked area runs on its crop and is blended back at the end.
+        let info = model.info();
+        let masked_area = MaskedArea::prepare(request, info.native_size_px, info.size_multiple_px);
+        let request = masked_area.as_ref().map_or(request, |(crop, _)| crop);
+        let output = self.run_with_strategies(job, request, model)?;
+        Ok(match masked_area {
+            Some((_, area)) => blended(output, &area),
+            None => output,
+        })
+    }
+
+    /// `run_with_model` for the request the model runs.
+    fn run_with_strategies(
         &mut self,
         job: JobId,
         request: &GenerateRequest,
@@ -75,4 +94,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// A masked-area job's output: the crop blended into the whole picture, which its parameters
+/// describe.
+fn blended(mut output: JobOutput, area: &MaskedArea) -> JobOutput {
+    output.image = area.blend(&output.image);
+    let (width, height) = area.size_px();
+    output.parameters.width = width;
+    output.parameters.height = height;
+    output.parameters.masked_area_padding_px = Some(area.padding_px());
+    output
 }
