@@ -407,11 +407,8 @@ impl Flux2Transformer {
         let q = candle_nn::rotary_emb::rope_i(q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope_i(k, cos, sin)?;
         let scale = 1.0 / (self.config.attention_head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         let (batch, heads, seq, head) = q.dims4()?;
-        weights
-            .matmul(v)?
+        crate::ops::attention(&q, &k, v, scale)?
             .transpose(1, 2)?
             .reshape((batch, seq, heads * head))
     }

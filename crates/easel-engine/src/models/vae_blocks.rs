@@ -137,24 +137,28 @@ impl Attention {
             .forward(xs)?
             .reshape((batch, channels, tokens))?
             .transpose(1, 2)?;
-        let query = self.query.forward(&normed)?.to_dtype(DType::F32)?;
-        let key_t = self
-            .key
-            .forward(&normed)?
-            .to_dtype(DType::F32)?
-            .t()?
-            .contiguous()?;
-        let value = self.value.forward(&normed)?.to_dtype(DType::F32)?;
+        let as_head = |x: Tensor| x.to_dtype(DType::F32)?.unsqueeze(1);
+        let query = as_head(self.query.forward(&normed)?)?;
+        let key = as_head(self.key.forward(&normed)?)?;
+        let value = as_head(self.value.forward(&normed)?)?;
         let scale = 1.0 / (self.channels as f64).sqrt();
-        let chunk = (ATTENTION_CHUNK_ELEMENTS / tokens.max(1)).max(1);
-        let mut attended = Vec::with_capacity(tokens.div_ceil(chunk));
-        for start in (0..tokens).step_by(chunk) {
-            let len = chunk.min(tokens - start);
-            let scores = (query.narrow(1, start, len)?.matmul(&key_t)? * scale)?;
-            let probs = nn::ops::softmax_last_dim(&scores)?;
-            attended.push(probs.matmul(&value)?);
-        }
-        let attended = Tensor::cat(&attended, 1)?.to_dtype(in_dtype)?;
+        let attended = if query.device().is_cpu() {
+            // Easel's attention holds one block of scores at a time.
+            crate::ops::attention(&query, &key, &value, scale)?.squeeze(1)?
+        } else {
+            // Elsewhere the scores are materialised, a chunk of queries at a time.
+            let key_t = key.squeeze(1)?.t()?.contiguous()?;
+            let (query, value) = (query.squeeze(1)?, value.squeeze(1)?);
+            let chunk = (ATTENTION_CHUNK_ELEMENTS / tokens.max(1)).max(1);
+            let mut chunks = Vec::with_capacity(tokens.div_ceil(chunk));
+            for start in (0..tokens).step_by(chunk) {
+                let len = chunk.min(tokens - start);
+                let scores = (query.narrow(1, start, len)?.matmul(&key_t)? * scale)?;
+                chunks.push(nn::ops::softmax_last_dim(&scores)?.matmul(&value)?);
+            }
+            Tensor::cat(&chunks, 1)?
+        };
+        let attended = attended.to_dtype(in_dtype)?;
         let projected = self
             .out
             .forward(&attended)?
