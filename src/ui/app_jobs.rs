@@ -100,6 +100,7 @@ impl EaselApp {
     /// Queues the batch the prompt panel describes.
     pub fn generate(&mut self) {
         let feather_px = self.canvas.brush.feather_px;
+        let inpaint = self.canvas.brush.inpaint();
         let settings = &mut self.prompt.settings;
         let Some(model) = settings.model.clone() else {
             self.status
@@ -150,7 +151,7 @@ impl EaselApp {
                 references: references.clone(),
                 adapters: Vec::new(),
                 paste_back: true,
-                inpaint: InpaintOptions::default(),
+                inpaint,
                 max_sequence_length: None,
             };
             match self.engine.generate(request) {

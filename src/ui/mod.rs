@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use easel_engine::engine::{EngineConfig, Event, JobId, JobOutput};
 use easel_engine::hub::CacheRoots;
 use easel_engine::output::{save_new_result, save_png_with_parameters, RecalledParameters};
-use easel_engine::pipeline::request::{GenerateRequest, InpaintOptions, Reference, SourceImage};
+use easel_engine::pipeline::request::{GenerateRequest, Reference, SourceImage};
 use easel_engine::settings::{Resolved, Settings};
 use eframe::egui;
 
@@ -297,7 +297,12 @@ impl EaselApp {
         egui::CentralPanel::default().show(ui, |ui| {
             reference_action = self.references.ui(ui);
             ui.separator();
-            canvas_action = self.canvas.ui(ui, self.references.init_mut());
+            let native_px = self
+                .models
+                .iter()
+                .find(|m| Some(&m.dir) == self.prompt.settings.model.as_ref())
+                .map(|m| m.native_size_px);
+            canvas_action = self.canvas.ui(ui, self.references.init_mut(), native_px);
         });
 
         if let Some((key, value)) = self.settings_panel.ui(&ctx, &self.settings) {

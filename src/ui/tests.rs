@@ -855,3 +855,90 @@ fn the_models_window_shows_the_fit_downloads_and_offers_the_model() {
     harness.step();
     assert_eq!(harness.state().prompt.settings.model, Some(folder));
 }
+
+#[test]
+fn a_large_pictures_mask_shows_its_masked_area_and_is_painted_there() {
+    use super::canvas::mask::{BrushTip, Tool};
+    use easel_engine::pipeline::request::InpaintArea;
+    if parity_missing() {
+        return;
+    }
+    let folders = Folders::new();
+    let mut harness = window(folders.paths(), plain_engine());
+    harness.step();
+    assert!(
+        harness.state().prompt.settings.model.is_some(),
+        "the only model is picked"
+    );
+    // 192x160: larger than the tiny model's native 64x64, so Auto paints the masked area.
+    let picture = image::RgbImage::from_fn(192, 160, |x, y| {
+        image::Rgb([(x + y) as u8, (2 * x) as u8, 200 - (y / 2) as u8])
+    });
+    harness
+        .state_mut()
+        .references
+        .add(picture.clone(), None, true);
+    harness.step();
+    let tip = BrushTip {
+        tool: Tool::Brush,
+        radius_px: 6.0,
+        softness: 0.0,
+    };
+    {
+        let mask = &mut harness
+            .state_mut()
+            .references
+            .init_mut()
+            .expect("init")
+            .mask;
+        mask.begin_stroke(tip, (120.0, 60.0));
+        mask.extend_stroke(tip, (140.0, 70.0));
+        mask.end_stroke();
+    }
+    harness.state_mut().canvas.brush.mask_padding_px = 16;
+    harness.step();
+    harness.step();
+    // The stroke covers 114..146 x 54..76; with 16 px of context: 98..162 x 38..92.
+    harness.get_by_label_contains("Masked area: 64x54 px at 98,38");
+    harness.state_mut().canvas.brush.inpaint_area = InpaintArea::Whole;
+    harness.step();
+    assert!(
+        harness.query_by_label_contains("Masked area:").is_none(),
+        "the whole image shows no box"
+    );
+    harness.state_mut().canvas.brush.inpaint_area = InpaintArea::Auto;
+    harness.state_mut().prompt.settings.steps = 2;
+    harness.state_mut().prompt.settings.prompt = "a red boat".into();
+    harness.step();
+    click(&mut harness, "Generate");
+    assert!(
+        harness.state().is_busy(),
+        "Generate sent a job: {:?}",
+        harness.state().status.last_error
+    );
+    run_until(&mut harness, "the job's end", |app| {
+        !app.is_busy() && !app.has_background_work()
+    });
+    assert_eq!(
+        harness.state().results.history.len(),
+        1,
+        "{:?}",
+        harness.state().status.last_error
+    );
+    let entry = &harness.state().results.history[0];
+    assert_eq!(entry.image.dimensions(), (192, 160));
+    assert_eq!(entry.parameters.masked_area_padding_px, Some(16));
+    let mask = harness
+        .state()
+        .references
+        .init()
+        .expect("init")
+        .mask
+        .pixels()
+        .clone();
+    for (x, y, pixel) in picture.enumerate_pixels() {
+        if mask.get_pixel(x, y)[0] == 0 {
+            assert_eq!(entry.image.get_pixel(x, y), pixel, "unmasked pixel {x},{y}");
+        }
+    }
+}

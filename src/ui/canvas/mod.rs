@@ -4,6 +4,8 @@
 pub mod mask;
 pub mod view;
 
+use easel_engine::pipeline::masked_area::{crop_box, CropBox};
+use easel_engine::pipeline::request::{InpaintArea, InpaintOptions, DEFAULT_MASK_PADDING_PX};
 use eframe::egui::{self, Color32, Key, Modifiers, Pos2, Sense, Vec2};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +32,12 @@ pub struct BrushSettings {
     pub feather_px: u32,
     /// Whether the mask overlay is drawn.
     pub overlay_visible: bool,
+    /// Where an inpaint is painted (the masked area's box is drawn on the canvas).
+    pub inpaint_area: InpaintArea,
+    /// Context around the mask's box, in image pixels.
+    pub mask_padding_px: u32,
+    /// Match the repaint's colours to the pixels around the mask.
+    pub match_colours: bool,
 }
 
 impl Default for BrushSettings {
@@ -40,11 +48,23 @@ impl Default for BrushSettings {
             softness: 0.3,
             feather_px: 0,
             overlay_visible: true,
+            inpaint_area: InpaintArea::Auto,
+            mask_padding_px: DEFAULT_MASK_PADDING_PX,
+            match_colours: true,
         }
     }
 }
 
 impl BrushSettings {
+    /// The inpaint options a job takes.
+    pub fn inpaint(&self) -> InpaintOptions {
+        InpaintOptions {
+            area: self.inpaint_area,
+            mask_padding_px: self.mask_padding_px,
+            match_colours: self.match_colours,
+        }
+    }
+
     fn tip(&self) -> BrushTip {
         BrushTip {
             tool: self.tool,
@@ -72,6 +92,14 @@ struct CanvasTextures {
     feathered: Option<FeatherKey>,
 }
 
+/// Which mask, at which edit, grown by how much, a masked-area box was found for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CropKey {
+    reference: u64,
+    revision: u64,
+    grown_px: u32,
+}
+
 /// Which mask, at which edit, with how much feathering a preview shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FeatherKey {
@@ -91,6 +119,8 @@ pub struct CanvasPanel {
     panning: bool,
     feather_previews: Background<(FeatherKey, egui::ColorImage)>,
     feather_requested: Option<FeatherKey>,
+    /// The masked area's box for the mask as it was last measured.
+    crop: Option<(CropKey, Option<CropBox>)>,
 }
 
 impl CanvasPanel {
@@ -102,8 +132,14 @@ impl CanvasPanel {
         }
     }
 
-    /// Draws the tool bar and the canvas for `init` (the init image and its mask).
-    pub fn ui(&mut self, ui: &mut egui::Ui, init: Option<&mut Reference>) -> Option<CanvasAction> {
+    /// Draws the tool bar and the canvas for `init` (the init image and its mask);
+    /// `native_px` is the picked model's native size, for where an inpaint is painted.
+    pub fn ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        init: Option<&mut Reference>,
+        native_px: Option<(u32, u32)>,
+    ) -> Option<CanvasAction> {
         let mut action = None;
         let Some(reference) = init else {
             self.textures = None;
@@ -115,8 +151,10 @@ impl CanvasPanel {
             return None;
         };
         self.toolbar(ui, &mut reference.mask, &mut action);
+        let crop = self.masked_area_box(reference, native_px);
+        self.inpaint_bar(ui, crop);
         self.shortcuts(ui, &mut reference.mask);
-        self.canvas(ui, reference);
+        self.canvas(ui, reference, crop);
         action
     }
 
@@ -189,6 +227,72 @@ impl CanvasPanel {
         });
     }
 
+    /// Where an inpaint is painted, its context and colour matching; the masked area's box
+    /// when it applies.
+    fn inpaint_bar(&mut self, ui: &mut egui::Ui, crop: Option<CropBox>) {
+        let b = &mut self.brush;
+        ui.horizontal_wrapped(|ui| {
+            let label = ui.label("Inpaint area");
+            egui::ComboBox::from_id_salt("inpaint-area")
+                .selected_text(area_name(b.inpaint_area))
+                .show_ui(ui, |ui| {
+                    for area in [InpaintArea::Auto, InpaintArea::Masked, InpaintArea::Whole] {
+                        ui.selectable_value(&mut b.inpaint_area, area, area_name(area));
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text(
+                    "Masked: a box around the mask is painted at the model's native size and \
+                     blended back. Auto: masked when the image is larger than native.",
+                );
+            let label = ui.label("Padding");
+            ui.add(
+                egui::DragValue::new(&mut b.mask_padding_px)
+                    .range(0..=1024)
+                    .suffix(" px"),
+            )
+            .labelled_by(label.id)
+            .on_hover_text("Context around the mask that the masked area includes");
+            ui.checkbox(&mut b.match_colours, "Match colours")
+                .on_hover_text("Match the repaint's colours to the pixels around the mask");
+            if let Some(crop) = crop {
+                ui.label(format!(
+                    "Masked area: {}x{} px at {},{}",
+                    crop.width, crop.height, crop.x, crop.y
+                ));
+            }
+        });
+    }
+
+    /// The box a job would cut around `reference`'s mask, when the masked area is painted
+    /// (measured once per mask edit: the mask grown by the padding and the feather radius).
+    fn masked_area_box(
+        &mut self,
+        reference: &Reference,
+        native_px: Option<(u32, u32)>,
+    ) -> Option<CropBox> {
+        let size = reference.image.dimensions();
+        let masked = native_px
+            .is_some_and(|native| self.brush.inpaint_area.paints_masked_area(size, native));
+        if !masked || reference.mask.is_empty() {
+            return None;
+        }
+        let key = CropKey {
+            reference: reference.id,
+            revision: reference.mask.revision(),
+            grown_px: self.brush.mask_padding_px + self.brush.feather_px,
+        };
+        match self.crop {
+            Some((cached, crop)) if cached == key => crop,
+            _ => {
+                let crop = crop_box(reference.mask.pixels(), key.grown_px);
+                self.crop = Some((key, crop));
+                crop
+            }
+        }
+    }
+
     /// Keys that act on the canvas while no text field has the keyboard.
     fn shortcuts(&mut self, ui: &mut egui::Ui, mask: &mut MaskLayer) {
         if ui.ctx().egui_wants_keyboard_input() {
@@ -213,7 +317,7 @@ impl CanvasPanel {
         });
     }
 
-    fn canvas(&mut self, ui: &mut egui::Ui, reference: &mut Reference) {
+    fn canvas(&mut self, ui: &mut egui::Ui, reference: &mut Reference, crop: Option<CropBox>) {
         let (panel, response) =
             ui.allocate_exact_size(ui.available_size(), Sense::click_and_drag());
         response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, "Mask canvas"));
@@ -281,6 +385,18 @@ impl CanvasPanel {
         painter.image(textures.image.id(), image_rect, uv, Color32::WHITE);
         if overlay_visible {
             painter.image(textures.overlay.id(), image_rect, uv, Color32::WHITE);
+        }
+        // The masked area's box, where the model will paint.
+        if let Some(crop) = crop {
+            let scale = self.view.scale(panel, image_px);
+            let min = image_rect.min + Vec2::new(crop.x as f32, crop.y as f32) * scale;
+            let size = Vec2::new(crop.width as f32, crop.height as f32) * scale;
+            painter.rect_stroke(
+                egui::Rect::from_min_size(min, size),
+                0.0,
+                (1.5, Color32::from_rgb(255, 200, 40)),
+                egui::StrokeKind::Outside,
+            );
         }
         // The brush outline, so the artist sees its size at this zoom.
         if let Some(hover) = response.hover_pos() {
@@ -373,6 +489,14 @@ impl CanvasPanel {
             }
         }
         textures
+    }
+}
+
+fn area_name(area: InpaintArea) -> &'static str {
+    match area {
+        InpaintArea::Auto => "Auto",
+        InpaintArea::Masked => "Masked area",
+        InpaintArea::Whole => "Whole image",
     }
 }
 

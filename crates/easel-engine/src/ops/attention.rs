@@ -23,7 +23,9 @@ thread_local! {
 /// `softmax(q kᵀ · scale) v` for `q` `[B, H, Lq, D]`, `k` and `v` `[B, H, Lk, D]`: `[B, H, Lq, D]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let own_kernel = q.device().is_cpu()
-        && [q, k, v].iter().all(|t| t.dtype() == DType::F32 && t.rank() == 4);
+        && [q, k, v]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.rank() == 4);
     if own_kernel {
         return q.contiguous()?.apply_op3_no_bwd(
             &k.contiguous()?,
@@ -55,7 +57,8 @@ impl CustomOp3 for AttentionOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (batch, heads, queries, width) = q_layout.shape().dims4()?;
         let (kb, kh, keys, kd) = k_layout.shape().dims4()?;
-        if (kb, kh, kd) != (batch, heads, width) || v_layout.shape().dims4()? != (kb, kh, keys, kd) {
+        if (kb, kh, kd) != (batch, heads, width) || v_layout.shape().dims4()? != (kb, kh, keys, kd)
+        {
             candle_core::bail!(
                 "attention: q {:?}, k {:?}, v {:?} do not fit",
                 q_layout.shape(),
@@ -205,8 +208,7 @@ fn exp(x: f32) -> f32 {
     let n = (x * LOG2_E + ROUND) - ROUND;
     let r = x - n * LN2_HIGH - n * LN2_LOW;
     let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
@@ -235,9 +237,12 @@ mod tests {
     #[test]
     fn attention_matches_the_materialised_form_on_odd_shapes() {
         let device = Device::Cpu;
-        for (batch, heads, queries, keys, width) in
-            [(1, 1, 5, 7, 3), (2, 3, 37, 53, 24), (1, 2, 130, 129, 64), (1, 1, 1, 300, 8)]
-        {
+        for (batch, heads, queries, keys, width) in [
+            (1, 1, 5, 7, 3),
+            (2, 3, 37, 53, 24),
+            (1, 2, 130, 129, 64),
+            (1, 1, 1, 300, 8),
+        ] {
             let q = Tensor::randn(0f32, 1.0, (batch, heads, queries, width), &device).expect("q");
             let k = Tensor::randn(0f32, 1.0, (batch, heads, keys, width), &device).expect("k");
             let v = Tensor::randn(0f32, 1.0, (batch, heads, keys, width), &device).expect("v");

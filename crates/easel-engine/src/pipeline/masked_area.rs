@@ -99,12 +99,11 @@ impl MaskedArea {
             request.height.unwrap_or(source.image.height()),
         );
         let native_pixels = u64::from(native_px.0) * u64::from(native_px.1);
-        let wanted = match request.inpaint.area {
-            InpaintArea::Whole => false,
-            InpaintArea::Masked => true,
-            InpaintArea::Auto => u64::from(width) * u64::from(height) > native_pixels,
-        };
-        if !wanted {
+        if !request
+            .inpaint
+            .area
+            .paints_masked_area((width, height), native_px)
+        {
             return None;
         }
         let original = fit_rgb(&source.image, width, height);

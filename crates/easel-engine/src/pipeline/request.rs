@@ -66,7 +66,8 @@ pub enum Adapter {
 }
 
 /// Where an inpaint is painted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InpaintArea {
     /// The masked area when the image is larger than the model's native size, else whole.
     #[default]
@@ -78,6 +79,18 @@ pub enum InpaintArea {
 }
 
 impl InpaintArea {
+    /// Whether an inpaint of `size_px` on a model of `native_px` paints the masked area.
+    pub fn paints_masked_area(self, size_px: (u32, u32), native_px: (u32, u32)) -> bool {
+        match self {
+            InpaintArea::Whole => false,
+            InpaintArea::Masked => true,
+            InpaintArea::Auto => {
+                u64::from(size_px.0) * u64::from(size_px.1)
+                    > u64::from(native_px.0) * u64::from(native_px.1)
+            }
+        }
+    }
+
     /// `auto`, `masked` or `whole`.
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
