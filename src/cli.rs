@@ -228,6 +228,12 @@ struct BenchArgs {
     /// that edit with references; `none` runs no such job).
     #[arg(long, value_parser = parse_reference_counts)]
     references: Option<ReferenceCounts>,
+    /// Time the canvas instead: brush strokes, zooms and pans on a large image (no model).
+    #[arg(long)]
+    canvas: bool,
+    /// The canvas benchmark's image side in pixels.
+    #[arg(long, default_value_t = 8192, requires = "canvas")]
+    canvas_size: u32,
 }
 
 /// The `--references` of `easel bench`.
@@ -326,6 +332,22 @@ fn bench(
     config: EngineConfig,
     settings: &settings::Settings,
 ) -> anyhow::Result<ExitCode> {
+    if args.canvas {
+        if !(64..=16384).contains(&args.canvas_size) {
+            return Err(UsageError(format!(
+                "--canvas-size {}: give a side from 64 to 16384 pixels",
+                args.canvas_size
+            ))
+            .into());
+        }
+        let report = crate::ui::canvas::bench::run(args.canvas_size);
+        if args.json {
+            out!("{}", serde_json::to_string_pretty(&report)?)?;
+        } else {
+            out!("{}", report.table())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let model = match Architecture::from_name(&args.model) {
         Some(architecture) => BenchModel::Architecture(architecture),
         None if Path::new(&args.model).is_dir() => BenchModel::Folder(PathBuf::from(&args.model)),

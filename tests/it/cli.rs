@@ -317,6 +317,23 @@ fn bench_measures_each_count_of_edit_references() {
 }
 
 #[test]
+fn bench_times_the_canvas_frames() {
+    let run = easel(&["bench", "--canvas", "--canvas-size", "512", "--json"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: serde_json::Value =
+        serde_json::from_slice(&run.stdout).expect("one JSON object on stdout");
+    let p50 = report["p50_ms"].as_f64().expect("p50");
+    let p99 = report["p99_ms"].as_f64().expect("p99");
+    assert!(p50 > 0.0 && p50 <= p99, "{report}");
+    assert!(
+        report["painted_px"].as_u64().expect("painted") > 0,
+        "{report}"
+    );
+    let too_small = easel(&["bench", "--canvas", "--canvas-size", "8"]);
+    assert_eq!(too_small.status.code(), Some(2), "{}", stderr(&too_small));
+}
+
+#[test]
 fn bench_refuses_an_unknown_model_clearly() {
     let run = easel(&["bench", "--model", "sd99", "--json"]);
     assert!(!run.status.success());

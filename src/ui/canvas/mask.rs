@@ -98,22 +98,58 @@ enum HistoryStep {
 
 /// Undo steps kept per mask; older strokes fall off.
 const UNDO_LIMIT: usize = 100;
+/// Side of the blocks a stroke saves before it first paints on them (for its undo step), so
+/// that beginning a stroke on a large mask copies nothing.
+const SAVED_BLOCK_PX: u32 = 128;
+
+/// What is known of the masked pixels' bounding box at a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KnownBounds {
+    revision: u64,
+    /// `None`: nothing is masked.
+    bounds: Option<PixelRect>,
+    /// Erasing may have shrunk the box without this knowing: `bounds` holds every masked
+    /// pixel but may be larger than they need.
+    loose: bool,
+}
+
+/// The box around the non-zero pixels of `pixels`, by one scan.
+fn measure_bounds(pixels: &GrayImage) -> Option<PixelRect> {
+    let width = pixels.width() as usize;
+    let mut bounds: Option<PixelRect> = None;
+    for (y, row) in pixels.as_raw().chunks(width.max(1)).enumerate() {
+        let Some(first) = row.iter().position(|&v| v > 0) else {
+            continue;
+        };
+        let last = row.iter().rposition(|&v| v > 0).unwrap_or(first);
+        let rect = PixelRect {
+            x0: first as u32,
+            y0: y as u32,
+            x1: last as u32 + 1,
+            y1: y as u32 + 1,
+        };
+        bounds = Some(bounds.map_or(rect, |b| b.union(rect)));
+    }
+    bounds
+}
 
 /// A mask the size of its image: 255 repaints, 0 keeps.
 #[derive(Debug)]
 pub struct MaskLayer {
     pixels: GrayImage,
-    /// The buffer as it was when the open stroke began (reused between strokes).
-    stroke_start: Vec<u8>,
+    /// Blocks of the buffer as they were when the open stroke began, saved before the stroke
+    /// first painted on each (by block index).
+    stroke_start: std::collections::HashMap<(u32, u32), Vec<u8>>,
     stroke: Option<OpenStroke>,
     undo: Vec<MaskEdit>,
     redo: Vec<MaskEdit>,
     changed: Option<PixelRect>,
     /// Bumped on every change, so views and savers know when to refresh.
     revision: u64,
-    /// `(revision, empty)`: the mode is asked every frame, and scanning a 4096 px mask that
-    /// often would cost more than painting it.
-    empty_at_revision: std::cell::Cell<Option<(u64, bool)>>,
+    /// The masked pixels' box as last known: the mode and the masked area are asked every
+    /// frame, and scanning a large mask that often would cost more than painting it. Brush
+    /// dabs grow it as they paint; other edits leave it to be measured again.
+    known_bounds: std::cell::Cell<Option<KnownBounds>>,
 }
 
 impl MaskLayer {
@@ -127,7 +163,7 @@ impl MaskLayer {
         let (width, height) = pixels.dimensions();
         Self {
             pixels,
-            stroke_start: Vec::new(),
+            stroke_start: std::collections::HashMap::new(),
             stroke: None,
             undo: Vec::new(),
             redo: Vec::new(),
@@ -138,7 +174,7 @@ impl MaskLayer {
                 y1: height,
             }),
             revision: 0,
-            empty_at_revision: std::cell::Cell::new(None),
+            known_bounds: std::cell::Cell::new(None),
         }
     }
 
@@ -149,12 +185,26 @@ impl MaskLayer {
 
     /// Whether nothing is masked.
     pub fn is_empty(&self) -> bool {
-        match self.empty_at_revision.get() {
-            Some((revision, empty)) if revision == self.revision => empty,
+        self.bounds().is_none()
+    }
+
+    /// The box around every masked pixel (`None` when nothing is masked). While an eraser
+    /// stroke is open it may be larger than the pixels need; it is exact otherwise.
+    pub fn bounds(&self) -> Option<PixelRect> {
+        match self.known_bounds.get() {
+            Some(known)
+                if known.revision == self.revision && (!known.loose || self.stroke.is_some()) =>
+            {
+                known.bounds
+            }
             _ => {
-                let empty = self.pixels.as_raw().iter().all(|&v| v == 0);
-                self.empty_at_revision.set(Some((self.revision, empty)));
-                empty
+                let bounds = measure_bounds(&self.pixels);
+                self.known_bounds.set(Some(KnownBounds {
+                    revision: self.revision,
+                    bounds,
+                    loose: false,
+                }));
+                bounds
             }
         }
     }
@@ -198,7 +248,6 @@ impl MaskLayer {
             self.end_stroke();
         }
         self.stroke_start.clear();
-        self.stroke_start.extend_from_slice(self.pixels.as_raw());
         self.stroke = Some(OpenStroke {
             touched: None,
             last_point: point_px,
@@ -226,8 +275,8 @@ impl MaskLayer {
         let Some(rect) = stroke.touched else {
             return;
         };
-        let before = crop(&self.stroke_start, self.pixels.width(), rect);
         let after = crop(self.pixels.as_raw(), self.pixels.width(), rect);
+        let before = self.before_stroke(rect, &after);
         if before != after {
             self.push_edit(MaskEdit {
                 rect,
@@ -245,6 +294,10 @@ impl MaskLayer {
         for i in 0..=dabs {
             let t = i as f32 / dabs as f32;
             let centre = (from.0 + (to.0 - from.0) * t, from.1 + (to.1 - from.1) * t);
+            let known = self
+                .known_bounds
+                .get()
+                .filter(|k| k.revision == self.revision);
             if let Some(rect) = self.dab(tip, centre) {
                 if let Some(stroke) = &mut self.stroke {
                     stroke.touched = Some(match stroke.touched {
@@ -253,11 +306,73 @@ impl MaskLayer {
                     });
                 }
                 self.mark_changed(rect);
+                // A brush dab grows the box by what it covered; an eraser's leaves it loose.
+                let grown = known.map(|k| match tip.tool {
+                    Tool::Brush => KnownBounds {
+                        revision: self.revision,
+                        bounds: Some(k.bounds.map_or(rect, |b| b.union(rect))),
+                        loose: k.loose,
+                    },
+                    Tool::Eraser => KnownBounds {
+                        revision: self.revision,
+                        bounds: k.bounds,
+                        loose: true,
+                    },
+                });
+                self.known_bounds.set(grown);
             }
         }
     }
 
-    /// One round dab; returns the pixels it covered (clipped to the image).
+    /// Saves the blocks under `rect` that the open stroke has not touched yet.
+    fn save_blocks(&mut self, rect: PixelRect) {
+        let width = self.pixels.width();
+        for by in rect.y0 / SAVED_BLOCK_PX..=(rect.y1 - 1) / SAVED_BLOCK_PX {
+            for bx in rect.x0 / SAVED_BLOCK_PX..=(rect.x1 - 1) / SAVED_BLOCK_PX {
+                if self.stroke_start.contains_key(&(bx, by)) {
+                    continue;
+                }
+                let block = self.block_rect(bx, by);
+                let saved = crop(self.pixels.as_raw(), width, block);
+                self.stroke_start.insert((bx, by), saved);
+            }
+        }
+    }
+
+    fn block_rect(&self, bx: u32, by: u32) -> PixelRect {
+        let (width, height) = self.pixels.dimensions();
+        PixelRect {
+            x0: bx * SAVED_BLOCK_PX,
+            y0: by * SAVED_BLOCK_PX,
+            x1: ((bx + 1) * SAVED_BLOCK_PX).min(width),
+            y1: ((by + 1) * SAVED_BLOCK_PX).min(height),
+        }
+    }
+
+    /// The pixels of `rect` as they were when the open stroke began: the saved blocks, and
+    /// `after` (the pixels now) where the stroke never painted.
+    fn before_stroke(&self, rect: PixelRect, after: &[u8]) -> Vec<u8> {
+        let mut before = after.to_vec();
+        let rect_width = rect.width() as usize;
+        for (&(bx, by), saved) in &self.stroke_start {
+            let block = self.block_rect(bx, by);
+            let block_width = block.width() as usize;
+            let x0 = block.x0.max(rect.x0);
+            let x1 = block.x1.min(rect.x1);
+            if x0 >= x1 {
+                continue;
+            }
+            for y in block.y0.max(rect.y0)..block.y1.min(rect.y1) {
+                let from = (y - block.y0) as usize * block_width + (x0 - block.x0) as usize;
+                let to = (y - rect.y0) as usize * rect_width + (x0 - rect.x0) as usize;
+                let len = (x1 - x0) as usize;
+                before[to..to + len].copy_from_slice(&saved[from..from + len]);
+            }
+        }
+        before
+    }
+
+    /// One round dab; returns the box of the pixels it covered (clipped to the image).
     fn dab(&mut self, tip: BrushTip, centre: (f32, f32)) -> Option<PixelRect> {
         let (width, height) = self.pixels.dimensions();
         let radius = tip.radius_px.max(0.5);
@@ -268,6 +383,11 @@ impl MaskLayer {
         if x0 >= x1 || y0 >= y1 {
             return None;
         }
+        if self.stroke.is_some() {
+            self.save_blocks(PixelRect { x0, y0, x1, y1 });
+        }
+        // Only the pixels the tip covers: the box kept around the mask stays exact.
+        let mut covered: Option<PixelRect> = None;
         for y in y0..y1 {
             for x in x0..x1 {
                 // Pixel centres are at +0.5.
@@ -277,6 +397,22 @@ impl MaskLayer {
                 if coverage <= 0.0 {
                     continue;
                 }
+                covered = Some(covered.map_or(
+                    PixelRect {
+                        x0: x,
+                        y0: y,
+                        x1: x + 1,
+                        y1: y + 1,
+                    },
+                    |r: PixelRect| {
+                        r.union(PixelRect {
+                            x0: x,
+                            y0: y,
+                            x1: x + 1,
+                            y1: y + 1,
+                        })
+                    },
+                ));
                 let value = (coverage * 255.0).round() as u8;
                 let pixel = &mut self.pixels.get_pixel_mut(x, y).0[0];
                 // Max/min rather than adding, so overlapping dabs never build up.
@@ -286,7 +422,7 @@ impl MaskLayer {
                 };
             }
         }
-        Some(PixelRect { x0, y0, x1, y1 })
+        covered
     }
 
     fn push_edit(&mut self, edit: MaskEdit) {
@@ -464,6 +600,47 @@ mod tests {
         let changed = mask.take_changed().expect("changed");
         assert!(changed.x0 >= 6 && changed.x1 <= 35 && changed.y0 >= 6 && changed.y1 <= 15);
         assert_eq!(mask.take_changed(), None);
+    }
+
+    #[test]
+    fn the_bounds_follow_brush_and_eraser_and_match_a_scan() {
+        let mut mask = MaskLayer::new(300, 200);
+        assert_eq!(mask.bounds(), None);
+        stroke(&mut mask, HARD, (20.0, 20.0), (40.0, 30.0));
+        stroke(&mut mask, HARD, (250.0, 150.0), (260.0, 150.0));
+        assert_eq!(mask.bounds(), measure_bounds(mask.pixels()));
+        assert!(mask.bounds().is_some_and(|b| b.x0 <= 17 && b.x1 >= 263));
+        let eraser = BrushTip {
+            tool: Tool::Eraser,
+            radius_px: 12.0,
+            ..HARD
+        };
+        stroke(&mut mask, eraser, (245.0, 150.0), (265.0, 150.0));
+        assert_eq!(mask.bounds(), measure_bounds(mask.pixels()));
+        assert!(
+            mask.bounds().is_some_and(|b| b.x1 <= 44),
+            "{:?}",
+            mask.bounds()
+        );
+        mask.clear();
+        assert!(mask.is_empty());
+    }
+
+    #[test]
+    fn a_stroke_across_saved_blocks_undoes_to_the_pixels_before_it() {
+        let mut mask = MaskLayer::new(400, 300);
+        stroke(&mut mask, HARD, (10.0, 10.0), (390.0, 290.0));
+        let before = mask.pixels().clone();
+        let wide = BrushTip {
+            radius_px: 40.0,
+            ..HARD
+        };
+        stroke(&mut mask, wide, (390.0, 10.0), (10.0, 290.0));
+        assert_ne!(mask.pixels(), &before);
+        assert!(mask.undo());
+        assert_eq!(mask.pixels(), &before);
+        assert!(mask.redo());
+        assert_ne!(mask.pixels(), &before);
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! The canvas: the init image fitted to the panel with zoom and pan, and the mask painted on
 //! it with brush and eraser, shown as a translucent overlay.
 
+pub mod bench;
 pub mod mask;
+pub mod tiles;
 pub mod view;
 
-use easel_engine::pipeline::masked_area::{crop_box, CropBox};
+use easel_engine::pipeline::masked_area::{grown_box, CropBox};
 use easel_engine::pipeline::request::{InpaintArea, InpaintOptions, DEFAULT_MASK_PADDING_PX};
-use eframe::egui::{self, Color32, Key, Modifiers, Pos2, Sense, Vec2};
+use eframe::egui::{self, Color32, Key, Modifiers, Sense, Vec2};
 use serde::{Deserialize, Serialize};
 
 use super::background::Background;
 use super::references::Reference;
 use mask::{BrushTip, MaskLayer, Tool};
+use tiles::{rgb_pixels, TiledTexture};
 use view::CanvasView;
 
 /// The overlay colour (alpha is the mask value scaled by `OVERLAY_OPACITY`).
@@ -86,18 +89,10 @@ pub enum CanvasAction {
 /// GPU copies of the init image and its overlay, kept while the same reference is shown.
 struct CanvasTextures {
     reference: u64,
-    image: egui::TextureHandle,
-    overlay: egui::TextureHandle,
+    image: TiledTexture,
+    overlay: TiledTexture,
     /// What the overlay shows when it shows a feathered mask.
     feathered: Option<FeatherKey>,
-}
-
-/// Which mask, at which edit, grown by how much, a masked-area box was found for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct CropKey {
-    reference: u64,
-    revision: u64,
-    grown_px: u32,
 }
 
 /// Which mask, at which edit, with how much feathering a preview shows.
@@ -117,10 +112,8 @@ pub struct CanvasPanel {
     pub view: CanvasView,
     textures: Option<CanvasTextures>,
     panning: bool,
-    feather_previews: Background<(FeatherKey, egui::ColorImage)>,
+    feather_previews: Background<(FeatherKey, image::GrayImage)>,
     feather_requested: Option<FeatherKey>,
-    /// The masked area's box for the mask as it was last measured.
-    crop: Option<(CropKey, Option<CropBox>)>,
 }
 
 impl CanvasPanel {
@@ -265,32 +258,26 @@ impl CanvasPanel {
         });
     }
 
-    /// The box a job would cut around `reference`'s mask, when the masked area is painted
-    /// (measured once per mask edit: the mask grown by the padding and the feather radius).
+    /// The box a job would cut around `reference`'s mask, when the masked area is painted:
+    /// the mask's bounds (kept by the mask as it is painted) grown by the padding and the
+    /// feather radius.
     fn masked_area_box(
-        &mut self,
+        &self,
         reference: &Reference,
         native_px: Option<(u32, u32)>,
     ) -> Option<CropBox> {
         let size = reference.image.dimensions();
         let masked = native_px
             .is_some_and(|native| self.brush.inpaint_area.paints_masked_area(size, native));
-        if !masked || reference.mask.is_empty() {
+        if !masked {
             return None;
         }
-        let key = CropKey {
-            reference: reference.id,
-            revision: reference.mask.revision(),
-            grown_px: self.brush.mask_padding_px + self.brush.feather_px,
-        };
-        match self.crop {
-            Some((cached, crop)) if cached == key => crop,
-            _ => {
-                let crop = crop_box(reference.mask.pixels(), key.grown_px);
-                self.crop = Some((key, crop));
-                crop
-            }
-        }
+        let bounds = reference.mask.bounds()?;
+        Some(grown_box(
+            (bounds.x0, bounds.y0, bounds.x1, bounds.y1),
+            self.brush.mask_padding_px + self.brush.feather_px,
+            size,
+        ))
     }
 
     /// Keys that act on the canvas while no text field has the keyboard.
@@ -378,13 +365,13 @@ impl CanvasPanel {
 
         let image_rect = self.view.image_rect(panel, image_px);
         let overlay_visible = self.brush.overlay_visible;
+        let scale = self.view.scale(panel, image_px);
         let textures = self.textures_for(ui.ctx(), reference);
         let painter = ui.painter_at(panel);
         painter.rect_filled(panel, 0.0, ui.visuals().extreme_bg_color);
-        let uv = egui::Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));
-        painter.image(textures.image.id(), image_rect, uv, Color32::WHITE);
+        textures.image.paint(&painter, image_rect, scale, panel);
         if overlay_visible {
-            painter.image(textures.overlay.id(), image_rect, uv, Color32::WHITE);
+            textures.overlay.paint(&painter, image_rect, scale, panel);
         }
         // The masked area's box, where the model will paint.
         if let Some(crop) = crop {
@@ -414,17 +401,20 @@ impl CanvasPanel {
             .is_none_or(|t| t.reference != reference.id);
         if stale {
             let image = &reference.image;
-            let color = egui::ColorImage::from_rgb(
-                [image.width() as usize, image.height() as usize],
-                image.as_raw(),
+            let mask = reference.mask.pixels();
+            let image_texture = TiledTexture::new(
+                ctx,
+                &format!("canvas-{}", reference.id),
+                image.dimensions(),
+                egui::TextureOptions::LINEAR,
+                |rect| rgb_pixels(image, rect),
             );
-            let options = egui::TextureOptions::LINEAR;
-            let image_texture =
-                ctx.load_texture(format!("canvas-{}", reference.id), color, options);
-            let overlay = ctx.load_texture(
-                format!("overlay-{}", reference.id),
-                overlay_image(reference.mask.pixels(), None),
+            let overlay = TiledTexture::new(
+                ctx,
+                &format!("overlay-{}", reference.id),
+                mask.dimensions(),
                 egui::TextureOptions::NEAREST,
+                |rect| overlay_image(mask, Some(rect)),
             );
             reference.mask.take_changed();
             self.textures = Some(CanvasTextures {
@@ -439,24 +429,25 @@ impl CanvasPanel {
         let Some(textures) = self.textures.as_mut() else {
             unreachable!("textures were made above")
         };
-        let options = egui::TextureOptions::NEAREST;
         let wanted = FeatherKey {
             reference: reference.id,
             revision: mask.revision(),
             feather_px: feather,
         };
         let mut ready = None;
-        for (key, overlay) in self.feather_previews.poll() {
+        for (key, soft) in self.feather_previews.poll() {
             if key == wanted {
-                ready = Some(overlay);
+                ready = Some(soft);
             }
         }
         if feather > 0 && !mask.is_painting() {
             // Live feather preview: the blurred mask is computed off the UI thread (seconds
             // on a 4096 px mask in a debug build) and shown when it arrives; the plain mask
             // stays on screen meanwhile.
-            if let Some(overlay) = ready {
-                textures.overlay.set(overlay, options);
+            if let Some(soft) = ready {
+                textures
+                    .overlay
+                    .update(None, |rect| overlay_image(&soft, Some(rect)));
                 textures.feathered = Some(wanted);
                 mask.take_changed();
             } else if textures.feathered != Some(wanted) && self.feather_requested != Some(wanted) {
@@ -465,27 +456,27 @@ impl CanvasPanel {
                     .feather_previews
                     .spawn("feather-preview", ctx, move || {
                         let soft = easel_engine::pipeline::image::feather_mask(&pixels, feather);
-                        (wanted, overlay_image(&soft, None))
+                        (wanted, soft)
                     });
                 if spawned.is_ok() {
                     self.feather_requested = Some(wanted);
                 }
             }
         } else if textures.feathered.take().is_some() {
+            let pixels = mask.pixels();
             textures
                 .overlay
-                .set(overlay_image(mask.pixels(), None), options);
+                .update(None, |rect| overlay_image(pixels, Some(rect)));
             mask.take_changed();
         }
         if textures.feathered.is_none() {
             if let Some(rect) = mask.take_changed() {
-                // Only the changed pixels go to the GPU: painting on a 4096 px image stays
-                // cheap.
-                textures.overlay.set_partial(
-                    [rect.x0 as usize, rect.y0 as usize],
-                    overlay_image(mask.pixels(), Some(rect)),
-                    options,
-                );
+                // Only the changed pixels of the touched tiles go to the GPU: painting on a
+                // large image stays cheap.
+                let pixels = mask.pixels();
+                textures
+                    .overlay
+                    .update(Some(rect), |part| overlay_image(pixels, Some(part)));
             }
         }
         textures

@@ -36,16 +36,30 @@ pub fn crop_box(mask: &GrayImage, padding_px: u32) -> Option<CropBox> {
         }
     }
     let (left, top, right, bottom) = bounds?;
+    Some(grown_box(
+        (left, top, right + 1, bottom + 1),
+        padding_px,
+        (width, height),
+    ))
+}
+
+/// The box `left..right` x `top..bottom` (exclusive ends) grown by `padding_px` on every side
+/// and kept inside an image of `size_px`.
+pub fn grown_box(
+    (left, top, right, bottom): (u32, u32, u32, u32),
+    padding_px: u32,
+    size_px: (u32, u32),
+) -> CropBox {
     let x = left.saturating_sub(padding_px);
     let y = top.saturating_sub(padding_px);
-    let right = (right + 1 + padding_px).min(width);
-    let bottom = (bottom + 1 + padding_px).min(height);
-    Some(CropBox {
+    let right = right.saturating_add(padding_px).min(size_px.0);
+    let bottom = bottom.saturating_add(padding_px).min(size_px.1);
+    CropBox {
         x,
         y,
-        width: right - x,
-        height: bottom - y,
-    })
+        width: right.saturating_sub(x),
+        height: bottom.saturating_sub(y),
+    }
 }
 
 /// The smallest side any model generates.
