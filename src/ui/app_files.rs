@@ -159,6 +159,22 @@ impl EaselApp {
                     self.references.add((*entry.image).clone(), path, true);
                 }
             }
+            ResultAction::ToCanvas(index) => {
+                let Some(entry) = self.results.history.get(index) else {
+                    return;
+                };
+                let version = Version {
+                    image: entry.image.clone(),
+                    path: entry.saved.as_ref().ok().cloned(),
+                };
+                match self.references.init_mut() {
+                    Some(init) => init.replace_image(version),
+                    None => {
+                        self.references
+                            .add((*version.image).clone(), version.path, true);
+                    }
+                }
+            }
             ResultAction::Recall(index) => {
                 if let Some(entry) = self.results.history.get(index) {
                     let recalled = RecalledParameters::of(&entry.parameters);

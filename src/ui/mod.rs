@@ -37,7 +37,7 @@ use engine_link::EngineLink;
 use model_list::{read_model, scan_models_dir, ModelEntry};
 use models_panel::ModelsPanel;
 use prompt_panel::{PromptAction, PromptContext, PromptPanel};
-use references::{ReferenceAction, References};
+use references::{ReferenceAction, References, Version};
 use results::{ResultAction, ResultEntry, ResultsPanel};
 use session::{SavedReference, Session, MASKS_DIR, PASTED_DIR};
 use settings_panel::SettingsPanel;

@@ -34,9 +34,85 @@ pub struct Reference {
     pub parameters: Option<RecalledParameters>,
     /// Whether it goes to an edit model as an edit reference (in panel order).
     pub edit: bool,
+    /// The images it showed before results replaced it, oldest first, and those a step back
+    /// put aside (newest last); `image_revision` counts every replacement.
+    pub versions: Versions,
     /// Thumbnail pixels made off the UI thread, waiting to become a texture.
     thumbnail_pixels: Option<egui::ColorImage>,
     thumbnail: Option<egui::TextureHandle>,
+}
+
+/// One image a reference showed: its pixels and the file they are in, if any.
+#[derive(Clone)]
+pub struct Version {
+    /// The pixels.
+    pub image: Arc<RgbImage>,
+    /// Where they are saved.
+    pub path: Option<PathBuf>,
+}
+
+/// A reference's history across generations: undo and redo of "result to canvas".
+#[derive(Clone, Default)]
+pub struct Versions {
+    /// Earlier images, oldest first.
+    pub earlier: Vec<Version>,
+    /// Images a step back put aside, the next one last.
+    pub later: Vec<Version>,
+    /// Bumped whenever the image is replaced (its textures follow it).
+    pub image_revision: u64,
+}
+
+impl Reference {
+    /// Shows `next` in place of the current image, which becomes the previous version; the
+    /// mask stays when the sizes match (else a new, empty one).
+    pub fn replace_image(&mut self, next: Version) {
+        let current = self.current_version();
+        self.versions.earlier.push(current);
+        self.versions.later.clear();
+        self.show(next);
+    }
+
+    /// Back to the previous version; false when there is none.
+    pub fn previous_version(&mut self) -> bool {
+        let Some(previous) = self.versions.earlier.pop() else {
+            return false;
+        };
+        let current = self.current_version();
+        self.versions.later.push(current);
+        self.show(previous);
+        true
+    }
+
+    /// Forward to the version a step back put aside; false when there is none.
+    pub fn next_version(&mut self) -> bool {
+        let Some(next) = self.versions.later.pop() else {
+            return false;
+        };
+        let current = self.current_version();
+        self.versions.earlier.push(current);
+        self.show(next);
+        true
+    }
+
+    fn current_version(&self) -> Version {
+        Version {
+            image: self.image.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    fn show(&mut self, version: Version) {
+        if version.image.dimensions() != self.image.dimensions() {
+            let (width, height) = version.image.dimensions();
+            self.mask = MaskLayer::new(width, height);
+        }
+        self.image = version.image;
+        self.path = version.path;
+        self.parameters = None;
+        self.thumbnail = None;
+        self.thumbnail_pixels = Some(thumbnail(&self.image));
+        self.versions.image_revision += 1;
+    }
 }
 
 /// A decoded image (and its saved mask) from a background load.
@@ -178,6 +254,7 @@ impl References {
                 mask: MaskLayer::new(width, height),
                 parameters: None,
                 edit,
+                versions: Versions::default(),
                 thumbnail_pixels: None,
                 thumbnail: None,
             },

@@ -45,6 +45,9 @@ impl ResultEntry {
 pub enum ResultAction {
     /// Add it to the references as the init image.
     UseAsInit(usize),
+    /// Put it on the canvas in place of the init image (which becomes its previous version),
+    /// keeping the mask.
+    ToCanvas(usize),
     /// Put its parameters into the prompt panel.
     Recall(usize),
     /// Save a copy where the user chooses.
@@ -144,6 +147,13 @@ impl ResultsPanel {
                 }
             };
             ui.horizontal_wrapped(|ui| {
+                if ui
+                    .button("To canvas")
+                    .on_hover_text("Edit on: the result replaces the canvas image, mask kept")
+                    .clicked()
+                {
+                    action = Some(ResultAction::ToCanvas(index));
+                }
                 if ui.button("Use as init image").clicked() {
                     action = Some(ResultAction::UseAsInit(index));
                 }

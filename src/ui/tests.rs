@@ -942,3 +942,84 @@ fn a_large_pictures_mask_shows_its_masked_area_and_is_painted_there() {
         }
     }
 }
+
+#[test]
+fn a_result_goes_to_the_canvas_with_its_mask_and_steps_back_and_forth() {
+    use super::canvas::mask::{BrushTip, Tool};
+    if parity_missing() {
+        return;
+    }
+    let folders = Folders::new();
+    let mut harness = window(folders.paths(), plain_engine());
+    harness.step();
+    drop_file(&mut harness, folders.picture("street.png"));
+    run_until(&mut harness, "the dropped image", |app| {
+        app.references.init().is_some()
+    });
+    let original = harness
+        .state()
+        .references
+        .init()
+        .expect("init")
+        .image
+        .clone();
+    let tip = BrushTip {
+        tool: Tool::Brush,
+        radius_px: 5.0,
+        softness: 0.0,
+    };
+    {
+        let mask = &mut harness
+            .state_mut()
+            .references
+            .init_mut()
+            .expect("init")
+            .mask;
+        mask.begin_stroke(tip, (20.0, 20.0));
+        mask.extend_stroke(tip, (40.0, 30.0));
+        mask.end_stroke();
+    }
+    let mask = harness
+        .state()
+        .references
+        .init()
+        .expect("init")
+        .mask
+        .pixels()
+        .clone();
+    harness.state_mut().prompt.settings.steps = 2;
+    harness.state_mut().prompt.settings.prompt = "a red boat".into();
+    harness.step();
+    click(&mut harness, "Generate");
+    run_until(&mut harness, "the result", |app| {
+        !app.is_busy() && !app.has_background_work() && app.results.history.len() == 1
+    });
+    let result = harness.state().results.history[0].image.clone();
+    assert_ne!(*result, *original, "the inpaint changed something");
+
+    click(&mut harness, "To canvas");
+    let init = harness.state().references.init().expect("init");
+    assert_eq!(*init.image, *result, "the result is the canvas image");
+    assert_eq!(
+        init.mask.pixels(),
+        &mask,
+        "the mask stays for the next repaint"
+    );
+    assert_eq!(
+        harness.state().references.items.len(),
+        1,
+        "no new reference"
+    );
+    harness.get_by_label("Version 2 of 2");
+
+    click(&mut harness, "Previous version");
+    let init = harness.state().references.init().expect("init");
+    assert_eq!(*init.image, *original);
+    assert_eq!(init.mask.pixels(), &mask);
+    harness.get_by_label("Version 1 of 2");
+    click(&mut harness, "Next version");
+    assert_eq!(
+        *harness.state().references.init().expect("init").image,
+        *result
+    );
+}

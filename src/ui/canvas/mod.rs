@@ -89,6 +89,8 @@ pub enum CanvasAction {
 /// GPU copies of the init image and its overlay, kept while the same reference is shown.
 struct CanvasTextures {
     reference: u64,
+    /// Which of the reference's images they show.
+    image_revision: u64,
     image: TiledTexture,
     overlay: TiledTexture,
     /// What the overlay shows when it shows a feathered mask.
@@ -144,6 +146,7 @@ impl CanvasPanel {
             return None;
         };
         self.toolbar(ui, &mut reference.mask, &mut action);
+        versions_bar(ui, reference);
         let crop = self.masked_area_box(reference, native_px);
         self.inpaint_bar(ui, crop);
         self.shortcuts(ui, &mut reference.mask);
@@ -395,10 +398,9 @@ impl CanvasPanel {
     /// The textures for `reference`, made when it is first shown and updated where its
     /// mask changed since.
     fn textures_for(&mut self, ctx: &egui::Context, reference: &mut Reference) -> &CanvasTextures {
-        let stale = self
-            .textures
-            .as_ref()
-            .is_none_or(|t| t.reference != reference.id);
+        let stale = self.textures.as_ref().is_none_or(|t| {
+            t.reference != reference.id || t.image_revision != reference.versions.image_revision
+        });
         if stale {
             let image = &reference.image;
             let mask = reference.mask.pixels();
@@ -419,6 +421,7 @@ impl CanvasPanel {
             reference.mask.take_changed();
             self.textures = Some(CanvasTextures {
                 reference: reference.id,
+                image_revision: reference.versions.image_revision,
                 image: image_texture,
                 overlay,
                 feathered: None,
@@ -481,6 +484,35 @@ impl CanvasPanel {
         }
         textures
     }
+}
+
+/// Steps through the images results replaced, when there are any.
+fn versions_bar(ui: &mut egui::Ui, reference: &mut Reference) {
+    let versions = &reference.versions;
+    if versions.earlier.is_empty() && versions.later.is_empty() {
+        return;
+    }
+    let (earlier, later) = (versions.earlier.len(), versions.later.len());
+    ui.horizontal_wrapped(|ui| {
+        ui.label(format!(
+            "Version {} of {}",
+            earlier + 1,
+            earlier + later + 1
+        ));
+        if ui
+            .add_enabled(earlier > 0, egui::Button::new("Previous version"))
+            .on_hover_text("Back to the image before the last result replaced it")
+            .clicked()
+        {
+            reference.previous_version();
+        }
+        if ui
+            .add_enabled(later > 0, egui::Button::new("Next version"))
+            .clicked()
+        {
+            reference.next_version();
+        }
+    });
 }
 
 fn area_name(area: InpaintArea) -> &'static str {
