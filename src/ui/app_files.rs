@@ -57,7 +57,10 @@ impl EaselApp {
     /// Adds an image file as the new init image: the path a drop, a dialog and a pasted path
     /// all take.
     pub fn add_image_file(&mut self, ctx: &egui::Context, path: PathBuf) {
-        if let Err(error) = self.references.load_file(ctx, path, None, true, false) {
+        if let Err(error) = self
+            .references
+            .load_file(ctx, path, None, true, false, Vec::new())
+        {
             self.status.show_error(error);
         }
     }
@@ -72,6 +75,7 @@ impl EaselApp {
                 mask,
                 reference.is_init,
                 reference.is_edit,
+                reference.versions,
             ) {
                 self.status.show_error(error);
             }

@@ -104,6 +104,7 @@ impl EaselApp {
                     mask_file: (!r.mask.is_empty()).then(|| mask_file_name(r.id)),
                     is_init: self.references.init == Some(r.id),
                     is_edit: r.edit,
+                    versions: r.saved_versions(),
                 })
             })
             .collect();

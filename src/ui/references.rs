@@ -42,6 +42,9 @@ pub struct Reference {
     thumbnail: Option<egui::TextureHandle>,
 }
 
+/// Earlier versions a session keeps per reference (each is read again at the next start).
+pub const KEPT_VERSIONS: usize = 16;
+
 /// One image a reference showed: its pixels and the file they are in, if any.
 #[derive(Clone)]
 pub struct Version {
@@ -63,6 +66,19 @@ pub struct Versions {
 }
 
 impl Reference {
+    /// The files of its earlier versions that a session keeps (the newest
+    /// `KEPT_VERSIONS`; pasted pixels without a file are not kept).
+    pub fn saved_versions(&self) -> Vec<PathBuf> {
+        let paths: Vec<PathBuf> = self
+            .versions
+            .earlier
+            .iter()
+            .filter_map(|v| v.path.clone())
+            .collect();
+        let skip = paths.len().saturating_sub(KEPT_VERSIONS);
+        paths.into_iter().skip(skip).collect()
+    }
+
     /// Shows `next` in place of the current image, which becomes the previous version; the
     /// mask stays when the sizes match (else a new, empty one).
     pub fn replace_image(&mut self, next: Version) {
@@ -133,6 +149,8 @@ pub struct LoadedImage {
     pub parameters: Option<RecalledParameters>,
     /// Its thumbnail, made on the loading thread.
     pub thumbnail: Option<egui::ColorImage>,
+    /// The images it showed before, oldest first (a restored session's versions).
+    pub versions: Vec<Version>,
 }
 
 /// What the user did in the panel.
@@ -157,7 +175,8 @@ pub struct References {
 
 impl References {
     /// Starts reading `path` in the background: the path every way of adding a file takes
-    /// (dialog, drop, pasted path, session restore).
+    /// (dialog, drop, pasted path, session restore, which also gives the files of its earlier
+    /// `versions`; those that cannot be read are left out).
     pub fn load_file(
         &mut self,
         ctx: &egui::Context,
@@ -165,10 +184,21 @@ impl References {
         mask_path: Option<PathBuf>,
         make_init: bool,
         edit: bool,
+        versions: Vec<PathBuf>,
     ) -> Result<(), String> {
         self.next_id += 1;
         let id = self.next_id;
         self.loads.spawn("image-load", ctx, move || {
+            let versions = versions
+                .into_iter()
+                .filter_map(|path| {
+                    let image = read_image_file(&path).ok()?;
+                    Some(Version {
+                        image: Arc::new(image),
+                        path: Some(path),
+                    })
+                })
+                .collect();
             let image = read_image_file(&path);
             let mask = mask_path.and_then(|m| MaskLayer::read_png(&m).ok());
             let parameters = read_png_parameters(&path).map(|t| parse_a1111_parameters(&t));
@@ -182,6 +212,7 @@ impl References {
                 edit,
                 parameters,
                 thumbnail,
+                versions,
             }
         })
     }
@@ -202,6 +233,7 @@ impl References {
                     if let Some(item) = self.get_mut(id) {
                         item.parameters = loaded.parameters;
                         item.thumbnail_pixels = loaded.thumbnail;
+                        item.versions.earlier = loaded.versions;
                         if let Some(mask) = loaded.mask {
                             if mask.dimensions() == item.image.dimensions() {
                                 item.mask = MaskLayer::from_image(mask);

@@ -22,6 +22,9 @@ pub struct SavedReference {
     /// Whether it was an edit reference (references keep their panel order).
     #[serde(default)]
     pub is_edit: bool,
+    /// The files of the images it showed before results replaced it, oldest first.
+    #[serde(default)]
+    pub versions: Vec<PathBuf>,
 }
 
 /// The session file's contents.
@@ -110,6 +113,7 @@ mod tests {
             mask_file: Some("mask-0.png".into()),
             is_init: true,
             is_edit: false,
+            versions: vec!["/outputs/00001.png".into()],
         });
         session.save(dir.path()).expect("save");
         assert_eq!(Session::load(dir.path()), (session, None));

@@ -1022,4 +1022,21 @@ fn a_result_goes_to_the_canvas_with_its_mask_and_steps_back_and_forth() {
         *harness.state().references.init().expect("init").image,
         *result
     );
+
+    // After a restart: the result with its mask, and the picture before it one step back.
+    harness.state_mut().persist(None);
+    drop(harness);
+    let mut harness = window(folders.paths(), plain_engine());
+    run_until(&mut harness, "the restored canvas", |app| {
+        app.references.init().is_some()
+    });
+    let init = harness.state().references.init().expect("init");
+    assert_eq!(*init.image, *result);
+    assert_eq!(init.mask.pixels(), &mask);
+    harness.step();
+    click(&mut harness, "Previous version");
+    assert_eq!(
+        *harness.state().references.init().expect("init").image,
+        *original
+    );
 }
