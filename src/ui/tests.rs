@@ -1040,3 +1040,65 @@ fn a_result_goes_to_the_canvas_with_its_mask_and_steps_back_and_forth() {
         *original
     );
 }
+
+#[test]
+fn extending_the_canvas_masks_the_new_area_and_generating_keeps_the_picture() {
+    if parity_missing() {
+        return;
+    }
+    let folders = Folders::new();
+    let mut harness = window(folders.paths(), plain_engine());
+    harness.step();
+    drop_file(&mut harness, folders.picture("street.png"));
+    run_until(&mut harness, "the dropped image", |app| {
+        app.references.init().is_some()
+    });
+    let original = harness
+        .state()
+        .references
+        .init()
+        .expect("init")
+        .image
+        .clone();
+    harness.state_mut().canvas.extend_px = [16, 0, 32, 8];
+    harness.step();
+    click(&mut harness, "Extend canvas");
+    let init = harness.state().references.init().expect("init");
+    assert_eq!(init.image.dimensions(), (112, 72));
+    for (x, y, pixel) in original.enumerate_pixels() {
+        assert_eq!(init.image.get_pixel(x + 16, y), pixel);
+        assert_eq!(init.mask.pixels().get_pixel(x + 16, y)[0], 0);
+    }
+    assert_eq!(init.mask.pixels().get_pixel(0, 0)[0], 255);
+    assert_eq!(init.mask.pixels().get_pixel(111, 71)[0], 255);
+    harness.get_by_label("Mode: inpaint");
+    harness.get_by_label("Version 2 of 2");
+
+    harness.state_mut().prompt.settings.steps = 2;
+    harness.state_mut().prompt.settings.prompt = "a wider street".into();
+    harness.step();
+    click(&mut harness, "Generate");
+    run_until(&mut harness, "the job's end", |app| {
+        !app.is_busy() && !app.has_background_work()
+    });
+    let entry = harness.state().results.history.first().expect("a result");
+    assert_eq!(entry.image.dimensions(), (112, 72));
+    for (x, y, pixel) in original.enumerate_pixels() {
+        assert_eq!(
+            entry.image.get_pixel(x + 16, y),
+            pixel,
+            "original pixel {x},{y}"
+        );
+    }
+    click(&mut harness, "Previous version");
+    assert_eq!(
+        harness
+            .state()
+            .references
+            .init()
+            .expect("init")
+            .image
+            .dimensions(),
+        (64, 64)
+    );
+}

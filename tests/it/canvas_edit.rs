@@ -273,3 +273,49 @@ fn bad_canvas_options_are_refused_before_any_work() {
         );
     }
 }
+
+#[test]
+fn an_edit_model_paints_the_masked_area_with_its_references() {
+    if common::parity_missing() {
+        return;
+    }
+    // The tiny klein says it is native at 1024 px, as the real one; at 128 its crops are
+    // quick to paint.
+    let (_keep, klein) =
+        common::copy_model_from(&common::parity_dir().join("flux2/models/flux2-klein-tiny"));
+    let vae_config = klein.join("vae/config.json");
+    let config = std::fs::read_to_string(&vae_config).expect("vae config");
+    std::fs::write(
+        &vae_config,
+        config.replace("\"sample_size\": 1024", "\"sample_size\": 128"),
+    )
+    .expect("write vae config");
+    let mut request = inpaint_request(&klein, InpaintArea::Masked, true);
+    request.guidance = 1.0;
+    request.steps = 2;
+    request.references.push(Reference::Edit {
+        image: common::test_image(64, 64),
+        name: "boat.png".into(),
+    });
+    let engine = engine();
+    let job = engine.generate(request.clone()).expect("send");
+    let output = finished(wait_for(&engine, job));
+    assert_eq!(output.image.dimensions(), (WIDTH, HEIGHT));
+    assert_eq!(output.parameters.references, ["boat.png"]);
+    assert_eq!(output.parameters.masked_area_padding_px, Some(16));
+    let (inside, outside) = changed(
+        &common::test_image(WIDTH, HEIGHT),
+        &output.image,
+        &small_mask(),
+    );
+    assert_eq!(outside, 0);
+    assert!(inside > 0);
+    // The reference matters inside the crop too.
+    request.references.pop();
+    request.references.push(Reference::Edit {
+        image: RgbImage::from_pixel(64, 64, image::Rgb([0, 0, 255])),
+        name: "blue.png".into(),
+    });
+    let job = engine.generate(request).expect("send");
+    assert_ne!(finished(wait_for(&engine, job)).image, output.image);
+}

@@ -7,12 +7,13 @@ pub mod tiles;
 pub mod view;
 
 use easel_engine::pipeline::masked_area::{grown_box, CropBox};
+use easel_engine::pipeline::outpaint::{extend_canvas, Extend, ExtendFill};
 use easel_engine::pipeline::request::{InpaintArea, InpaintOptions, DEFAULT_MASK_PADDING_PX};
 use eframe::egui::{self, Color32, Key, Modifiers, Sense, Vec2};
 use serde::{Deserialize, Serialize};
 
 use super::background::Background;
-use super::references::Reference;
+use super::references::{Reference, Version};
 use mask::{BrushTip, MaskLayer, Tool};
 use tiles::{rgb_pixels, TiledTexture};
 use view::CanvasView;
@@ -115,6 +116,8 @@ pub struct CanvasPanel {
     textures: Option<CanvasTextures>,
     panning: bool,
     feather_previews: Background<(FeatherKey, image::GrayImage)>,
+    /// Pixels to add left, top, right and bottom with "Extend canvas".
+    pub extend_px: [u32; 4],
     feather_requested: Option<FeatherKey>,
 }
 
@@ -147,6 +150,7 @@ impl CanvasPanel {
         };
         self.toolbar(ui, &mut reference.mask, &mut action);
         versions_bar(ui, reference);
+        self.extend_bar(ui, reference);
         let crop = self.masked_area_box(reference, native_px);
         self.inpaint_bar(ui, crop);
         self.shortcuts(ui, &mut reference.mask);
@@ -257,6 +261,50 @@ impl CanvasPanel {
                     "Masked area: {}x{} px at {},{}",
                     crop.width, crop.height, crop.x, crop.y
                 ));
+            }
+        });
+    }
+
+    /// Outpainting: the canvas grown on any side, the new area filled from the edges and
+    /// masked (the grown image is a new version: "Previous version" takes it back).
+    fn extend_bar(&mut self, ui: &mut egui::Ui, reference: &mut Reference) {
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Extend");
+            for (value, side) in self
+                .extend_px
+                .iter_mut()
+                .zip(["left", "top", "right", "bottom"])
+            {
+                let label = ui.label(side);
+                ui.add(egui::DragValue::new(value).range(0..=4096).suffix(" px"))
+                    .labelled_by(label.id);
+            }
+            let [left, top, right, bottom] = self.extend_px;
+            let extend = Extend {
+                left,
+                top,
+                right,
+                bottom,
+            };
+            if ui
+                .add_enabled(!extend.is_empty(), egui::Button::new("Extend canvas"))
+                .on_hover_text("Grow the picture; the new area is masked for the next generation")
+                .clicked()
+            {
+                let (image, mask) = extend_canvas(
+                    &reference.image,
+                    Some(reference.mask.pixels()),
+                    extend,
+                    ExtendFill::Edge,
+                    0,
+                );
+                reference.replace_image(Version {
+                    image: std::sync::Arc::new(image),
+                    path: None,
+                });
+                reference.mask = MaskLayer::from_image(mask);
+                self.extend_px = [0; 4];
+                self.view.reset();
             }
         });
     }
