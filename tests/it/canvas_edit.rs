@@ -4,7 +4,6 @@
 //! byte-identical, the masked or new region repainted, the same bytes for the same seed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use easel_engine::pipeline::outpaint::{extend_canvas, Extend, ExtendFill};
 use easel_engine::pipeline::request::{
@@ -12,6 +11,7 @@ use easel_engine::pipeline::request::{
 };
 use image::{GrayImage, Luma, RgbImage};
 
+use crate::cli::{easel, stderr};
 use crate::common;
 use crate::common::jobs::{engine, finished, wait_for};
 
@@ -136,22 +136,6 @@ fn colour_matching_changes_only_the_repaint_and_can_be_turned_off() {
     assert_eq!(changed(&original, &matched, &small_mask()).1, 0);
     assert_eq!(changed(&original, &raw, &small_mask()).1, 0);
     assert_ne!(matched, raw, "matching moved the repaint's colours");
-}
-
-fn easel(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_easel"))
-        .env("EASEL_CONFIG", "/nonexistent/easel.toml")
-        .env(
-            "EASEL_DATA_DIR",
-            std::env::temp_dir().join("easel-cli-tests"),
-        )
-        .args(args)
-        .output()
-        .expect("run easel")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// The test picture and mask as files, and where the result goes.

@@ -6,7 +6,7 @@ use crate::common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn easel(args: &[&str]) -> Output {
+pub(crate) fn easel(args: &[&str]) -> Output {
     // No settings file of the machine's own may change what the tests see.
     Command::new(env!("CARGO_BIN_EXE_easel"))
         .env("EASEL_CONFIG", "/nonexistent/easel.toml")
@@ -19,7 +19,7 @@ fn easel(args: &[&str]) -> Output {
         .expect("run easel")
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 

@@ -638,7 +638,7 @@ fn klein_states_its_facts_and_counts_reference_tokens_in_its_memory() {
 fn the_klein_catalog_entry_takes_the_repositorys_own_shards_and_generates() {
     use crate::common::fake_hub::FakeHub;
     use crate::common::jobs;
-    use easel_engine::hub::{self, catalog, CacheRoots, Downloaded, HubClient, ModelRef};
+    use easel_engine::hub::{self, catalog, CacheRoots, ModelRef};
     if common::parity_missing() {
         return;
     }
@@ -650,19 +650,7 @@ fn the_klein_catalog_entry_takes_the_repositorys_own_shards_and_generates() {
     let models = tempfile::tempdir().expect("temp dir");
     let roots = CacheRoots::only(models.path());
     assert!(hub::locate(ModelRef::Catalog(entry), &roots).is_none());
-    let client = HubClient::new(Some(hub.url()), None).expect("client");
-    let downloaded = hub::download(
-        ModelRef::Catalog(entry),
-        &client,
-        &roots,
-        false,
-        &std::sync::atomic::AtomicBool::new(false),
-        &mut |_| {},
-    )
-    .expect("downloads");
-    let Downloaded::Fetched(located) = downloaded else {
-        panic!("expected a fetch, got {downloaded:?}");
-    };
+    let located = hub.fetch_catalog_entry(entry, models.path());
     // Both shards of each sharded folder and their indexes, not the single file at the root.
     for folder in ["text_encoder", "transformer"] {
         let files = std::fs::read_dir(located.folder.join(folder))

@@ -226,7 +226,7 @@ fn a_gguf_of_another_model_is_refused_naming_the_file() {
 #[test]
 fn the_klein_gguf_catalog_entry_borrows_the_quantized_transformer_and_generates() {
     use crate::common::fake_hub::FakeHub;
-    use easel_engine::hub::{self, catalog, CacheRoots, Downloaded, HubClient, ModelRef};
+    use easel_engine::hub::catalog;
     if common::parity_missing() {
         return;
     }
@@ -246,20 +246,7 @@ fn the_klein_gguf_catalog_entry_borrows_the_quantized_transformer_and_generates(
     hub.serve_folder(entry.repo, &klein(), &[], false);
     hub.serve_folder(borrowed.repo, gguf_repo.path(), &[], false);
     let models = tempfile::tempdir().expect("temp dir");
-    let roots = CacheRoots::only(models.path());
-    let client = HubClient::new(Some(hub.url()), None).expect("client");
-    let downloaded = hub::download(
-        ModelRef::Catalog(entry),
-        &client,
-        &roots,
-        false,
-        &std::sync::atomic::AtomicBool::new(false),
-        &mut |_| {},
-    )
-    .expect("downloads");
-    let Downloaded::Fetched(located) = downloaded else {
-        panic!("expected a fetch, got {downloaded:?}");
-    };
+    let located = hub.fetch_catalog_entry(entry, models.path());
     // Neither the full transformer's shards nor BFL's single file were fetched.
     let requests = hub.requests();
     assert!(

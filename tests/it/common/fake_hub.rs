@@ -66,6 +66,31 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl FakeHub {
+    /// Fetches catalog entry `entry` from this hub into a cache at `models` (nothing there
+    /// yet): the folder it was assembled in.
+    #[allow(dead_code)]
+    pub fn fetch_catalog_entry(
+        &self,
+        entry: &'static easel_engine::hub::catalog::CatalogEntry,
+        models: &Path,
+    ) -> easel_engine::hub::Located {
+        use easel_engine::hub::{self, CacheRoots, Downloaded, HubClient, ModelRef};
+        let client = HubClient::new(Some(self.url()), None).expect("client");
+        let downloaded = hub::download(
+            ModelRef::Catalog(entry),
+            &client,
+            &CacheRoots::only(models),
+            false,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .expect("downloads");
+        let Downloaded::Fetched(located) = downloaded else {
+            panic!("expected a fetch, got {downloaded:?}");
+        };
+        located
+    }
+
     /// Starts serving on a free port.
     pub fn start() -> FakeHub {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake hub");
