@@ -856,9 +856,60 @@ fn the_models_window_shows_the_fit_downloads_and_offers_the_model() {
     assert_eq!(harness.state().prompt.settings.model, Some(folder));
 }
 
+/// A window on the tiny model with `street.png` (64x64) dropped in as the init image.
+fn window_with_picture(folders: &Folders) -> Harness<'static, EaselApp> {
+    let mut harness = window(folders.paths(), plain_engine());
+    harness.step();
+    drop_file(&mut harness, folders.picture("street.png"));
+    run_until(&mut harness, "the dropped image", |app| {
+        app.references.init().is_some()
+    });
+    harness
+}
+
+/// A hard brush stroke of `radius_px` on the init image's mask, from `from` to `to`.
+fn paint_stroke(
+    harness: &mut Harness<'_, EaselApp>,
+    from: (f32, f32),
+    to: (f32, f32),
+    radius_px: f32,
+) {
+    use super::canvas::mask::{BrushTip, Tool};
+    let tip = BrushTip {
+        tool: Tool::Brush,
+        radius_px,
+        softness: 0.0,
+    };
+    let mask = &mut harness
+        .state_mut()
+        .references
+        .init_mut()
+        .expect("init")
+        .mask;
+    mask.begin_stroke(tip, from);
+    mask.extend_stroke(tip, to);
+    mask.end_stroke();
+    harness.step();
+}
+
+/// Generates 2 steps of `prompt` and waits for the job's end (its result, or its error).
+fn generate_and_wait(harness: &mut Harness<'_, EaselApp>, prompt: &str) {
+    harness.state_mut().prompt.settings.steps = 2;
+    harness.state_mut().prompt.settings.prompt = prompt.into();
+    harness.step();
+    click(harness, "Generate");
+    run_until(harness, "the job's end", |app| {
+        !app.is_busy() && !app.has_background_work()
+    });
+    assert!(
+        !harness.state().results.history.is_empty(),
+        "{:?}",
+        harness.state().status.last_error
+    );
+}
+
 #[test]
 fn a_large_pictures_mask_shows_its_masked_area_and_is_painted_there() {
-    use super::canvas::mask::{BrushTip, Tool};
     use easel_engine::pipeline::request::InpaintArea;
     if parity_missing() {
         return;
@@ -879,22 +930,7 @@ fn a_large_pictures_mask_shows_its_masked_area_and_is_painted_there() {
         .references
         .add(picture.clone(), None, true);
     harness.step();
-    let tip = BrushTip {
-        tool: Tool::Brush,
-        radius_px: 6.0,
-        softness: 0.0,
-    };
-    {
-        let mask = &mut harness
-            .state_mut()
-            .references
-            .init_mut()
-            .expect("init")
-            .mask;
-        mask.begin_stroke(tip, (120.0, 60.0));
-        mask.extend_stroke(tip, (140.0, 70.0));
-        mask.end_stroke();
-    }
+    paint_stroke(&mut harness, (120.0, 60.0), (140.0, 70.0), 6.0);
     harness.state_mut().canvas.brush.mask_padding_px = 16;
     harness.step();
     harness.step();
@@ -907,24 +943,7 @@ fn a_large_pictures_mask_shows_its_masked_area_and_is_painted_there() {
         "the whole image shows no box"
     );
     harness.state_mut().canvas.brush.inpaint_area = InpaintArea::Auto;
-    harness.state_mut().prompt.settings.steps = 2;
-    harness.state_mut().prompt.settings.prompt = "a red boat".into();
-    harness.step();
-    click(&mut harness, "Generate");
-    assert!(
-        harness.state().is_busy(),
-        "Generate sent a job: {:?}",
-        harness.state().status.last_error
-    );
-    run_until(&mut harness, "the job's end", |app| {
-        !app.is_busy() && !app.has_background_work()
-    });
-    assert_eq!(
-        harness.state().results.history.len(),
-        1,
-        "{:?}",
-        harness.state().status.last_error
-    );
+    generate_and_wait(&mut harness, "a red boat");
     let entry = &harness.state().results.history[0];
     assert_eq!(entry.image.dimensions(), (192, 160));
     assert_eq!(entry.parameters.masked_area_padding_px, Some(16));
@@ -945,17 +964,11 @@ fn a_large_pictures_mask_shows_its_masked_area_and_is_painted_there() {
 
 #[test]
 fn a_result_goes_to_the_canvas_with_its_mask_and_steps_back_and_forth() {
-    use super::canvas::mask::{BrushTip, Tool};
     if parity_missing() {
         return;
     }
     let folders = Folders::new();
-    let mut harness = window(folders.paths(), plain_engine());
-    harness.step();
-    drop_file(&mut harness, folders.picture("street.png"));
-    run_until(&mut harness, "the dropped image", |app| {
-        app.references.init().is_some()
-    });
+    let mut harness = window_with_picture(&folders);
     let original = harness
         .state()
         .references
@@ -963,22 +976,7 @@ fn a_result_goes_to_the_canvas_with_its_mask_and_steps_back_and_forth() {
         .expect("init")
         .image
         .clone();
-    let tip = BrushTip {
-        tool: Tool::Brush,
-        radius_px: 5.0,
-        softness: 0.0,
-    };
-    {
-        let mask = &mut harness
-            .state_mut()
-            .references
-            .init_mut()
-            .expect("init")
-            .mask;
-        mask.begin_stroke(tip, (20.0, 20.0));
-        mask.extend_stroke(tip, (40.0, 30.0));
-        mask.end_stroke();
-    }
+    paint_stroke(&mut harness, (20.0, 20.0), (40.0, 30.0), 5.0);
     let mask = harness
         .state()
         .references
@@ -987,13 +985,7 @@ fn a_result_goes_to_the_canvas_with_its_mask_and_steps_back_and_forth() {
         .mask
         .pixels()
         .clone();
-    harness.state_mut().prompt.settings.steps = 2;
-    harness.state_mut().prompt.settings.prompt = "a red boat".into();
-    harness.step();
-    click(&mut harness, "Generate");
-    run_until(&mut harness, "the result", |app| {
-        !app.is_busy() && !app.has_background_work() && app.results.history.len() == 1
-    });
+    generate_and_wait(&mut harness, "a red boat");
     let result = harness.state().results.history[0].image.clone();
     assert_ne!(*result, *original, "the inpaint changed something");
 
@@ -1047,12 +1039,7 @@ fn extending_the_canvas_masks_the_new_area_and_generating_keeps_the_picture() {
         return;
     }
     let folders = Folders::new();
-    let mut harness = window(folders.paths(), plain_engine());
-    harness.step();
-    drop_file(&mut harness, folders.picture("street.png"));
-    run_until(&mut harness, "the dropped image", |app| {
-        app.references.init().is_some()
-    });
+    let mut harness = window_with_picture(&folders);
     let original = harness
         .state()
         .references
@@ -1074,13 +1061,7 @@ fn extending_the_canvas_masks_the_new_area_and_generating_keeps_the_picture() {
     harness.get_by_label("Mode: inpaint");
     harness.get_by_label("Version 2 of 2");
 
-    harness.state_mut().prompt.settings.steps = 2;
-    harness.state_mut().prompt.settings.prompt = "a wider street".into();
-    harness.step();
-    click(&mut harness, "Generate");
-    run_until(&mut harness, "the job's end", |app| {
-        !app.is_busy() && !app.has_background_work()
-    });
+    generate_and_wait(&mut harness, "a wider street");
     let entry = harness.state().results.history.first().expect("a result");
     assert_eq!(entry.image.dimensions(), (112, 72));
     for (x, y, pixel) in original.enumerate_pixels() {
