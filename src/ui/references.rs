@@ -125,8 +125,9 @@ impl Reference {
         self.image = version.image;
         self.path = version.path;
         self.parameters = None;
+        // The panel makes the new thumbnail when it next draws it.
         self.thumbnail = None;
-        self.thumbnail_pixels = Some(thumbnail(&self.image));
+        self.thumbnail_pixels = None;
         self.versions.image_revision += 1;
     }
 }
