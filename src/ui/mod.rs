@@ -218,7 +218,10 @@ impl EaselApp {
 
     /// Whether results are being written or images read.
     pub fn has_background_work(&self) -> bool {
-        self.saving.is_busy() || self.references.is_loading() || self.mask_writes.is_busy()
+        self.saving.is_busy()
+            || self.references.is_loading()
+            || self.mask_writes.is_busy()
+            || self.canvas.is_extending()
     }
 
     /// One frame: take in what the engine and background work sent, then draw the panels and

@@ -1050,6 +1050,11 @@ fn extending_the_canvas_masks_the_new_area_and_generating_keeps_the_picture() {
     harness.state_mut().canvas.extend_px = [16, 0, 32, 8];
     harness.step();
     click(&mut harness, "Extend canvas");
+    run_until(&mut harness, "the extended canvas", |app| {
+        app.references
+            .init()
+            .is_some_and(|r| r.image.dimensions() == (112, 72))
+    });
     let init = harness.state().references.init().expect("init");
     assert_eq!(init.image.dimensions(), (112, 72));
     for (x, y, pixel) in original.enumerate_pixels() {

@@ -98,6 +98,13 @@ struct CanvasTextures {
     feathered: Option<FeatherKey>,
 }
 
+/// One image of one reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ImageKey {
+    reference: u64,
+    image_revision: u64,
+}
+
 /// Which mask, at which edit, with how much feathering a preview shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FeatherKey {
@@ -118,6 +125,8 @@ pub struct CanvasPanel {
     feather_previews: Background<(FeatherKey, image::GrayImage)>,
     /// Pixels to add left, top, right and bottom with "Extend canvas".
     pub extend_px: [u32; 4],
+    /// Extended canvases being made off the UI thread: for which reference and image.
+    extensions: Background<(ImageKey, image::RgbImage, image::GrayImage)>,
     feather_requested: Option<FeatherKey>,
 }
 
@@ -266,8 +275,23 @@ impl CanvasPanel {
     }
 
     /// Outpainting: the canvas grown on any side, the new area filled from the edges and
-    /// masked (the grown image is a new version: "Previous version" takes it back).
+    /// masked (the grown image is a new version: "Previous version" takes it back). The fill
+    /// is made off the UI thread and shown when it arrives, if the image is still the same.
     fn extend_bar(&mut self, ui: &mut egui::Ui, reference: &mut Reference) {
+        let current = ImageKey {
+            reference: reference.id,
+            image_revision: reference.versions.image_revision,
+        };
+        for (key, image, mask) in self.extensions.poll() {
+            if key == current {
+                reference.replace_image(Version {
+                    image: std::sync::Arc::new(image),
+                    path: None,
+                });
+                reference.mask = MaskLayer::from_image(mask);
+                self.view.reset();
+            }
+        }
         ui.horizontal_wrapped(|ui| {
             ui.label("Extend");
             for (value, side) in self
@@ -286,27 +310,35 @@ impl CanvasPanel {
                 right,
                 bottom,
             };
+            let idle = !self.extensions.is_busy();
             if ui
-                .add_enabled(!extend.is_empty(), egui::Button::new("Extend canvas"))
+                .add_enabled(
+                    idle && !extend.is_empty(),
+                    egui::Button::new("Extend canvas"),
+                )
                 .on_hover_text("Grow the picture; the new area is masked for the next generation")
                 .clicked()
             {
-                let (image, mask) = extend_canvas(
-                    &reference.image,
-                    Some(reference.mask.pixels()),
-                    extend,
-                    ExtendFill::Edge,
-                    0,
-                );
-                reference.replace_image(Version {
-                    image: std::sync::Arc::new(image),
-                    path: None,
+                let image = reference.image.clone();
+                let mask = reference.mask.pixels().clone();
+                let spawned = self.extensions.spawn("extend-canvas", ui.ctx(), move || {
+                    let (image, mask) =
+                        extend_canvas(&image, Some(&mask), extend, ExtendFill::Edge, 0);
+                    (current, image, mask)
                 });
-                reference.mask = MaskLayer::from_image(mask);
-                self.extend_px = [0; 4];
-                self.view.reset();
+                if spawned.is_ok() {
+                    self.extend_px = [0; 4];
+                }
+            }
+            if !idle {
+                ui.spinner();
             }
         });
+    }
+
+    /// Whether an extended canvas is still being made.
+    pub fn is_extending(&self) -> bool {
+        self.extensions.is_busy()
     }
 
     /// The box a job would cut around `reference`'s mask, when the masked area is painted:
