@@ -1003,6 +1003,13 @@ fn a_result_goes_to_the_canvas_with_its_mask_and_steps_back_and_forth() {
         "no new reference"
     );
     harness.get_by_label("Version 2 of 2");
+    click(&mut harness, "Compare with previous");
+    assert!(
+        harness.state().canvas.is_comparing(),
+        "the previous version is shown"
+    );
+    click(&mut harness, "Compare with previous");
+    assert!(!harness.state().canvas.is_comparing());
 
     click(&mut harness, "Previous version");
     let init = harness.state().references.init().expect("init");

@@ -125,6 +125,10 @@ pub struct CanvasPanel {
     feather_previews: Background<(FeatherKey, image::GrayImage)>,
     /// Pixels to add left, top, right and bottom with "Extend canvas".
     pub extend_px: [u32; 4],
+    /// Whether the canvas shows the previous version instead of the current image.
+    pub compare: bool,
+    /// The previous version's textures while comparing: for which image they were made.
+    previous: Option<(ImageKey, TiledTexture)>,
     /// Extended canvases being made off the UI thread: for which reference and image.
     extensions: Background<(ImageKey, image::RgbImage, image::GrayImage)>,
     feather_requested: Option<FeatherKey>,
@@ -158,7 +162,7 @@ impl CanvasPanel {
             return None;
         };
         self.toolbar(ui, &mut reference.mask, &mut action);
-        versions_bar(ui, reference);
+        self.versions_bar(ui, reference);
         self.extend_bar(ui, reference);
         let crop = self.masked_area_box(reference, native_px);
         self.inpaint_bar(ui, crop);
@@ -336,6 +340,85 @@ impl CanvasPanel {
         });
     }
 
+    /// Steps through the images results replaced, when there are any, and compares with the
+    /// previous one.
+    fn versions_bar(&mut self, ui: &mut egui::Ui, reference: &mut Reference) {
+        let versions = &reference.versions;
+        if versions.earlier.is_empty() && versions.later.is_empty() {
+            self.compare = false;
+            return;
+        }
+        let (earlier, later) = (versions.earlier.len(), versions.later.len());
+        ui.horizontal_wrapped(|ui| {
+            ui.label(format!(
+                "Version {} of {}",
+                earlier + 1,
+                earlier + later + 1
+            ));
+            if ui
+                .add_enabled(earlier > 0, egui::Button::new("Previous version"))
+                .on_hover_text("Back to the image before the last result replaced it")
+                .clicked()
+            {
+                reference.previous_version();
+            }
+            if ui
+                .add_enabled(later > 0, egui::Button::new("Next version"))
+                .clicked()
+            {
+                reference.next_version();
+            }
+            ui.add_enabled(
+                earlier > 0,
+                egui::Checkbox::new(&mut self.compare, "Compare with previous"),
+            )
+            .on_hover_text("Show the previous version in place of this one");
+            if self.is_comparing() {
+                ui.weak("(the previous version is shown)");
+            }
+        });
+        if reference.versions.earlier.is_empty() {
+            self.compare = false;
+        }
+    }
+
+    /// The previous version's textures, made when a comparison first shows them.
+    fn previous_textures(
+        &mut self,
+        ctx: &egui::Context,
+        reference: &Reference,
+    ) -> Option<&TiledTexture> {
+        let previous = reference.versions.earlier.last()?;
+        if previous.image.dimensions() != reference.image.dimensions() {
+            return None;
+        }
+        let key = ImageKey {
+            reference: reference.id,
+            image_revision: reference.versions.image_revision,
+        };
+        if self
+            .previous
+            .as_ref()
+            .is_none_or(|(made_for, _)| *made_for != key)
+        {
+            let image = &previous.image;
+            let texture = TiledTexture::new(
+                ctx,
+                &format!("previous-{}", reference.id),
+                image.dimensions(),
+                egui::TextureOptions::LINEAR,
+                |rect| rgb_pixels(image, rect),
+            );
+            self.previous = Some((key, texture));
+        }
+        self.previous.as_ref().map(|(_, texture)| texture)
+    }
+
+    /// Whether the canvas shows the previous version now.
+    pub fn is_comparing(&self) -> bool {
+        self.compare && self.previous.is_some()
+    }
+
     /// Whether an extended canvas is still being made.
     pub fn is_extending(&self) -> bool {
         self.extensions.is_busy()
@@ -449,12 +532,25 @@ impl CanvasPanel {
         let image_rect = self.view.image_rect(panel, image_px);
         let overlay_visible = self.brush.overlay_visible;
         let scale = self.view.scale(panel, image_px);
-        let textures = self.textures_for(ui.ctx(), reference);
         let painter = ui.painter_at(panel);
         painter.rect_filled(panel, 0.0, ui.visuals().extreme_bg_color);
-        textures.image.paint(&painter, image_rect, scale, panel);
-        if overlay_visible {
-            textures.overlay.paint(&painter, image_rect, scale, panel);
+        self.textures_for(ui.ctx(), reference);
+        let comparing = self.compare && self.previous_textures(ui.ctx(), reference).is_some();
+        if !comparing {
+            self.previous = None;
+        }
+        let Some(textures) = self.textures.as_ref() else {
+            return;
+        };
+        match self.previous.as_ref().filter(|_| comparing) {
+            // The previous version, without the mask: what the result replaced.
+            Some((_, previous)) => previous.paint(&painter, image_rect, scale, panel),
+            None => {
+                textures.image.paint(&painter, image_rect, scale, panel);
+                if overlay_visible {
+                    textures.overlay.paint(&painter, image_rect, scale, panel);
+                }
+            }
         }
         // The masked area's box, where the model will paint.
         if let Some(crop) = crop {
@@ -564,35 +660,6 @@ impl CanvasPanel {
         }
         textures
     }
-}
-
-/// Steps through the images results replaced, when there are any.
-fn versions_bar(ui: &mut egui::Ui, reference: &mut Reference) {
-    let versions = &reference.versions;
-    if versions.earlier.is_empty() && versions.later.is_empty() {
-        return;
-    }
-    let (earlier, later) = (versions.earlier.len(), versions.later.len());
-    ui.horizontal_wrapped(|ui| {
-        ui.label(format!(
-            "Version {} of {}",
-            earlier + 1,
-            earlier + later + 1
-        ));
-        if ui
-            .add_enabled(earlier > 0, egui::Button::new("Previous version"))
-            .on_hover_text("Back to the image before the last result replaced it")
-            .clicked()
-        {
-            reference.previous_version();
-        }
-        if ui
-            .add_enabled(later > 0, egui::Button::new("Next version"))
-            .clicked()
-        {
-            reference.next_version();
-        }
-    });
 }
 
 fn area_name(area: InpaintArea) -> &'static str {
