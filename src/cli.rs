@@ -18,7 +18,6 @@ use easel_engine::image_file::{read_mask_file, read_rgb_image};
 use easel_engine::output::{save_new_result, save_png_with_parameters};
 
 pub use crate::cli_checks::UsageError;
-use easel_engine::pipeline::masked_area::MaskedArea;
 use easel_engine::pipeline::outpaint::{extend_canvas, Extend, ExtendFill};
 use easel_engine::pipeline::request::{
     Adapter, GenerateRequest, InpaintArea, InpaintOptions, Reference, SourceImage,
@@ -519,14 +518,8 @@ fn generate(
         candle_core::DType::F32,
     )?;
     // A masked-area inpaint runs on its crop: that is what the model must take.
-    let opened_info = opened.info();
-    let runs = MaskedArea::prepare(
-        &request,
-        opened_info.native_size_px,
-        opened_info.size_multiple_px,
-    )
-    .map_or_else(|| request.clone(), |(crop, _)| crop);
-    easel_engine::families::plan(opened.as_ref(), &runs).map_err(|e| UsageError(format!("{e}")))?;
+    easel_engine::families::plan_as_run(opened.as_ref(), &request)
+        .map_err(|e| UsageError(format!("{e}")))?;
     drop(opened);
     let engine = Engine::spawn(config, Arc::new(|| {}))?;
 

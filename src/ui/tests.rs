@@ -867,6 +867,17 @@ fn window_with_picture(folders: &Folders) -> Harness<'static, EaselApp> {
     harness
 }
 
+/// The init image's pixels.
+fn init_image(harness: &Harness<'_, EaselApp>) -> Arc<image::RgbImage> {
+    harness
+        .state()
+        .references
+        .init()
+        .expect("init")
+        .image
+        .clone()
+}
+
 /// A hard brush stroke of `radius_px` on the init image's mask, from `from` to `to`.
 fn paint_stroke(
     harness: &mut Harness<'_, EaselApp>,
@@ -969,13 +980,7 @@ fn a_result_goes_to_the_canvas_with_its_mask_and_steps_back_and_forth() {
     }
     let folders = Folders::new();
     let mut harness = window_with_picture(&folders);
-    let original = harness
-        .state()
-        .references
-        .init()
-        .expect("init")
-        .image
-        .clone();
+    let original = init_image(&harness);
     paint_stroke(&mut harness, (20.0, 20.0), (40.0, 30.0), 5.0);
     let mask = harness
         .state()
@@ -1047,13 +1052,7 @@ fn extending_the_canvas_masks_the_new_area_and_generating_keeps_the_picture() {
     }
     let folders = Folders::new();
     let mut harness = window_with_picture(&folders);
-    let original = harness
-        .state()
-        .references
-        .init()
-        .expect("init")
-        .image
-        .clone();
+    let original = init_image(&harness);
     harness.state_mut().canvas.extend_px = [16, 0, 32, 8];
     harness.step();
     click(&mut harness, "Extend canvas");

@@ -271,20 +271,7 @@ fn measure_mode(
     let warm = run_job(&engine, request)?;
     let peak_rss_bytes = peak_rss_bytes().filter(|_| peak_resettable);
     let after_unload_rss_bytes = unload(&engine)?.max(first_unload_rss);
-    let stage_secs = |output: &JobOutput, wanted: &dyn Fn(&str) -> bool| -> Vec<f64> {
-        output
-            .timings
-            .stages
-            .iter()
-            .filter(|(stage, _)| wanted(stage))
-            .map(|(_, took)| took.as_secs_f64())
-            .collect()
-    };
     let is_load = |stage: &str| stage.starts_with("load ");
-    // A job's first step also pays for first-touching its activation memory (given back to
-    // the OS at every unload); it is reported apart so the median is the steady step.
-    let is_first_step = |stage: &str| stage == "step 1";
-    let is_later_step = |stage: &str| stage.starts_with("step ") && stage != "step 1";
     let is_decode = |stage: &str| stage == "decode";
     let mut first_steps = stage_secs(&cold, &is_first_step);
     first_steps.extend(stage_secs(&warm, &is_first_step));
@@ -305,6 +292,28 @@ fn measure_mode(
         peak_rss_bytes,
         after_unload_rss_bytes,
     })
+}
+
+/// The seconds of `output`'s stages that `wanted` picks.
+fn stage_secs(output: &JobOutput, wanted: &dyn Fn(&str) -> bool) -> Vec<f64> {
+    output
+        .timings
+        .stages
+        .iter()
+        .filter(|(stage, _)| wanted(stage))
+        .map(|(_, took)| took.as_secs_f64())
+        .collect()
+}
+
+/// A job's first step, which also pays for first-touching its activation memory (given back
+/// to the OS at every unload): reported apart, so that the median is the steady step.
+fn is_first_step(stage: &str) -> bool {
+    stage == "step 1"
+}
+
+/// Every step after the first.
+fn is_later_step(stage: &str) -> bool {
+    stage.starts_with("step ") && !is_first_step(stage)
 }
 
 /// Runs `request` to its end.

@@ -6,7 +6,10 @@
 use image::{Rgb, RgbImage};
 
 use super::report::ReferenceRun;
-use super::{median, peak_rss_bytes, reset_peak_rss, run_job, spawn, BenchError, BenchOptions};
+use super::{
+    is_first_step, is_later_step, median, peak_rss_bytes, reset_peak_rss, run_job, spawn,
+    stage_secs, BenchError, BenchOptions,
+};
 use crate::pipeline::request::{GenerateRequest, Reference};
 
 /// The counts run when none are asked for.
@@ -40,21 +43,9 @@ pub(super) fn measure(
                 .collect();
             let peak_resettable = reset_peak_rss();
             let output = run_job(&engine, &job)?;
-            let mut steps: Vec<f64> = output
-                .timings
-                .stages
-                .iter()
-                .filter(|(stage, _)| stage.starts_with("step ") && stage != "step 1")
-                .map(|(_, took)| took.as_secs_f64())
-                .collect();
+            let mut steps = stage_secs(&output, &is_later_step);
             if steps.is_empty() {
-                steps = output
-                    .timings
-                    .stages
-                    .iter()
-                    .filter(|(stage, _)| stage.starts_with("step "))
-                    .map(|(_, took)| took.as_secs_f64())
-                    .collect();
+                steps = stage_secs(&output, &is_first_step);
             }
             Ok(ReferenceRun {
                 references: count,

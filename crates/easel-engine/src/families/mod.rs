@@ -23,6 +23,7 @@ pub use info::{
 pub use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
 use crate::models::vae::VaeTiling;
+use crate::pipeline::masked_area::MaskedArea;
 use crate::pipeline::noise::NoiseSource;
 pub use crate::pipeline::plan::Plan;
 use crate::pipeline::request::{GenerateRequest, Reference, RequestError};
@@ -281,6 +282,28 @@ pub fn load_these(
         }
     }
     Ok(())
+}
+
+/// A masked-area inpaint of `request` on `model`: the crop's request and what blends its
+/// result back; `None` when the request runs as it is (see `pipeline::masked_area`).
+pub fn masked_area_of(
+    model: &dyn LoadedModel,
+    request: &GenerateRequest,
+) -> Option<(GenerateRequest, MaskedArea)> {
+    let info = model.info();
+    MaskedArea::prepare(request, info.native_size_px, info.size_multiple_px)
+}
+
+/// The plan of what the engine thread will run for `request`: the crop's, for a masked-area
+/// inpaint. What a client checks before it sends a job.
+pub fn plan_as_run(
+    model: &dyn LoadedModel,
+    request: &GenerateRequest,
+) -> Result<Plan, RequestError> {
+    match masked_area_of(model, request) {
+        Some((crop, _)) => plan(model, &crop),
+        None => plan(model, request),
+    }
 }
 
 /// Step 1: checks `request` once against `model` (before any weights load) into the plan

@@ -5,6 +5,7 @@
 //! diffusers folder. Quantized blocks run along a row, so q, k and v are cut from the stacked
 //! `qkv` rows, and `norm_out`'s halves swapped, on the stored bytes, without dequantizing.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,9 @@ pub struct GgufTransformer {
     naming: Naming,
     inner: usize,
     device: Device,
+    /// The last stacked tensor rows were cut from: q, k and v come from one `qkv` each, so
+    /// it is read once, not three times.
+    last_stacked: RefCell<Option<(String, QTensor)>>,
 }
 
 impl GgufTransformer {
@@ -69,6 +73,7 @@ impl GgufTransformer {
             naming,
             inner,
             device: device.clone(),
+            last_stacked: RefCell::new(None),
         })
     }
 
@@ -87,8 +92,15 @@ impl GgufTransformer {
             Naming::Bfl(prefix) => match bfl_source(name, self.inner).ok_or_else(missing)? {
                 Source::Whole(bfl) => self.read(&format!("{prefix}{bfl}"))?,
                 Source::Rows(bfl, start, len) => {
-                    let whole = self.read(&format!("{prefix}{bfl}"))?;
-                    rows(&whole, &[(start, len)])?
+                    let name = format!("{prefix}{bfl}");
+                    let mut last = self.last_stacked.borrow_mut();
+                    if last.as_ref().is_none_or(|(read, _)| *read != name) {
+                        *last = Some((name.clone(), self.read(&name)?));
+                    }
+                    let Some((_, whole)) = last.as_ref() else {
+                        unreachable!("read above")
+                    };
+                    rows(whole, &[(start, len)])?
                 }
                 Source::SwappedHalves(bfl) => {
                     let whole = self.read(&format!("{prefix}{bfl}"))?;

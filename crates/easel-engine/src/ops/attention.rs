@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 
+use super::f32_slice;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -66,9 +67,9 @@ impl CustomOp3 for AttentionOp {
                 v_layout.shape()
             );
         }
-        let q = contiguous_slice(q, q_layout)?;
-        let k = contiguous_slice(k, k_layout)?;
-        let v = contiguous_slice(v, v_layout)?;
+        let q = f32_slice("attention", q, q_layout)?;
+        let k = f32_slice("attention", k, k_layout)?;
+        let v = f32_slice("attention", v, v_layout)?;
         let scale = self.scale as f32;
         let mut out = vec![0f32; batch * heads * queries * width];
         if width > 0 && queries > 0 {
@@ -92,14 +93,6 @@ impl CustomOp3 for AttentionOp {
             CpuStorage::F32(out),
             Shape::from((batch, heads, queries, width)),
         ))
-    }
-}
-
-fn contiguous_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let values = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => candle_core::bail!("attention: the operands must be contiguous"),
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 
+use super::f32_slice;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
@@ -174,23 +175,15 @@ impl CustomOp3 for Conv2dOp {
             stride: self.stride,
             padding: self.padding,
         };
-        let input = contiguous_slice(input, input_layout)?;
-        let weight = contiguous_slice(weight, weight_layout)?;
-        let bias = contiguous_slice(bias, bias_layout)?;
+        let input = f32_slice("conv2d", input, input_layout)?;
+        let weight = f32_slice("conv2d", weight, weight_layout)?;
+        let bias = f32_slice("conv2d", bias, bias_layout)?;
         let mut out = vec![0f32; batch * out_channels * dims.out_h * dims.out_w];
         convolve(&dims, input, weight, bias, &mut out);
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, out_channels, dims.out_h, dims.out_w)),
         ))
-    }
-}
-
-fn contiguous_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let values = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => candle_core::bail!("conv2d: the operands must be contiguous"),
     }
 }
 

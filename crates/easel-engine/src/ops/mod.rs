@@ -5,5 +5,20 @@
 pub mod attention;
 pub mod conv2d;
 
+use candle_core::{CpuStorage, Layout, Result};
+
 pub use attention::attention;
 pub use conv2d::{conv2d, Conv2d};
+
+/// The f32 values a contiguous operand of op `op` holds.
+pub(crate) fn f32_slice<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [f32]> {
+    let values = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => candle_core::bail!("{op}: the operands must be contiguous"),
+    }
+}

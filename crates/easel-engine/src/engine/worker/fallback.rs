@@ -4,7 +4,7 @@
 
 use super::Worker;
 use crate::engine::messages::{Event, JobId, JobOutput, Strategy};
-use crate::families::{plan, LoadedModel};
+use crate::families::{masked_area_of, plan, LoadedModel};
 use crate::models::vae::VaeTiling;
 use crate::pipeline::masked_area::MaskedArea;
 use crate::pipeline::request::GenerateRequest;
@@ -23,8 +23,7 @@ impl Worker {
         model: &mut dyn LoadedModel,
     ) -> Result<JobOutput, PipelineError> {
         // An inpaint of the masked area runs on its crop and is blended back at the end.
-        let info = model.info();
-        let masked_area = MaskedArea::prepare(request, info.native_size_px, info.size_multiple_px);
+        let masked_area = masked_area_of(model, request);
         let request = masked_area.as_ref().map_or(request, |(crop, _)| crop);
         let output = self.run_with_strategies(job, request, model)?;
         Ok(match masked_area {
