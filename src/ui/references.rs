@@ -52,6 +52,20 @@ pub struct Version {
     pub image: Arc<RgbImage>,
     /// Where they are saved.
     pub path: Option<PathBuf>,
+    /// Its own mask, when it is not the canvas's size: the mask it had when an image of
+    /// another size replaced it, or the one it comes with.
+    pub mask: Option<GrayImage>,
+}
+
+impl Version {
+    /// An image (saved at `path`, if it is) that keeps the canvas's mask.
+    pub fn new(image: Arc<RgbImage>, path: Option<PathBuf>) -> Self {
+        Self {
+            image,
+            path,
+            mask: None,
+        }
+    }
 }
 
 /// A reference's history across generations: undo and redo of "result to canvas".
@@ -79,13 +93,13 @@ impl Reference {
         paths.into_iter().skip(skip).collect()
     }
 
-    /// Shows `next` in place of the current image, which becomes the previous version; the
-    /// mask stays when the sizes match (else a new, empty one).
+    /// Shows `next` in place of the current image, which becomes the previous version. The
+    /// mask stays when the sizes match (it survives generations); across a size change each
+    /// version keeps its own (see `swap_in`).
     pub fn replace_image(&mut self, next: Version) {
-        let current = self.current_version();
-        self.versions.earlier.push(current);
+        let outgoing = self.swap_in(next);
+        self.versions.earlier.push(outgoing);
         self.versions.later.clear();
-        self.show(next);
     }
 
     /// Back to the previous version; false when there is none.
@@ -93,9 +107,8 @@ impl Reference {
         let Some(previous) = self.versions.earlier.pop() else {
             return false;
         };
-        let current = self.current_version();
-        self.versions.later.push(current);
-        self.show(previous);
+        let outgoing = self.swap_in(previous);
+        self.versions.later.push(outgoing);
         true
     }
 
@@ -104,31 +117,37 @@ impl Reference {
         let Some(next) = self.versions.later.pop() else {
             return false;
         };
-        let current = self.current_version();
-        self.versions.earlier.push(current);
-        self.show(next);
+        let outgoing = self.swap_in(next);
+        self.versions.earlier.push(outgoing);
         true
     }
 
-    fn current_version(&self) -> Version {
-        Version {
-            image: self.image.clone(),
-            path: self.path.clone(),
-        }
-    }
-
-    fn show(&mut self, version: Version) {
-        if version.image.dimensions() != self.image.dimensions() {
-            let (width, height) = version.image.dimensions();
-            self.mask = MaskLayer::new(width, height);
-        }
-        self.image = version.image;
-        self.path = version.path;
+    /// Shows `incoming` and returns what it replaced. When the size changes, the outgoing
+    /// version takes the mask with it and the incoming one brings its own (or an empty one),
+    /// so stepping back across an extension finds the mask that was painted there.
+    fn swap_in(&mut self, incoming: Version) -> Version {
+        let (width, height) = incoming.image.dimensions();
+        let outgoing_mask = if (width, height) != self.image.dimensions() {
+            let mask = incoming
+                .mask
+                .filter(|mask| mask.dimensions() == (width, height))
+                .map(MaskLayer::from_image)
+                .unwrap_or_else(|| MaskLayer::new(width, height));
+            Some(std::mem::replace(&mut self.mask, mask).into_pixels())
+        } else {
+            None
+        };
+        let outgoing = Version {
+            image: std::mem::replace(&mut self.image, incoming.image),
+            path: std::mem::replace(&mut self.path, incoming.path),
+            mask: outgoing_mask,
+        };
         self.parameters = None;
         // The panel makes the new thumbnail when it next draws it.
         self.thumbnail = None;
         self.thumbnail_pixels = None;
         self.versions.image_revision += 1;
+        outgoing
     }
 }
 
@@ -194,10 +213,7 @@ impl References {
                 .into_iter()
                 .filter_map(|path| {
                     let image = read_image_file(&path).ok()?;
-                    Some(Version {
-                        image: Arc::new(image),
-                        path: Some(path),
-                    })
+                    Some(Version::new(Arc::new(image), Some(path)))
                 })
                 .collect();
             let image = read_image_file(&path);

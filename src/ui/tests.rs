@@ -367,6 +367,31 @@ fn screen_of(harness: &Harness<'_, EaselApp>, px: Pos2) -> Pos2 {
     rect.min + px.to_vec2() * app.canvas.view.scale(panel, image_px)
 }
 
+/// A primary-button drag from screen point `from` to `to`, in 8 moves.
+fn primary_drag(harness: &mut Harness<'_, EaselApp>, from: Pos2, to: Pos2) {
+    harness.event(Event::PointerMoved(from));
+    harness.step();
+    harness.event(Event::PointerButton {
+        pos: from,
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::NONE,
+    });
+    harness.step();
+    for i in 1..=8 {
+        harness.event(Event::PointerMoved(from + (to - from) * (i as f32 / 8.0)));
+        harness.step();
+    }
+    harness.event(Event::PointerButton {
+        pos: to,
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::NONE,
+    });
+    harness.step();
+    harness.step();
+}
+
 fn mask_at(harness: &Harness<'_, EaselApp>, x: u32, y: u32) -> u8 {
     harness
         .state()
@@ -399,27 +424,7 @@ fn a_dropped_image_takes_a_stroke_that_undo_redo_and_invert_act_on() {
     // A horizontal stroke along row 32, from x=10 to x=50.
     let from = screen_of(&harness, Pos2::new(10.0, 32.0));
     let to = screen_of(&harness, Pos2::new(50.0, 32.0));
-    harness.event(Event::PointerMoved(from));
-    harness.step();
-    harness.event(Event::PointerButton {
-        pos: from,
-        button: PointerButton::Primary,
-        pressed: true,
-        modifiers: Modifiers::NONE,
-    });
-    harness.step();
-    for i in 1..=8 {
-        harness.event(Event::PointerMoved(from + (to - from) * (i as f32 / 8.0)));
-        harness.step();
-    }
-    harness.event(Event::PointerButton {
-        pos: to,
-        button: PointerButton::Primary,
-        pressed: false,
-        modifiers: Modifiers::NONE,
-    });
-    harness.step();
-    harness.step();
+    primary_drag(&mut harness, from, to);
     assert_eq!(mask_at(&harness, 30, 32), 255, "the stroke masked its path");
     assert_eq!(mask_at(&harness, 30, 50), 0, "and nothing far from it");
     harness.get_by_label("Mode: inpaint");
@@ -1093,4 +1098,60 @@ fn extending_the_canvas_masks_the_new_area_and_generating_keeps_the_picture() {
             .dimensions(),
         (64, 64)
     );
+}
+
+#[test]
+fn dragging_the_frame_sets_the_extension_and_each_size_keeps_its_own_mask() {
+    if parity_missing() {
+        return;
+    }
+    let folders = Folders::new();
+    let mut harness = window_with_picture(&folders);
+    let original = init_image(&harness);
+    paint_stroke(&mut harness, (10.0, 10.0), (20.0, 10.0), 3.0);
+    let painted = harness.state().references.init().expect("init").mask.pixels().clone();
+    // Zoomed out so that the frame has room to grow inside the panel.
+    harness.state_mut().canvas.view.zoom = 0.5;
+    click(&mut harness, "Frame");
+    assert!(harness.state().canvas.framing);
+
+    // The right edge dragged 16 px out, then the top-left corner 8 px left and 24 px up.
+    let from = screen_of(&harness, Pos2::new(60.0, 32.0));
+    let to = screen_of(&harness, Pos2::new(76.0, 32.0));
+    primary_drag(&mut harness, from, to);
+    assert_eq!(harness.state().canvas.extend_px, [0, 0, 16, 0]);
+    let from = screen_of(&harness, Pos2::new(2.0, 2.0));
+    let to = screen_of(&harness, Pos2::new(-8.0, -24.0));
+    primary_drag(&mut harness, from, to);
+    assert_eq!(harness.state().canvas.extend_px, [8, 24, 16, 0]);
+    harness.get_by_label("New size: 88x88 px");
+    assert_eq!(
+        harness.state().references.init().expect("init").mask.pixels(),
+        &painted,
+        "framing paints nothing"
+    );
+
+    click(&mut harness, "Extend canvas");
+    run_until(&mut harness, "the extended canvas", |app| {
+        app.references
+            .init()
+            .is_some_and(|r| r.image.dimensions() == (88, 88))
+    });
+    let init = harness.state().references.init().expect("init");
+    for (x, y, pixel) in original.enumerate_pixels() {
+        assert_eq!(init.image.get_pixel(x + 8, y + 24), pixel);
+    }
+    let extended = init.mask.pixels().clone();
+    assert_eq!(extended.get_pixel(0, 0)[0], 255, "the new area is masked");
+
+    // Back to the smaller picture: its own stroke, not an empty mask; forward again: the
+    // extension's mask.
+    click(&mut harness, "Previous version");
+    let init = harness.state().references.init().expect("init");
+    assert_eq!(init.image.dimensions(), (64, 64));
+    assert_eq!(init.mask.pixels(), &painted);
+    click(&mut harness, "Next version");
+    let init = harness.state().references.init().expect("init");
+    assert_eq!(init.image.dimensions(), (88, 88));
+    assert_eq!(init.mask.pixels(), &extended);
 }

@@ -178,6 +178,11 @@ impl MaskLayer {
         }
     }
 
+    /// The mask pixels, without the history.
+    pub fn into_pixels(self) -> GrayImage {
+        self.pixels
+    }
+
     /// The mask pixels.
     pub fn pixels(&self) -> &GrayImage {
         &self.pixels

@@ -2,6 +2,7 @@
 //! it with brush and eraser, shown as a translucent overlay.
 
 pub mod bench;
+mod frame;
 pub mod mask;
 pub mod tiles;
 pub mod view;
@@ -16,6 +17,7 @@ use super::background::Background;
 use super::references::{Reference, Version};
 use mask::{BrushTip, MaskLayer, Tool};
 use tiles::{rgb_pixels, TiledTexture};
+use frame::{FrameDrag, MAX_EXTEND_PX};
 use view::CanvasView;
 
 /// The overlay colour (alpha is the mask value scaled by `OVERLAY_OPACITY`).
@@ -109,6 +111,7 @@ struct ImageKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FeatherKey {
     reference: u64,
+    image_revision: u64,
     revision: u64,
     feather_px: u32,
 }
@@ -123,8 +126,13 @@ pub struct CanvasPanel {
     textures: Option<CanvasTextures>,
     panning: bool,
     feather_previews: Background<(FeatherKey, image::GrayImage)>,
-    /// Pixels to add left, top, right and bottom with "Extend canvas".
+    /// Pixels to add left, top, right and bottom with "Extend canvas" (typed, or set by
+    /// dragging the frame).
     pub extend_px: [u32; 4],
+    /// Whether the frame tool is chosen: a drag grows the frame instead of painting.
+    pub framing: bool,
+    /// The sides the frame drag in progress moves.
+    frame_drag: Option<FrameDrag>,
     /// Whether the canvas shows the previous version instead of the current image.
     pub compare: bool,
     /// The previous version's textures while comparing: for which image they were made.
@@ -177,10 +185,25 @@ impl CanvasPanel {
         mask: &mut MaskLayer,
         action: &mut Option<CanvasAction>,
     ) {
+        let framing = &mut self.framing;
         let b = &mut self.brush;
         ui.horizontal_wrapped(|ui| {
-            ui.selectable_value(&mut b.tool, Tool::Brush, "Brush");
-            ui.selectable_value(&mut b.tool, Tool::Eraser, "Eraser");
+            for (tool, name) in [(Tool::Brush, "Brush"), (Tool::Eraser, "Eraser")] {
+                if ui
+                    .selectable_label(!*framing && b.tool == tool, name)
+                    .clicked()
+                {
+                    b.tool = tool;
+                    *framing = false;
+                }
+            }
+            if ui
+                .selectable_label(*framing, "Frame")
+                .on_hover_text("Drag an edge or a corner outwards to extend the canvas there")
+                .clicked()
+            {
+                *framing = true;
+            }
             let label = ui.label("Size");
             ui.add(
                 egui::DragValue::new(&mut b.radius_px)
@@ -291,20 +314,22 @@ impl CanvasPanel {
                 reference.replace_image(Version {
                     image: std::sync::Arc::new(image),
                     path: None,
+                    mask: Some(mask),
                 });
-                reference.mask = MaskLayer::from_image(mask);
                 self.view.reset();
             }
         }
         ui.horizontal_wrapped(|ui| {
-            ui.label("Extend");
+            ui.label("Extend").on_hover_text(
+                "Pixels to add on each side; or choose Frame and drag the picture's edges",
+            );
             for (value, side) in self
                 .extend_px
                 .iter_mut()
                 .zip(["left", "top", "right", "bottom"])
             {
                 let label = ui.label(side);
-                ui.add(egui::DragValue::new(value).range(0..=4096).suffix(" px"))
+                ui.add(egui::DragValue::new(value).range(0..=MAX_EXTEND_PX).suffix(" px"))
                     .labelled_by(label.id);
             }
             let [left, top, right, bottom] = self.extend_px;
@@ -336,6 +361,14 @@ impl CanvasPanel {
             }
             if !idle {
                 ui.spinner();
+            }
+            if !extend.is_empty() {
+                let (width, height) = reference.image.dimensions();
+                ui.label(format!(
+                    "New size: {}x{} px",
+                    width + left + right,
+                    height + top + bottom
+                ));
             }
         });
     }
@@ -518,8 +551,23 @@ impl CanvasPanel {
         let pointer_px = response
             .interact_pointer_pos()
             .map(|p| self.view.image_px_at(panel, image_px, p));
+        let painting = pressed_here && primary && !self.panning;
+        if self.framing {
+            // The frame tool: the grabbed sides follow the pointer; the mask is untouched.
+            match pointer_px {
+                Some(p) if painting => {
+                    if self.frame_drag.is_none() {
+                        self.frame_drag = FrameDrag::grab(p, image_px);
+                    }
+                    if let Some(drag) = self.frame_drag {
+                        drag.drag_to(p, image_px, &mut self.extend_px);
+                    }
+                }
+                _ => self.frame_drag = None,
+            }
+        }
         match pointer_px {
-            Some(p) if pressed_here && primary && !self.panning => {
+            Some(p) if painting && !self.framing => {
                 if mask.is_painting() {
                     mask.extend_stroke(self.brush.tip(), (p.x, p.y));
                 } else {
@@ -564,8 +612,9 @@ impl CanvasPanel {
                 egui::StrokeKind::Outside,
             );
         }
+        frame::paint_frame(&painter, image_rect, scale, self.extend_px);
         // The brush outline, so the artist sees its size at this zoom.
-        if let Some(hover) = response.hover_pos() {
+        if let Some(hover) = response.hover_pos().filter(|_| !self.framing) {
             let radius = self.brush.radius_px * self.view.scale(panel, image_px);
             painter.circle_stroke(hover, radius, (1.0, ui.visuals().strong_text_color()));
         }
@@ -610,6 +659,7 @@ impl CanvasPanel {
         };
         let wanted = FeatherKey {
             reference: reference.id,
+            image_revision: reference.versions.image_revision,
             revision: mask.revision(),
             feather_px: feather,
         };
