@@ -167,8 +167,7 @@ impl EaselApp {
                 let Some(entry) = self.results.history.get(index) else {
                     return;
                 };
-                let version =
-                    Version::new(entry.image.clone(), entry.saved.as_ref().ok().cloned());
+                let version = Version::new(entry.image.clone(), entry.saved.as_ref().ok().cloned());
                 match self.references.init_mut() {
                     Some(init) => init.replace_image(version),
                     None => {

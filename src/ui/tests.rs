@@ -1109,7 +1109,14 @@ fn dragging_the_frame_sets_the_extension_and_each_size_keeps_its_own_mask() {
     let mut harness = window_with_picture(&folders);
     let original = init_image(&harness);
     paint_stroke(&mut harness, (10.0, 10.0), (20.0, 10.0), 3.0);
-    let painted = harness.state().references.init().expect("init").mask.pixels().clone();
+    let painted = harness
+        .state()
+        .references
+        .init()
+        .expect("init")
+        .mask
+        .pixels()
+        .clone();
     // Zoomed out so that the frame has room to grow inside the panel.
     harness.state_mut().canvas.view.zoom = 0.5;
     click(&mut harness, "Frame");
@@ -1126,7 +1133,13 @@ fn dragging_the_frame_sets_the_extension_and_each_size_keeps_its_own_mask() {
     assert_eq!(harness.state().canvas.extend_px, [8, 24, 16, 0]);
     harness.get_by_label("New size: 88x88 px");
     assert_eq!(
-        harness.state().references.init().expect("init").mask.pixels(),
+        harness
+            .state()
+            .references
+            .init()
+            .expect("init")
+            .mask
+            .pixels(),
         &painted,
         "framing paints nothing"
     );

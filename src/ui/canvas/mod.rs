@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::background::Background;
 use super::references::{Reference, Version};
+use frame::{FrameDrag, MAX_EXTEND_PX};
 use mask::{BrushTip, MaskLayer, Tool};
 use tiles::{rgb_pixels, TiledTexture};
-use frame::{FrameDrag, MAX_EXTEND_PX};
 use view::CanvasView;
 
 /// The overlay colour (alpha is the mask value scaled by `OVERLAY_OPACITY`).
@@ -329,8 +329,12 @@ impl CanvasPanel {
                 .zip(["left", "top", "right", "bottom"])
             {
                 let label = ui.label(side);
-                ui.add(egui::DragValue::new(value).range(0..=MAX_EXTEND_PX).suffix(" px"))
-                    .labelled_by(label.id);
+                ui.add(
+                    egui::DragValue::new(value)
+                        .range(0..=MAX_EXTEND_PX)
+                        .suffix(" px"),
+                )
+                .labelled_by(label.id);
             }
             let [left, top, right, bottom] = self.extend_px;
             let extend = Extend {

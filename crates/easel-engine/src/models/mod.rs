@@ -23,6 +23,7 @@ pub mod tensor_reader;
 pub mod tiles;
 pub mod tokenizer;
 pub mod unet;
+pub mod unet_blocks;
 pub mod vae;
 pub mod vae_blocks;
 pub mod weights;

@@ -1,7 +1,7 @@
 //! The Stable Diffusion UNet (`UNet2DConditionModel`) built from its `config.json`.
 //!
-//! candle-transformers supplies the blocks; Easel assembles them so that it can add what
-//! candle's own UNet lacks: SDXL's `text_time` addition embedding (pooled text and size/crop
+//! The blocks are Easel's own (`unet_blocks`, over Easel's convolution and attention); the
+//! timestep features come from candle-transformers. Easel adds what candle's own UNet lacks: SDXL's `text_time` addition embedding (pooled text and size/crop
 //! time ids added to the timestep embedding), per-block head counts and transformer depths read
 //! from the config, and the timestep embedding computed in f32 whatever the weights' dtype.
 
@@ -10,14 +10,11 @@ use std::path::Path;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{self as nn, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    CrossAttnDownBlock2D, CrossAttnDownBlock2DConfig, CrossAttnUpBlock2D, CrossAttnUpBlock2DConfig,
-    DownBlock2D, DownBlock2DConfig, UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig,
-    UpBlock2D, UpBlock2DConfig,
-};
 
 use super::config::UnetConfig;
 use super::error::ModelError;
+use super::unet_blocks::{DownBlock, LevelShape, MidBlock, ResnetShape, TransformerShape, UpBlock};
+use crate::ops::{conv2d, Conv2d};
 
 /// One down or up block's shape, resolved from the config.
 #[derive(Debug, Clone, Copy)]
@@ -176,27 +173,6 @@ impl UnetShape {
     }
 }
 
-#[derive(Debug)]
-enum DownBlock {
-    Plain(DownBlock2D),
-    CrossAttn(CrossAttnDownBlock2D),
-}
-
-#[derive(Debug)]
-enum UpBlock {
-    Plain(UpBlock2D),
-    CrossAttn(CrossAttnUpBlock2D),
-}
-
-impl UpBlock {
-    fn resnet_count(&self) -> usize {
-        match self {
-            UpBlock::Plain(b) => b.resnets.len(),
-            UpBlock::CrossAttn(b) => b.upblock.resnets.len(),
-        }
-    }
-}
-
 /// SDXL's extra conditioning for one forward pass.
 #[derive(Debug, Clone)]
 pub struct TextTimeConditioning {
@@ -216,15 +192,15 @@ struct TextTimeEmbedding {
 /// A loaded UNet.
 #[derive(Debug)]
 pub struct Unet {
-    conv_in: nn::Conv2d,
+    conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     text_time: Option<TextTimeEmbedding>,
     down_blocks: Vec<DownBlock>,
-    mid_block: UNetMidBlock2DCrossAttn,
+    mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2d,
+    conv_out: Conv2d,
     shape: UnetShape,
     dtype: DType,
 }
@@ -233,16 +209,25 @@ impl Unet {
     /// Builds the UNet of `shape` from the weights in `vb`.
     pub fn new(vb: VarBuilder, shape: UnetShape) -> Result<Self> {
         let cfg = &shape.config;
-        let blocks = &shape.blocks;
-        let n = blocks.len();
-        let first_channels = blocks[0].out_channels;
-        let last = blocks[n - 1];
+        let n = shape.blocks.len();
+        let levels: Vec<LevelShape> = shape
+            .blocks
+            .iter()
+            .map(|block| LevelShape {
+                channels: block.out_channels,
+                attention: block
+                    .cross_attention_depth
+                    .map(|depth| (depth, block.heads)),
+            })
+            .collect();
+        let first_channels = levels[0].channels;
+        let last = shape.blocks[n - 1];
         let time_embed_dim = first_channels * 4;
         let conv3 = nn::Conv2dConfig {
             padding: 1,
             ..Default::default()
         };
-        let conv_in = nn::conv2d(
+        let conv_in = conv2d(
             shape.in_channels,
             first_channels,
             3,
@@ -263,109 +248,66 @@ impl Unet {
             }),
             None => None,
         };
+        let resnet = ResnetShape {
+            time_channels: time_embed_dim,
+            groups: cfg.norm_num_groups,
+            eps: cfg.norm_eps,
+        };
+        let transformer = TransformerShape {
+            context_dim: cfg.cross_attention_dim,
+            groups: cfg.norm_num_groups,
+            linear_projection: cfg.use_linear_projection,
+        };
 
         let mut down_blocks = Vec::with_capacity(n);
-        for (i, block) in blocks.iter().enumerate() {
+        for (i, level) in levels.iter().enumerate() {
             let in_channels = if i == 0 {
                 first_channels
             } else {
-                blocks[i - 1].out_channels
+                levels[i - 1].channels
             };
-            let down_cfg = DownBlock2DConfig {
-                num_layers: cfg.layers_per_block,
-                resnet_eps: cfg.norm_eps,
-                resnet_groups: cfg.norm_num_groups,
-                add_downsample: i + 1 < n,
-                downsample_padding: cfg.downsample_padding,
-                ..Default::default()
-            };
-            let vb_block = vb.pp(format!("down_blocks.{i}"));
-            down_blocks.push(match block.cross_attention_depth {
-                Some(depth) => DownBlock::CrossAttn(CrossAttnDownBlock2D::new(
-                    vb_block,
-                    in_channels,
-                    block.out_channels,
-                    Some(time_embed_dim),
-                    false,
-                    CrossAttnDownBlock2DConfig {
-                        downblock: down_cfg,
-                        attn_num_head_channels: block.heads,
-                        cross_attention_dim: cfg.cross_attention_dim,
-                        sliced_attention_size: None,
-                        use_linear_projection: cfg.use_linear_projection,
-                        transformer_layers_per_block: depth,
-                    },
-                )?),
-                None => DownBlock::Plain(DownBlock2D::new(
-                    vb_block,
-                    in_channels,
-                    block.out_channels,
-                    Some(time_embed_dim),
-                    down_cfg,
-                )?),
-            });
+            down_blocks.push(DownBlock::new(
+                vb.pp(format!("down_blocks.{i}")),
+                in_channels,
+                *level,
+                cfg.layers_per_block,
+                resnet,
+                transformer,
+                (i + 1 < n).then_some(cfg.downsample_padding),
+            )?);
         }
 
-        let mid_block = UNetMidBlock2DCrossAttn::new(
+        let mid_block = MidBlock::new(
             vb.pp("mid_block"),
             last.out_channels,
-            Some(time_embed_dim),
-            false,
-            UNetMidBlock2DCrossAttnConfig {
-                resnet_eps: cfg.norm_eps,
-                output_scale_factor: cfg.mid_block_scale_factor,
-                cross_attn_dim: cfg.cross_attention_dim,
-                attn_num_head_channels: last.heads,
-                resnet_groups: Some(cfg.norm_num_groups),
-                use_linear_projection: cfg.use_linear_projection,
-                transformer_layers_per_block: shape.mid_depth,
-                ..Default::default()
-            },
+            last.heads,
+            shape.mid_depth,
+            resnet,
+            transformer,
+            cfg.mid_block_scale_factor,
         )?;
 
+        // Up block i is level n-1-i: it takes the level below's output and, for its last
+        // resnet, the skip of the level above's input (the first level's for the top one).
         let mut up_blocks = Vec::with_capacity(n);
         for i in 0..n {
-            let block = blocks[n - 1 - i];
-            let prev_out_channels = if i == 0 {
+            let level = n - 1 - i;
+            let from_below = if i == 0 {
                 last.out_channels
             } else {
-                blocks[n - i].out_channels
+                levels[level + 1].channels
             };
-            let in_channels = blocks[if i + 1 == n { 0 } else { n - i - 2 }].out_channels;
-            let up_cfg = UpBlock2DConfig {
-                num_layers: cfg.layers_per_block + 1,
-                resnet_eps: cfg.norm_eps,
-                resnet_groups: cfg.norm_num_groups,
-                add_upsample: i + 1 < n,
-                ..Default::default()
-            };
-            let vb_block = vb.pp(format!("up_blocks.{i}"));
-            up_blocks.push(match block.cross_attention_depth {
-                Some(depth) => UpBlock::CrossAttn(CrossAttnUpBlock2D::new(
-                    vb_block,
-                    in_channels,
-                    prev_out_channels,
-                    block.out_channels,
-                    Some(time_embed_dim),
-                    false,
-                    CrossAttnUpBlock2DConfig {
-                        upblock: up_cfg,
-                        attn_num_head_channels: block.heads,
-                        cross_attention_dim: cfg.cross_attention_dim,
-                        sliced_attention_size: None,
-                        use_linear_projection: cfg.use_linear_projection,
-                        transformer_layers_per_block: depth,
-                    },
-                )?),
-                None => UpBlock::Plain(UpBlock2D::new(
-                    vb_block,
-                    in_channels,
-                    prev_out_channels,
-                    block.out_channels,
-                    Some(time_embed_dim),
-                    up_cfg,
-                )?),
-            });
+            let last_skip_channels = levels[level.saturating_sub(1)].channels;
+            up_blocks.push(UpBlock::new(
+                vb.pp(format!("up_blocks.{i}")),
+                from_below,
+                last_skip_channels,
+                levels[level],
+                cfg.layers_per_block + 1,
+                resnet,
+                transformer,
+                i + 1 < n,
+            )?);
         }
         let conv_norm_out = nn::group_norm(
             cfg.norm_num_groups,
@@ -373,7 +315,7 @@ impl Unet {
             cfg.norm_eps,
             vb.pp("conv_norm_out"),
         )?;
-        let conv_out = nn::conv2d(
+        let conv_out = conv2d(
             first_channels,
             shape.out_channels,
             3,
@@ -442,19 +384,15 @@ impl Unet {
         }
 
         // 2. down
-        let mut xs = self.conv_in.forward(&xs)?;
-        let mut residuals = vec![xs.clone()];
+        let xs = self.conv_in.forward(&xs)?;
+        let mut skips = vec![xs.clone()];
+        let mut xs = xs;
         for block in &self.down_blocks {
-            let (out, res) = match block {
-                DownBlock::Plain(b) => b.forward(&xs, Some(&emb))?,
-                DownBlock::CrossAttn(b) => b.forward(&xs, Some(&emb), Some(&text))?,
-            };
-            residuals.extend(res);
-            xs = out;
+            xs = block.forward(&xs, &emb, &text, &mut skips)?;
         }
 
         // 3. mid
-        xs = self.mid_block.forward(&xs, Some(&emb), Some(&text))?;
+        xs = self.mid_block.forward(&xs, &emb, &text)?;
 
         // 4. up, forwarding the skip sizes when the latent size is not a multiple of the
         // overall down-sampling factor.
@@ -462,20 +400,14 @@ impl Unet {
         let forward_sizes = height % factor != 0 || width % factor != 0;
         let n = self.up_blocks.len();
         for (i, block) in self.up_blocks.iter().enumerate() {
-            let skip = residuals.split_off(residuals.len() - block.resnet_count());
-            let upsample_size = match residuals.last() {
+            let upsample_size = match skips.len().checked_sub(block.skip_count() + 1) {
                 Some(next) if forward_sizes && i + 1 < n => {
-                    let (_, _, h, w) = next.dims4()?;
+                    let (_, _, h, w) = skips[next].dims4()?;
                     Some((h, w))
                 }
                 _ => None,
             };
-            xs = match block {
-                UpBlock::Plain(b) => b.forward(&xs, &skip, Some(&emb), upsample_size)?,
-                UpBlock::CrossAttn(b) => {
-                    b.forward(&xs, &skip, Some(&emb), upsample_size, Some(&text))?
-                }
-            };
+            xs = block.forward(&xs, &emb, &text, &mut skips, upsample_size)?;
         }
 
         // 5. out

@@ -1,0 +1,558 @@
+//! The UNet's building blocks as diffusers names and computes them (`ResnetBlock2D` with its
+//! time embedding, `Transformer2DModel` with `BasicTransformerBlock`s, the down, mid and up
+//! blocks), written over Easel's own convolution and attention so that the UNet, the most
+//! expensive network of every Stable Diffusion step, runs on them.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{self as nn, VarBuilder};
+
+use crate::ops::{attention, conv2d, Conv2d};
+
+/// Epsilon of the GroupNorm in front of each transformer, fixed in diffusers.
+const TRANSFORMER_NORM_EPS: f64 = 1e-6;
+/// Epsilon of the transformer blocks' LayerNorms, fixed in diffusers.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+fn conv3x3(
+    in_channels: usize,
+    out_channels: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let cfg = nn::Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    conv2d(in_channels, out_channels, 3, cfg, vb)
+}
+
+fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
+    conv2d(
+        in_channels,
+        out_channels,
+        1,
+        nn::Conv2dConfig::default(),
+        vb,
+    )
+}
+
+/// What every resnet of a UNet shares.
+#[derive(Debug, Clone, Copy)]
+pub struct ResnetShape {
+    /// Width of the time embedding each resnet projects and adds.
+    pub time_channels: usize,
+    /// GroupNorm groups.
+    pub groups: usize,
+    /// GroupNorm epsilon.
+    pub eps: f64,
+}
+
+/// `ResnetBlock2D`: `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(t)))))`,
+/// divided by the output scale factor.
+#[derive(Debug)]
+pub struct Resnet {
+    norm1: nn::GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: nn::Linear,
+    norm2: nn::GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+impl Resnet {
+    /// Loads a block mapping `in_channels` to `out_channels`.
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        shape: ResnetShape,
+        output_scale_factor: f64,
+    ) -> Result<Self> {
+        let shortcut = if in_channels != out_channels {
+            Some(conv1x1(in_channels, out_channels, vb.pp("conv_shortcut"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1: nn::group_norm(shape.groups, in_channels, shape.eps, vb.pp("norm1"))?,
+            conv1: conv3x3(in_channels, out_channels, 1, 1, vb.pp("conv1"))?,
+            time_emb_proj: nn::linear(shape.time_channels, out_channels, vb.pp("time_emb_proj"))?,
+            norm2: nn::group_norm(shape.groups, out_channels, shape.eps, vb.pp("norm2"))?,
+            conv2: conv3x3(out_channels, out_channels, 1, 1, vb.pp("conv2"))?,
+            shortcut,
+            output_scale_factor,
+        })
+    }
+
+    /// Runs the block on `xs` `[B, C, H, W]` with the time embedding `time` `[B, T]`.
+    pub fn forward(&self, xs: &Tensor, time: &Tensor) -> Result<Tensor> {
+        let hidden = self
+            .conv1
+            .forward(&nn::ops::silu(&self.norm1.forward(xs)?)?)?;
+        let time = self.time_emb_proj.forward(&nn::ops::silu(time)?)?;
+        let hidden = hidden.broadcast_add(&time.unsqueeze(2)?.unsqueeze(3)?)?;
+        let hidden = self
+            .conv2
+            .forward(&nn::ops::silu(&self.norm2.forward(&hidden)?)?)?;
+        let sum = match &self.shortcut {
+            Some(shortcut) => (shortcut.forward(xs)? + hidden)?,
+            None => (xs + hidden)?,
+        };
+        if self.output_scale_factor == 1.0 {
+            Ok(sum)
+        } else {
+            sum / self.output_scale_factor
+        }
+    }
+}
+
+/// Multi-head attention of `query_dim`-wide tokens to `context_dim`-wide ones (the same
+/// tokens for self-attention); diffusers' `Attention` without biases on q, k and v.
+#[derive(Debug)]
+struct Attention {
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, query_dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            to_q: nn::linear_no_bias(query_dim, query_dim, vb.pp("to_q"))?,
+            to_k: nn::linear_no_bias(context_dim, query_dim, vb.pp("to_k"))?,
+            to_v: nn::linear_no_bias(context_dim, query_dim, vb.pp("to_v"))?,
+            to_out: nn::linear(query_dim, query_dim, vb.pp("to_out.0"))?,
+            heads,
+        })
+    }
+
+    /// `xs` `[B, L, C]` attending to `context` `[B, Lc, Cc]`.
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (batch, tokens, channels) = xs.dims3()?;
+        let head_dim = channels / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> {
+            let len = t.dim(1)?;
+            t.reshape((batch, len, self.heads, head_dim))?
+                .transpose(1, 2)
+        };
+        let q = split(self.to_q.forward(xs)?)?;
+        let k = split(self.to_k.forward(context)?)?;
+        let v = split(self.to_v.forward(context)?)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let attended = attention(&q, &k, &v, scale)?
+            .transpose(1, 2)?
+            .reshape((batch, tokens, channels))?;
+        self.to_out.forward(&attended)
+    }
+}
+
+/// `GEGLU` then a linear layer: `net.2(a * gelu(b))` where `[a, b] = net.0.proj(x)`.
+#[derive(Debug)]
+struct FeedForward {
+    project_in: nn::Linear,
+    project_out: nn::Linear,
+}
+
+impl FeedForward {
+    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            project_in: nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            project_out: nn::linear(inner, dim, vb.pp("net.2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let both = self.project_in.forward(xs)?;
+        let halves = both.chunk(2, D::Minus1)?;
+        // diffusers' GEGLU takes the exact (erf) GELU.
+        let gated = (&halves[0] * halves[1].gelu_erf()?)?;
+        self.project_out.forward(&gated)
+    }
+}
+
+/// `BasicTransformerBlock`: self-attention, cross-attention to the text, feed-forward, each
+/// after a LayerNorm and added to its input.
+#[derive(Debug)]
+struct TransformerBlock {
+    norm1: nn::LayerNorm,
+    attn1: Attention,
+    norm2: nn::LayerNorm,
+    attn2: Attention,
+    norm3: nn::LayerNorm,
+    ff: FeedForward,
+}
+
+impl TransformerBlock {
+    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            norm1: nn::layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm1"))?,
+            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads)?,
+            norm2: nn::layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm2"))?,
+            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads)?,
+            norm3: nn::layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm3"))?,
+            ff: FeedForward::new(vb.pp("ff"), dim)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let normed = self.norm1.forward(xs)?;
+        let xs = (self.attn1.forward(&normed, &normed)? + xs)?;
+        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, text)? + &xs)?;
+        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+    }
+}
+
+/// A 1x1 projection into or out of the transformer: a linear layer on tokens, or a 1x1
+/// convolution on the map (`use_linear_projection`).
+#[derive(Debug)]
+enum Projection {
+    Linear(nn::Linear),
+    Conv(Conv2d),
+}
+
+/// What every transformer of a UNet shares.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformerShape {
+    /// Width of the text embeddings attended to.
+    pub context_dim: usize,
+    /// GroupNorm groups in front of each transformer.
+    pub groups: usize,
+    /// Whether the projections are linear layers (SD 2.x, SDXL) or 1x1 convolutions.
+    pub linear_projection: bool,
+}
+
+/// `Transformer2DModel`: the map normalised, projected to tokens, run through `depth`
+/// transformer blocks, projected back and added to the input.
+#[derive(Debug)]
+pub struct Transformer {
+    norm: nn::GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Projection,
+}
+
+impl Transformer {
+    /// Loads a transformer over `channels` with `heads` heads and `depth` blocks.
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        depth: usize,
+        shape: TransformerShape,
+    ) -> Result<Self> {
+        let projection = |name: &str| -> Result<Projection> {
+            Ok(if shape.linear_projection {
+                Projection::Linear(nn::linear(channels, channels, vb.pp(name))?)
+            } else {
+                Projection::Conv(conv1x1(channels, channels, vb.pp(name))?)
+            })
+        };
+        let blocks = (0..depth)
+            .map(|i| {
+                TransformerBlock::new(
+                    vb.pp(format!("transformer_blocks.{i}")),
+                    channels,
+                    shape.context_dim,
+                    heads,
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            norm: nn::group_norm(shape.groups, channels, TRANSFORMER_NORM_EPS, vb.pp("norm"))?,
+            proj_in: projection("proj_in")?,
+            blocks,
+            proj_out: projection("proj_out")?,
+        })
+    }
+
+    /// Runs the transformer on `xs` `[B, C, H, W]` attending to `text` `[B, L, Ct]`.
+    pub fn forward(&self, xs: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let (batch, channels, height, width) = xs.dims4()?;
+        let normed = self.norm.forward(xs)?;
+        let to_tokens = |map: Tensor| -> Result<Tensor> {
+            map.reshape((batch, channels, height * width))?
+                .transpose(1, 2)
+        };
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,
+            Projection::Linear(linear) => linear.forward(&to_tokens(normed)?.contiguous()?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, text)?;
+        }
+        let to_map = |tokens: Tensor| -> Result<Tensor> {
+            tokens
+                .transpose(1, 2)?
+                .reshape((batch, channels, height, width))
+        };
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_map(tokens)?)?,
+            Projection::Linear(linear) => to_map(linear.forward(&tokens)?)?,
+        };
+        out + xs
+    }
+}
+
+/// One level of the UNet's down path: resnets (each followed by a transformer when the level
+/// has attention), then a stride-2 convolution except at the deepest level.
+#[derive(Debug)]
+pub struct DownBlock {
+    resnets: Vec<Resnet>,
+    attentions: Vec<Transformer>,
+    downsample: Option<Conv2d>,
+    downsample_padding: usize,
+}
+
+/// The shape of one level, shared by its down and up blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelShape {
+    /// Channels the level works at.
+    pub channels: usize,
+    /// Transformer depth and heads when the level has attention.
+    pub attention: Option<(usize, usize)>,
+}
+
+impl DownBlock {
+    /// Loads `down_blocks.{i}` taking `in_channels`, with `layers` resnets.
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        level: LevelShape,
+        layers: usize,
+        resnet: ResnetShape,
+        transformer: TransformerShape,
+        downsample_padding: Option<usize>,
+    ) -> Result<Self> {
+        let mut resnets = Vec::with_capacity(layers);
+        let mut attentions = Vec::new();
+        for i in 0..layers {
+            let from = if i == 0 { in_channels } else { level.channels };
+            resnets.push(Resnet::new(
+                vb.pp(format!("resnets.{i}")),
+                from,
+                level.channels,
+                resnet,
+                1.0,
+            )?);
+            if let Some((depth, heads)) = level.attention {
+                attentions.push(Transformer::new(
+                    vb.pp(format!("attentions.{i}")),
+                    level.channels,
+                    heads,
+                    depth,
+                    transformer,
+                )?);
+            }
+        }
+        let downsample = match downsample_padding {
+            Some(padding) => Some(conv3x3(
+                level.channels,
+                level.channels,
+                2,
+                padding,
+                vb.pp("downsamplers.0.conv"),
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            resnets,
+            attentions,
+            downsample,
+            downsample_padding: downsample_padding.unwrap_or(1),
+        })
+    }
+
+    /// Runs the level; pushes every output the up path takes as a skip onto `skips`.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        time: &Tensor,
+        text: &Tensor,
+        skips: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            xs = resnet.forward(&xs, time)?;
+            if let Some(transformer) = self.attentions.get(i) {
+                xs = transformer.forward(&xs, text)?;
+            }
+            skips.push(xs.clone());
+        }
+        if let Some(conv) = &self.downsample {
+            xs = if self.downsample_padding == 0 {
+                // Padded on the right and bottom only, as diffusers does without padding.
+                conv.forward(&xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(
+                    D::Minus2,
+                    0,
+                    1,
+                )?)?
+            } else {
+                conv.forward(&xs)?
+            };
+            skips.push(xs.clone());
+        }
+        Ok(xs)
+    }
+}
+
+/// `UNetMidBlock2DCrossAttn`: a resnet, then a transformer and a resnet.
+#[derive(Debug)]
+pub struct MidBlock {
+    first: Resnet,
+    attention: Transformer,
+    second: Resnet,
+}
+
+impl MidBlock {
+    /// Loads `mid_block` over the deepest level.
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        depth: usize,
+        resnet: ResnetShape,
+        transformer: TransformerShape,
+        output_scale_factor: f64,
+    ) -> Result<Self> {
+        let resnets = vb.pp("resnets");
+        Ok(Self {
+            first: Resnet::new(
+                resnets.pp("0"),
+                channels,
+                channels,
+                resnet,
+                output_scale_factor,
+            )?,
+            attention: Transformer::new(
+                vb.pp("attentions.0"),
+                channels,
+                heads,
+                depth,
+                transformer,
+            )?,
+            second: Resnet::new(
+                resnets.pp("1"),
+                channels,
+                channels,
+                resnet,
+                output_scale_factor,
+            )?,
+        })
+    }
+
+    /// Runs the block.
+    pub fn forward(&self, xs: &Tensor, time: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let xs = self.first.forward(xs, time)?;
+        let xs = self.attention.forward(&xs, text)?;
+        self.second.forward(&xs, time)
+    }
+}
+
+/// One level of the UNet's up path: resnets over the input joined with a skip (each followed
+/// by a transformer when the level has attention), then a nearest 2x upsample and a
+/// convolution except at the top level.
+#[derive(Debug)]
+pub struct UpBlock {
+    resnets: Vec<Resnet>,
+    attentions: Vec<Transformer>,
+    upsample: Option<Conv2d>,
+}
+
+impl UpBlock {
+    /// Loads `up_blocks.{i}`: `from_below` channels arrive from the level below, the skips
+    /// carry `skip_channels` (the first `layers - 1`: the level's own; the last: the level
+    /// above's input).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: VarBuilder,
+        from_below: usize,
+        last_skip_channels: usize,
+        level: LevelShape,
+        layers: usize,
+        resnet: ResnetShape,
+        transformer: TransformerShape,
+        upsample: bool,
+    ) -> Result<Self> {
+        let mut resnets = Vec::with_capacity(layers);
+        let mut attentions = Vec::new();
+        for i in 0..layers {
+            let skip = if i + 1 == layers {
+                last_skip_channels
+            } else {
+                level.channels
+            };
+            let from = if i == 0 { from_below } else { level.channels };
+            resnets.push(Resnet::new(
+                vb.pp(format!("resnets.{i}")),
+                from + skip,
+                level.channels,
+                resnet,
+                1.0,
+            )?);
+            if let Some((depth, heads)) = level.attention {
+                attentions.push(Transformer::new(
+                    vb.pp(format!("attentions.{i}")),
+                    level.channels,
+                    heads,
+                    depth,
+                    transformer,
+                )?);
+            }
+        }
+        let upsample = if upsample {
+            Some(conv3x3(
+                level.channels,
+                level.channels,
+                1,
+                1,
+                vb.pp("upsamplers.0.conv"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets,
+            attentions,
+            upsample,
+        })
+    }
+
+    /// How many skips the level takes.
+    pub fn skip_count(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// Runs the level, taking its skips from the end of `skips`; `upsample_size` is the size
+    /// to upsample to when it is not twice the input's.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        time: &Tensor,
+        text: &Tensor,
+        skips: &mut Vec<Tensor>,
+        upsample_size: Option<(usize, usize)>,
+    ) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            let Some(skip) = skips.pop() else {
+                candle_core::bail!("the UNet's up path ran out of skip connections");
+            };
+            xs = resnet.forward(&Tensor::cat(&[&xs, &skip], 1)?, time)?;
+            if let Some(transformer) = self.attentions.get(i) {
+                xs = transformer.forward(&xs, text)?;
+            }
+        }
+        if let Some(conv) = &self.upsample {
+            let (_, _, height, width) = xs.dims4()?;
+            let (to_h, to_w) = upsample_size.unwrap_or((2 * height, 2 * width));
+            xs = conv.forward(&xs.upsample_nearest2d(to_h, to_w)?)?;
+        }
+        Ok(xs)
+    }
+}
