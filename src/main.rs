@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    easel_engine::engine::memory::limit_heap_arenas();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,

@@ -95,6 +95,25 @@ pub fn return_freed_heap() {
     }
 }
 
+/// glibc arenas the process may use: the engine thread, its worker threads and the UI then
+/// share two heaps instead of one each.
+const MALLOC_ARENAS: i32 = 2;
+
+/// Caps glibc's heaps at `MALLOC_ARENAS`. glibc gives every allocating thread a heap of its
+/// own, and memory freed into one heap cannot serve another: with the compute threads' heaps
+/// beside the engine thread's, the SD 1.5 peak was 0.67 GB higher (4.98 against 4.31 GB at
+/// 256 px, the step time the same). Call it first thing in `main`, before threads start;
+/// other allocators need nothing.
+pub fn limit_heap_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes a tuning parameter of glibc's allocator; it takes no
+    // pointers and is documented as callable at any time.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Easel against diffusers on this machine, on the same random-weight SD 1.5, in one run:
+#   scripts/bench-vs-diffusers.sh [--size PX] [--steps N] [--runs N]   (default 512, 4, 1)
+#
+# Installs torch and diffusers from PyPI into a virtual environment (.bench-venv, or
+# $EASEL_BENCH_VENV) when it is missing, builds Easel (the dev profile the tests build, its
+# dependencies optimised), and alternates the two: `easel bench` (which builds the model into
+# models/bench once) and scripts/bench_diffusers.py on that same folder. Both run the prompt
+# through the text encoder, N Euler steps on a CFG batch of two, and the VAE decode, with
+# every core. Prints the machine, each side's medians and the ratios Easel / diffusers (below
+# 1 is Easel faster or smaller). Needs about 6 GB of disk for the environment and 4 GB for
+# the model; at 512 px a run takes about 10 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size=512
+steps=4
+runs=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --size) size=$2; shift 2 ;;
+        --steps) steps=$2; shift 2 ;;
+        --runs) runs=$2; shift 2 ;;
+        *) echo "usage: $0 [--size PX] [--steps N] [--runs N]" >&2; exit 2 ;;
+    esac
+done
+
+venv=${EASEL_BENCH_VENV:-.bench-venv}
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, diffusers, transformers" 2>/dev/null; then
+    echo "bench-vs-diffusers: installing torch and diffusers into $venv (PyPI)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip
+    "$venv/bin/pip" install --quiet torch diffusers transformers safetensors
+fi
+
+cargo build --quiet
+cache=models/bench
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+for run in $(seq 1 "$runs"); do
+    echo "bench-vs-diffusers: run $run of $runs: easel" >&2
+    target/debug/easel bench --model sd15 --size "$size" --steps "$steps" --references none \
+        --cache "$cache" --json > "$out/easel-$run.json" 2> "$out/easel-$run.log" ||
+        { cat "$out/easel-$run.log" >&2; exit 1; }
+    echo "bench-vs-diffusers: run $run of $runs: diffusers" >&2
+    "$venv/bin/python" scripts/bench_diffusers.py "$cache/sd15-random" --size "$size" \
+        --steps "$steps" > "$out/diffusers-$run.json"
+done
+
+"$venv/bin/python" - "$out" "$runs" <<'EOF'
+import json, os, platform, statistics, sys
+
+out, runs = sys.argv[1], int(sys.argv[2])
+easel = [json.load(open(f"{out}/easel-{i}.json")) for i in range(1, runs + 1)]
+torch = [json.load(open(f"{out}/diffusers-{i}.json")) for i in range(1, runs + 1)]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
+print(f"machine: {cpu}, {os.cpu_count()} threads, {'AVX-512' if 'avx512f' in flags else 'no AVX-512'}, "
+      f"{easel[0]['machine']['total_memory_bytes'] / 1e9:.1f} GB; torch {torch[0]['torch']}")
+print(f"job: SD 1.5 (random weights), {easel[0]['size_px']} px, {easel[0]['steps']} Euler steps, CFG 7.5, "
+      f"f32, medians of {runs} run(s) each, alternated")
+m = statistics.median
+rows = [
+    ("UNet step", m(e["modes"]["full"]["step_secs_median"] for e in easel), m(t["step_secs_median"] for t in torch), "s"),
+    ("bare UNet forward", m(e["denoiser_forward_secs_median"] for e in easel), m(t["unet_forward_secs_median"] for t in torch), "s"),
+    ("VAE decode", m(e["modes"]["full"]["vae_decode_secs"] for e in easel), m(t["vae_decode_secs"] for t in torch), "s"),
+    ("peak RSS (full)", m(e["modes"]["full"]["peak_rss_bytes"] for e in easel) / 1e9, m(t["peak_rss_bytes"] for t in torch) / 1e9, "GB"),
+    ("peak RSS (staged)", m(e["modes"]["staged"]["peak_rss_bytes"] for e in easel) / 1e9, m(t["peak_rss_bytes"] for t in torch) / 1e9, "GB"),
+]
+print(f"{'':20}{'easel':>10}{'diffusers':>12}{'ratio':>8}")
+for name, ours, theirs, unit in rows:
+    print(f"{name:20}{ours:>9.2f}{unit:<1}{theirs:>11.2f}{unit:<1}{ours / theirs:>8.2f}")
+EOF
