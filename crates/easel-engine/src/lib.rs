@@ -9,7 +9,8 @@ pub mod families;
 pub mod hub;
 pub mod image_file;
 pub mod models;
-pub mod ops;
+/// Easel's own kernels (a crate of their own, optimised in every build).
+pub use easel_ops as ops;
 pub mod output;
 pub mod pipeline;
 pub mod replay;

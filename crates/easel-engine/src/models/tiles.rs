@@ -11,6 +11,8 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use crate::ops::group_norm::{group_statistics, normalize, Activation};
+
 /// A rectangle of a feature map, in that map's pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rect {
@@ -199,13 +201,21 @@ impl Tiles {
 
     /// GroupNorm with statistics over the whole map (the cores of every tile), then `op` on
     /// each normalised tile before the next is normalised (so no second full copy is held).
+    /// `activation` follows the normalisation in the same pass.
     pub fn group_norm_then(
         &self,
         norm: &GroupNorm,
+        activation: Activation,
         op: impl Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Self> {
-        let (mean, inv_std) = self.group_statistics(norm.groups, norm.eps)?;
-        self.map(|data| op(&norm.apply(data, &mean, &inv_std)?))
+        let (mean, inv_std) = match self.tiles.as_slice() {
+            // A whole map: Easel's kernel takes the statistics in one parallel pass.
+            [tile] if tile.padded == tile.core => {
+                group_statistics(&tile.data, norm.groups, norm.eps)?
+            }
+            _ => self.group_statistics(norm.groups, norm.eps)?,
+        };
+        self.map(|data| op(&norm.apply(data, &mean, &inv_std, activation)?))
     }
 
     /// Per-group mean and `1 / sqrt(var + eps)` over every core, `[batch, groups, 1]` in f32
@@ -284,26 +294,22 @@ impl GroupNorm {
         })
     }
 
-    /// Normalises `xs` with the given group statistics, then scales and shifts per channel.
-    fn apply(&self, xs: &Tensor, mean: &Tensor, inv_std: &Tensor) -> Result<Tensor> {
-        let shape = xs.dims4()?;
-        let (batch, channels, _, _) = shape;
-        let normed = xs
-            .to_dtype(DType::F32)?
-            .reshape((batch, self.groups, ()))?
-            .broadcast_sub(mean)?
-            .broadcast_mul(inv_std)?
-            .to_dtype(xs.dtype())?
-            .reshape(shape)?;
-        normed
-            .broadcast_mul(&self.weight.reshape((1, channels, 1, 1))?)?
-            .broadcast_add(&self.bias.reshape((1, channels, 1, 1))?)
+    /// Normalises `xs` with the given group statistics, scales and shifts per channel, then
+    /// applies `activation` (one pass in Easel's kernel).
+    fn apply(
+        &self,
+        xs: &Tensor,
+        mean: &Tensor,
+        inv_std: &Tensor,
+        activation: Activation,
+    ) -> Result<Tensor> {
+        normalize(xs, mean, inv_std, &self.weight, &self.bias, activation)
     }
 
     /// GroupNorm of a whole map.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         Tiles::whole(xs.clone())?
-            .group_norm_then(self, |x| Ok(x.clone()))?
+            .group_norm_then(self, Activation::Identity, |x| Ok(x.clone()))?
             .stitch()
     }
 }

@@ -14,7 +14,7 @@ use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbeddin
 use super::config::UnetConfig;
 use super::error::ModelError;
 use super::unet_blocks::{DownBlock, LevelShape, MidBlock, ResnetShape, TransformerShape, UpBlock};
-use crate::ops::{conv2d, Conv2d};
+use crate::ops::{conv2d, Activation, Conv2d, GroupNorm};
 
 /// One down or up block's shape, resolved from the config.
 #[derive(Debug, Clone, Copy)]
@@ -199,7 +199,7 @@ pub struct Unet {
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
-    conv_norm_out: nn::GroupNorm,
+    conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     shape: UnetShape,
     dtype: DType,
@@ -309,7 +309,7 @@ impl Unet {
                 i + 1 < n,
             )?);
         }
-        let conv_norm_out = nn::group_norm(
+        let conv_norm_out = GroupNorm::load(
             cfg.norm_num_groups,
             first_channels,
             cfg.norm_eps,
@@ -411,7 +411,7 @@ impl Unet {
         }
 
         // 5. out
-        let xs = nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward(&xs, Activation::Silu)?;
         self.conv_out.forward(&xs)?.to_dtype(DType::F32)
     }
 }

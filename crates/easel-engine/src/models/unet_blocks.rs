@@ -6,7 +6,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
-use crate::ops::{attention, conv2d, Conv2d};
+use crate::ops::{attention, conv2d, Activation, Conv2d, GroupNorm};
 
 /// Epsilon of the GroupNorm in front of each transformer, fixed in diffusers.
 const TRANSFORMER_NORM_EPS: f64 = 1e-6;
@@ -53,10 +53,10 @@ pub struct ResnetShape {
 /// divided by the output scale factor.
 #[derive(Debug)]
 pub struct Resnet {
-    norm1: nn::GroupNorm,
+    norm1: GroupNorm,
     conv1: Conv2d,
     time_emb_proj: nn::Linear,
-    norm2: nn::GroupNorm,
+    norm2: GroupNorm,
     conv2: Conv2d,
     shortcut: Option<Conv2d>,
     output_scale_factor: f64,
@@ -77,10 +77,10 @@ impl Resnet {
             None
         };
         Ok(Self {
-            norm1: nn::group_norm(shape.groups, in_channels, shape.eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::load(shape.groups, in_channels, shape.eps, vb.pp("norm1"))?,
             conv1: conv3x3(in_channels, out_channels, 1, 1, vb.pp("conv1"))?,
             time_emb_proj: nn::linear(shape.time_channels, out_channels, vb.pp("time_emb_proj"))?,
-            norm2: nn::group_norm(shape.groups, out_channels, shape.eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::load(shape.groups, out_channels, shape.eps, vb.pp("norm2"))?,
             conv2: conv3x3(out_channels, out_channels, 1, 1, vb.pp("conv2"))?,
             shortcut,
             output_scale_factor,
@@ -91,12 +91,12 @@ impl Resnet {
     pub fn forward(&self, xs: &Tensor, time: &Tensor) -> Result<Tensor> {
         let hidden = self
             .conv1
-            .forward(&nn::ops::silu(&self.norm1.forward(xs)?)?)?;
+            .forward(&self.norm1.forward(xs, Activation::Silu)?)?;
         let time = self.time_emb_proj.forward(&nn::ops::silu(time)?)?;
         let hidden = hidden.broadcast_add(&time.unsqueeze(2)?.unsqueeze(3)?)?;
         let hidden = self
             .conv2
-            .forward(&nn::ops::silu(&self.norm2.forward(&hidden)?)?)?;
+            .forward(&self.norm2.forward(&hidden, Activation::Silu)?)?;
         let sum = match &self.shortcut {
             Some(shortcut) => (shortcut.forward(xs)? + hidden)?,
             None => (xs + hidden)?,
@@ -231,7 +231,7 @@ pub struct TransformerShape {
 /// transformer blocks, projected back and added to the input.
 #[derive(Debug)]
 pub struct Transformer {
-    norm: nn::GroupNorm,
+    norm: GroupNorm,
     proj_in: Projection,
     blocks: Vec<TransformerBlock>,
     proj_out: Projection,
@@ -264,7 +264,7 @@ impl Transformer {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            norm: nn::group_norm(shape.groups, channels, TRANSFORMER_NORM_EPS, vb.pp("norm"))?,
+            norm: GroupNorm::load(shape.groups, channels, TRANSFORMER_NORM_EPS, vb.pp("norm"))?,
             proj_in: projection("proj_in")?,
             blocks,
             proj_out: projection("proj_out")?,
@@ -274,7 +274,7 @@ impl Transformer {
     /// Runs the transformer on `xs` `[B, C, H, W]` attending to `text` `[B, L, Ct]`.
     pub fn forward(&self, xs: &Tensor, text: &Tensor) -> Result<Tensor> {
         let (batch, channels, height, width) = xs.dims4()?;
-        let normed = self.norm.forward(xs)?;
+        let normed = self.norm.forward(xs, Activation::Identity)?;
         let to_tokens = |map: Tensor| -> Result<Tensor> {
             map.reshape((batch, channels, height * width))?
                 .transpose(1, 2)

@@ -4,7 +4,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{self as nn, VarBuilder};
 
-use crate::ops::{conv2d, Conv2d};
+use crate::ops::{conv2d, Activation, Conv2d};
 
 use super::config::VaeConfig;
 use super::tiles::{GroupNorm, TileLayout, Tiles};
@@ -175,8 +175,8 @@ impl Decoder {
             tiles = block.forward(tiles)?;
         }
         tiles
-            .group_norm_then(&self.conv_norm_out, |x| {
-                self.conv_out.forward(&nn::ops::silu(x)?)
+            .group_norm_then(&self.conv_norm_out, Activation::Silu, |x| {
+                self.conv_out.forward(x)
             })?
             .stitch()
     }

@@ -5,7 +5,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
-use crate::ops::{conv2d, Conv2d};
+use crate::ops::{conv2d, Activation, Conv2d};
 
 use super::tiles::{GroupNorm, Tiles};
 
@@ -74,9 +74,10 @@ impl Resnet {
 
     /// `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`.
     pub fn forward(&self, xs: &Tiles) -> Result<Tiles> {
-        let hidden = xs.group_norm_then(&self.norm1, |x| self.conv1.forward(&nn::ops::silu(x)?))?;
         let hidden =
-            hidden.group_norm_then(&self.norm2, |x| self.conv2.forward(&nn::ops::silu(x)?))?;
+            xs.group_norm_then(&self.norm1, Activation::Silu, |x| self.conv1.forward(x))?;
+        let hidden =
+            hidden.group_norm_then(&self.norm2, Activation::Silu, |x| self.conv2.forward(x))?;
         match &self.shortcut {
             Some(shortcut) => xs.zip_map(&hidden, |x, h| shortcut.forward(x)? + h),
             None => xs.zip_map(&hidden, |x, h| x + h),

@@ -191,7 +191,7 @@ fn softmax_in_place(row: &mut [f32]) {
 /// (Cephes' `expf` coefficients), `2^n` built in the exponent bits. Below -87.3 it stays at
 /// e^-87.3 (about 1e-38), which a softmax cannot tell from 0.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HIGH: f32 = 0.693_359_4;
     const LN2_LOW: f32 = -2.121_944_4e-4;
