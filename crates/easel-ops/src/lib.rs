@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod conv2d;
+pub mod denormals;
 pub mod group_norm;
 
 use candle_core::{CpuStorage, Layout, Result};

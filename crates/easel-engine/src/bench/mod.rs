@@ -370,6 +370,7 @@ fn bare_denoiser_forward(
     options: &BenchOptions,
     request: &GenerateRequest,
 ) -> Result<(String, DType, f64), BenchError> {
+    crate::ops::denormals::init_compute_threads();
     let device = device::open(options.device).map_err(EngineError::from)?;
     let (dtype, _) = device::usable_dtype(&device, options.dtype);
     let mut model = crate::families::open(&request.model, &device, dtype)?;

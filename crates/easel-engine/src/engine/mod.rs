@@ -118,7 +118,11 @@ impl Engine {
         let worker = worker::Worker::new(request_rx, outbox, device, dtype, config);
         let thread = std::thread::Builder::new()
             .name("engine".to_string())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                // Before the first tensor op: the compute threads flush subnormal floats.
+                crate::ops::denormals::init_compute_threads();
+                worker.run()
+            })
             .map_err(|e| EngineError::Start(e.to_string()))?;
         Ok(Self {
             requests: request_tx,
