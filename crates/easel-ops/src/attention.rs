@@ -141,9 +141,11 @@ fn attend_block(
                 gemm::Parallelism::None,
             );
         }
-        for row in scores.chunks_mut(keys) {
-            softmax_in_place(row);
-        }
+        crate::vectorized(|| {
+            for row in scores.chunks_mut(keys) {
+                softmax_in_place(row);
+            }
+        });
         #[allow(unsafe_code)]
         // SAFETY: as above.
         unsafe {
@@ -172,14 +174,37 @@ fn attend_block(
     });
 }
 
-/// `row` replaced by its softmax.
+/// Lanes of the partial maxima and sums: reductions kept in this many independent
+/// accumulators vectorise (a single running sum must be added in order).
+const LANES: usize = 16;
+
+/// `row` replaced by its softmax: the maximum, `exp(x - max)` and the sum, then the scaling,
+/// each a loop that vectorises.
+#[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    let mut maxima = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (max, &value) in maxima.iter_mut().zip(chunk) {
+            *max = if value > *max { value } else { *max };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&maxima)
+        .fold(f32::NEG_INFINITY, |max, &value| if value > max { value } else { max });
     for value in row.iter_mut() {
         *value = exp(*value - max);
-        sum += *value;
     }
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (sum, &value) in sums.iter_mut().zip(chunk) {
+            *sum += value;
+        }
+    }
+    let sum: f32 = sums.iter().chain(chunks.remainder()).sum();
     let inverse = 1.0 / sum;
     for value in row.iter_mut() {
         *value *= inverse;

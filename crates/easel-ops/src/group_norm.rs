@@ -103,17 +103,8 @@ pub fn group_statistics(x: &Tensor, groups: usize, eps: f64) -> Result<(Tensor, 
     let per_group = values.len() / (batch * groups);
     let statistics: Vec<(f32, f32)> = values
         .par_chunks(per_group.max(1))
-        .map(|group| {
-            // Two passes in f64, as exact as candle's and independent of the map's size.
-            let count = group.len().max(1) as f64;
-            let mean = group.iter().map(|&v| f64::from(v)).sum::<f64>() / count;
-            let variance = group
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / count;
-            (mean as f32, (1.0 / (variance + eps).sqrt()) as f32)
-        })
+        // Two passes in f64, as exact as candle's and independent of the map's size.
+        .map(|group| crate::vectorized(|| mean_and_inv_std(group, eps)))
         .collect();
     let (mean, inv_std): (Vec<f32>, Vec<f32>) = statistics.into_iter().unzip();
     Ok((
@@ -198,22 +189,53 @@ impl CustomOp1 for AffineOp {
             .enumerate()
             .for_each(|(index, (out, input))| {
                 let (scale, shift) = (self.scale[index], self.shift[index]);
-                match self.activation {
-                    Activation::Identity => {
-                        for (o, &v) in out.iter_mut().zip(input) {
-                            *o = v * scale + shift;
-                        }
-                    }
-                    Activation::Silu => {
-                        for (o, &v) in out.iter_mut().zip(input) {
-                            let y = v * scale + shift;
-                            *o = y / (1.0 + super::attention::exp(-y));
-                        }
-                    }
-                }
+                crate::vectorized(|| affine(input, out, scale, shift, self.activation));
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
+}
+
+/// `out = act(input * scale + shift)`, one vectorised loop.
+#[inline(always)]
+fn affine(input: &[f32], out: &mut [f32], scale: f32, shift: f32, activation: Activation) {
+    match activation {
+        Activation::Identity => {
+            for (o, &v) in out.iter_mut().zip(input) {
+                *o = v * scale + shift;
+            }
+        }
+        Activation::Silu => {
+            for (o, &v) in out.iter_mut().zip(input) {
+                let y = v * scale + shift;
+                *o = y / (1.0 + super::attention::exp(-y));
+            }
+        }
+    }
+}
+
+/// f64 accumulators per sum: independent partial sums vectorise.
+const LANES: usize = 8;
+
+/// Mean and `1 / sqrt(variance + eps)` of `group`, in two passes.
+#[inline(always)]
+fn mean_and_inv_std(group: &[f32], eps: f64) -> (f32, f32) {
+    let count = group.len().max(1) as f64;
+    let mean = lane_sum(group, |v| f64::from(v)) / count;
+    let variance = lane_sum(group, |v| (f64::from(v) - mean).powi(2)) / count;
+    (mean as f32, (1.0 / (variance + eps).sqrt()) as f32)
+}
+
+/// The sum of `term` over `values`, kept in `LANES` partial sums.
+#[inline(always)]
+fn lane_sum(values: &[f32], term: impl Fn(f32) -> f64) -> f64 {
+    let mut sums = [0f64; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (sum, &value) in sums.iter_mut().zip(chunk) {
+            *sum += term(value);
+        }
+    }
+    sums.iter().sum::<f64>() + chunks.remainder().iter().map(|&v| term(v)).sum::<f64>()
 }
 
 #[cfg(test)]
