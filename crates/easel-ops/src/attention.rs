@@ -141,11 +141,7 @@ fn attend_block(
                 gemm::Parallelism::None,
             );
         }
-        crate::vectorized(|| {
-            for row in scores.chunks_mut(keys) {
-                softmax_in_place(row);
-            }
-        });
+        softmax_rows(scores, keys);
         #[allow(unsafe_code)]
         // SAFETY: as above.
         unsafe {
@@ -178,6 +174,18 @@ fn attend_block(
 /// accumulators vectorise (a single running sum must be added in order).
 const LANES: usize = 16;
 
+crate::vectorized! {
+    /// Every `keys`-long row of `scores` replaced by its softmax.
+    fn softmax_rows(scores: &mut [f32], keys: usize) = softmax_rows_generic
+}
+
+#[inline(always)]
+fn softmax_rows_generic(scores: &mut [f32], keys: usize) {
+    for row in scores.chunks_mut(keys) {
+        softmax_in_place(row);
+    }
+}
+
 /// `row` replaced by its softmax: the maximum, `exp(x - max)` and the sum, then the scaling,
 /// each a loop that vectorises.
 #[inline(always)]
@@ -193,7 +201,10 @@ fn softmax_in_place(row: &mut [f32]) {
         .remainder()
         .iter()
         .chain(&maxima)
-        .fold(f32::NEG_INFINITY, |max, &value| if value > max { value } else { max });
+        .fold(
+            f32::NEG_INFINITY,
+            |max, &value| if value > max { value } else { max },
+        );
     for value in row.iter_mut() {
         *value = exp(*value - max);
     }

@@ -104,7 +104,7 @@ pub fn group_statistics(x: &Tensor, groups: usize, eps: f64) -> Result<(Tensor, 
     let statistics: Vec<(f32, f32)> = values
         .par_chunks(per_group.max(1))
         // Two passes in f64, as exact as candle's and independent of the map's size.
-        .map(|group| crate::vectorized(|| mean_and_inv_std(group, eps)))
+        .map(|group| mean_and_inv_std(group, eps))
         .collect();
     let (mean, inv_std): (Vec<f32>, Vec<f32>) = statistics.into_iter().unzip();
     Ok((
@@ -189,15 +189,20 @@ impl CustomOp1 for AffineOp {
             .enumerate()
             .for_each(|(index, (out, input))| {
                 let (scale, shift) = (self.scale[index], self.shift[index]);
-                crate::vectorized(|| affine(input, out, scale, shift, self.activation));
+                affine(input, out, scale, shift, self.activation);
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
-/// `out = act(input * scale + shift)`, one vectorised loop.
+crate::vectorized! {
+    /// `out = act(input * scale + shift)`, one vectorised loop.
+    fn affine(input: &[f32], out: &mut [f32], scale: f32, shift: f32, activation: Activation) =
+        affine_generic
+}
+
 #[inline(always)]
-fn affine(input: &[f32], out: &mut [f32], scale: f32, shift: f32, activation: Activation) {
+fn affine_generic(input: &[f32], out: &mut [f32], scale: f32, shift: f32, activation: Activation) {
     match activation {
         Activation::Identity => {
             for (o, &v) in out.iter_mut().zip(input) {
@@ -216,9 +221,13 @@ fn affine(input: &[f32], out: &mut [f32], scale: f32, shift: f32, activation: Ac
 /// f64 accumulators per sum: independent partial sums vectorise.
 const LANES: usize = 8;
 
-/// Mean and `1 / sqrt(variance + eps)` of `group`, in two passes.
+crate::vectorized! {
+    /// Mean and `1 / sqrt(variance + eps)` of `group`, in two passes.
+    fn mean_and_inv_std(group: &[f32], eps: f64) -> (f32, f32) = mean_and_inv_std_generic
+}
+
 #[inline(always)]
-fn mean_and_inv_std(group: &[f32], eps: f64) -> (f32, f32) {
+fn mean_and_inv_std_generic(group: &[f32], eps: f64) -> (f32, f32) {
     let count = group.len().max(1) as f64;
     let mean = lane_sum(group, |v| f64::from(v)) / count;
     let variance = lane_sum(group, |v| (f64::from(v) - mean).powi(2)) / count;

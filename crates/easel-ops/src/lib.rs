@@ -14,40 +14,42 @@ pub use attention::attention;
 pub use conv2d::{conv2d, Conv2d};
 pub use group_norm::{group_norm, Activation, GroupNorm};
 
-/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, else AVX2 with
-/// FMA, else the build's baseline): the crate is built for the baseline x86-64, whose loops
-/// vectorise 4 floats wide. `f`'s loops must be inlined into it (`#[inline(always)]` helpers)
-/// to take the wider instructions.
-#[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            #[allow(unsafe_code)]
-            return unsafe { with_avx512(f) };
+/// Defines `fn $name(args) -> R` as `$generic(args)` compiled for the widest vector
+/// instructions this CPU has (AVX-512, else AVX2 with FMA, else the build's baseline, whose
+/// loops vectorise only 4 floats wide). `$generic` must be `#[inline(always)]`, with the
+/// helpers its loops call, so that its loops are compiled inside each variant.
+macro_rules! vectorized {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $generic:path) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn wide($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn narrow($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (every AVX-512 CPU has both).
+                    #[allow(unsafe_code)]
+                    return unsafe { wide($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                    #[allow(unsafe_code)]
+                    return unsafe { narrow($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            #[allow(unsafe_code)]
-            return unsafe { with_avx2(f) };
-        }
-    }
-    f()
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
+pub(crate) use vectorized;
 
 /// The f32 values a contiguous operand of op `op` holds.
 pub(crate) fn f32_slice<'a>(
