@@ -48,18 +48,21 @@ mod tests {
 
     #[test]
     fn subnormal_products_become_zero_on_a_flushed_thread() {
-        std::thread::spawn(|| {
-            let tiny = std::hint::black_box(1e-30f32);
-            assert!(
-                (tiny * 1e-10).is_subnormal(),
-                "unflushed: a subnormal result"
-            );
-            flush_denormals_on_this_thread();
-            assert_eq!(std::hint::black_box(tiny) * 1e-10, 0.0);
-            let subnormal = std::hint::black_box(f32::from_bits(1));
-            assert_eq!(subnormal * 2.0, 0.0, "subnormal inputs read as zero");
-        })
-        .join()
-        .expect("the test thread");
+        std::thread::Builder::new()
+            .name("flush-test".into())
+            .spawn(|| {
+                let tiny = std::hint::black_box(1e-30f32);
+                assert!(
+                    (tiny * 1e-10).is_subnormal(),
+                    "unflushed: a subnormal result"
+                );
+                flush_denormals_on_this_thread();
+                assert_eq!(std::hint::black_box(tiny) * 1e-10, 0.0);
+                let subnormal = std::hint::black_box(f32::from_bits(1));
+                assert_eq!(subnormal * 2.0, 0.0, "subnormal inputs read as zero");
+            })
+            .expect("a thread")
+            .join()
+            .expect("the test thread");
     }
 }

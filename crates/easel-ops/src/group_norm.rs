@@ -229,7 +229,7 @@ crate::vectorized! {
 #[inline(always)]
 fn mean_and_inv_std_generic(group: &[f32], eps: f64) -> (f32, f32) {
     let count = group.len().max(1) as f64;
-    let mean = lane_sum(group, |v| f64::from(v)) / count;
+    let mean = lane_sum(group, f64::from) / count;
     let variance = lane_sum(group, |v| (f64::from(v) - mean).powi(2)) / count;
     (mean as f32, (1.0 / (variance + eps).sqrt()) as f32)
 }

@@ -100,7 +100,7 @@ pub fn paint_frame(painter: &egui::Painter, image_rect: Rect, scale: f32, extend
         grown.left_top(),
     ];
     for pair in corners.windows(2) {
-        painter.extend(egui::Shape::dashed_line(&pair[..], stroke, 6.0, 4.0));
+        painter.extend(egui::Shape::dashed_line(pair, stroke, 6.0, 4.0));
     }
 }
 
