@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Easel against diffusers on this machine, on the same random-weight SD 1.5, in one run:
-#   scripts/bench-vs-diffusers.sh [--size PX] [--steps N] [--runs N]   (default 512, 4, 1)
+#   scripts/bench-vs-diffusers.sh [--size PX] [--steps N] [--runs N] [--flux]
+#   (defaults 512, 4, 1; --flux adds FLUX.1 dev's transformer at the bench's reduced depth)
 #
 # Installs torch and diffusers from PyPI into a virtual environment (.bench-venv, or
 # $EASEL_BENCH_VENV) when it is missing, builds Easel (the dev profile the tests build, its
@@ -16,12 +17,14 @@ cd "$(dirname "$0")/.."
 size=512
 steps=4
 runs=1
+flux=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --size) size=$2; shift 2 ;;
         --steps) steps=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
-        *) echo "usage: $0 [--size PX] [--steps N] [--runs N]" >&2; exit 2 ;;
+        --flux) flux=1; shift ;;
+        *) echo "usage: $0 [--size PX] [--steps N] [--runs N] [--flux]" >&2; exit 2 ;;
     esac
 done
 
@@ -48,6 +51,17 @@ for run in $(seq 1 "$runs"); do
         --steps "$steps" > "$out/diffusers-$run.json"
 done
 
+if [ "$flux" = 1 ]; then
+    # FLUX.1 dev at 1 double- and 2 single-stream blocks: the bare transformer forward on
+    # one step's shapes (256 px: 256 image and 512 text tokens), each side the same.
+    echo "bench-vs-diffusers: FLUX.1 dev (reduced): easel" >&2
+    target/debug/easel bench --model flux --size 256 --steps 2 --references none \
+        --cache "$cache" --json > "$out/easel-flux.json" 2> "$out/easel-flux.log" ||
+        { cat "$out/easel-flux.log" >&2; exit 1; }
+    echo "bench-vs-diffusers: FLUX.1 dev (reduced): diffusers" >&2
+    "$venv/bin/python" scripts/bench_flux_diffusers.py --size 256 > "$out/diffusers-flux.json"
+fi
+
 "$venv/bin/python" - "$out" "$runs" <<'EOF'
 import json, os, platform, statistics, sys
 
@@ -71,4 +85,9 @@ rows = [
 print(f"{'':20}{'easel':>10}{'diffusers':>12}{'ratio':>8}")
 for name, ours, theirs, unit in rows:
     print(f"{name:20}{ours:>9.2f}{unit:<1}{theirs:>11.2f}{unit:<1}{ours / theirs:>8.2f}")
+if os.path.exists(f"{out}/easel-flux.json"):
+    ours = json.load(open(f"{out}/easel-flux.json"))["denoiser_forward_secs_median"]
+    theirs = json.load(open(f"{out}/diffusers-flux.json"))["forward_secs_median"]
+    print(f"{'FLUX.1 forward':20}{ours:>9.2f}s{theirs:>11.2f}s{ours / theirs:>8.2f}"
+          "   (dev, 1+2 blocks, 256 px: 256 image + 512 text tokens)")
 EOF
