@@ -6,12 +6,14 @@
 pub mod attention;
 pub mod conv2d;
 pub mod denormals;
+pub mod geglu;
 pub mod group_norm;
 
 use candle_core::{CpuStorage, Layout, Result};
 
 pub use attention::attention;
 pub use conv2d::{conv2d, Conv2d};
+pub use geglu::geglu;
 pub use group_norm::{group_norm, Activation, GroupNorm};
 
 /// Defines `fn $name(args) -> R` as `$generic(args)` compiled for the widest vector
