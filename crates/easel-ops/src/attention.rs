@@ -141,7 +141,9 @@ fn attend_block(
                 gemm::Parallelism::None,
             );
         }
-        softmax_rows(scores, keys);
+        let mut inverse_sums = [0f32; BLOCK_ROWS];
+        let inverse_sums = &mut inverse_sums[..rows];
+        exp_rows(scores, keys, inverse_sums);
         #[allow(unsafe_code)]
         // SAFETY: as above.
         unsafe {
@@ -167,29 +169,46 @@ fn attend_block(
                 gemm::Parallelism::None,
             );
         }
+        scale_rows(rows_out, width, inverse_sums);
     });
+}
+
+crate::vectorized! {
+    /// Every `keys`-long row of `scores` replaced by `exp(x - max)`, and `1 / sum` of each
+    /// row in `inverse_sums`: the softmax without its division, which is applied to the
+    /// product's rows instead (`width` values a row rather than `keys`).
+    fn exp_rows(scores: &mut [f32], keys: usize, inverse_sums: &mut [f32]) = exp_rows_generic
+}
+
+#[inline(always)]
+fn exp_rows_generic(scores: &mut [f32], keys: usize, inverse_sums: &mut [f32]) {
+    for (row, inverse) in scores.chunks_mut(keys).zip(inverse_sums) {
+        *inverse = 1.0 / exp_in_place(row);
+    }
+}
+
+crate::vectorized! {
+    /// Each `width`-long row of `rows` multiplied by its factor.
+    fn scale_rows(rows: &mut [f32], width: usize, factors: &[f32]) = scale_rows_generic
+}
+
+#[inline(always)]
+fn scale_rows_generic(rows: &mut [f32], width: usize, factors: &[f32]) {
+    for (row, &factor) in rows.chunks_mut(width).zip(factors) {
+        for value in row {
+            *value *= factor;
+        }
+    }
 }
 
 /// Lanes of the partial maxima and sums: reductions kept in this many independent
 /// accumulators vectorise (a single running sum must be added in order).
 const LANES: usize = 16;
 
-crate::vectorized! {
-    /// Every `keys`-long row of `scores` replaced by its softmax.
-    fn softmax_rows(scores: &mut [f32], keys: usize) = softmax_rows_generic
-}
-
+/// `row` replaced by `exp(x - max)` in two vectorised passes (the maximum; the exponentials
+/// with their sum), returning the sum.
 #[inline(always)]
-fn softmax_rows_generic(scores: &mut [f32], keys: usize) {
-    for row in scores.chunks_mut(keys) {
-        softmax_in_place(row);
-    }
-}
-
-/// `row` replaced by its softmax: the maximum, `exp(x - max)` and the sum, then the scaling,
-/// each a loop that vectorises.
-#[inline(always)]
-fn softmax_in_place(row: &mut [f32]) {
+fn exp_in_place(row: &mut [f32]) -> f32 {
     let mut maxima = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -205,21 +224,20 @@ fn softmax_in_place(row: &mut [f32]) {
             f32::NEG_INFINITY,
             |max, &value| if value > max { value } else { max },
         );
-    for value in row.iter_mut() {
-        *value = exp(*value - max);
-    }
     let mut sums = [0f32; LANES];
-    let mut chunks = row.chunks_exact(LANES);
+    let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
-        for (sum, &value) in sums.iter_mut().zip(chunk) {
-            *sum += value;
+        for (sum, value) in sums.iter_mut().zip(chunk) {
+            *value = exp(*value - max);
+            *sum += *value;
         }
     }
-    let sum: f32 = sums.iter().chain(chunks.remainder()).sum();
-    let inverse = 1.0 / sum;
-    for value in row.iter_mut() {
-        *value *= inverse;
+    let mut sum: f32 = sums.iter().sum();
+    for value in chunks.into_remainder() {
+        *value = exp(*value - max);
+        sum += *value;
     }
+    sum
 }
 
 /// `e^x` to about 2 ulp, in operations every SIMD width has (so loops over it vectorise):
