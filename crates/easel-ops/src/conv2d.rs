@@ -104,6 +104,23 @@ pub fn conv2d(
     ))
 }
 
+/// `conv2d` with a square `kernel`, `stride` and `padding` (no groups or dilation).
+pub fn conv2d_strided(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let config = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    conv2d(in_channels, out_channels, kernel, config, vb)
+}
+
 /// The kernel's parameters.
 struct Conv2dOp {
     stride: usize,

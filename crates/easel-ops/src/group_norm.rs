@@ -62,6 +62,28 @@ impl GroupNorm {
             activation,
         )
     }
+
+    /// `x` normalised with statistics taken elsewhere (`[B, groups]` or `[B, groups, 1]`, as
+    /// over the tiles of a map), then `activation`.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        inv_std: &Tensor,
+        activation: Activation,
+    ) -> Result<Tensor> {
+        normalize(x, mean, inv_std, &self.weight, &self.bias, activation)
+    }
+
+    /// Groups the channels are normalised in.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// The epsilon added to each variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
 }
 
 /// GroupNorm of `x` `[B, C, ...]` over `groups` (`weight` and `bias` `[C]`), then `activation`.

@@ -12,7 +12,7 @@ pub mod group_norm;
 use candle_core::{CpuStorage, Layout, Result};
 
 pub use attention::attention;
-pub use conv2d::{conv2d, Conv2d};
+pub use conv2d::{conv2d, conv2d_strided, Conv2d};
 pub use geglu::geglu;
 pub use group_norm::{group_norm, Activation, GroupNorm};
 

@@ -11,7 +11,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::ops::group_norm::{group_statistics, normalize, Activation};
+use crate::ops::group_norm::{group_statistics, Activation, GroupNorm};
 
 /// A rectangle of a feature map, in that map's pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,11 +211,11 @@ impl Tiles {
         let (mean, inv_std) = match self.tiles.as_slice() {
             // A whole map: Easel's kernel takes the statistics in one parallel pass.
             [tile] if tile.padded == tile.core => {
-                group_statistics(&tile.data, norm.groups, norm.eps)?
+                group_statistics(&tile.data, norm.groups(), norm.eps())?
             }
-            _ => self.group_statistics(norm.groups, norm.eps)?,
+            _ => self.group_statistics(norm.groups(), norm.eps())?,
         };
-        self.map(|data| op(&norm.apply(data, &mean, &inv_std, activation)?))
+        self.map(|data| op(&norm.forward_with(data, &mean, &inv_std, activation)?))
     }
 
     /// Per-group mean and `1 / sqrt(var + eps)` over every core, `[batch, groups, 1]` in f32
@@ -263,53 +263,5 @@ impl Tiles {
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&rows, 2)
-    }
-}
-
-/// GroupNorm's parameters, applied with statistics computed elsewhere (see `Tiles`).
-#[derive(Debug, Clone)]
-pub struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
-    groups: usize,
-    eps: f64,
-}
-
-impl GroupNorm {
-    /// Loads `weight` and `bias` of a GroupNorm over `channels` in `groups`.
-    pub fn new(
-        groups: usize,
-        channels: usize,
-        eps: f64,
-        vb: candle_nn::VarBuilder,
-    ) -> Result<Self> {
-        if groups == 0 || !channels.is_multiple_of(groups) {
-            candle_core::bail!("GroupNorm: {channels} channels can't be split in {groups} groups")
-        }
-        Ok(Self {
-            weight: vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?,
-            bias: vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?,
-            groups,
-            eps,
-        })
-    }
-
-    /// Normalises `xs` with the given group statistics, scales and shifts per channel, then
-    /// applies `activation` (one pass in Easel's kernel).
-    fn apply(
-        &self,
-        xs: &Tensor,
-        mean: &Tensor,
-        inv_std: &Tensor,
-        activation: Activation,
-    ) -> Result<Tensor> {
-        normalize(xs, mean, inv_std, &self.weight, &self.bias, activation)
-    }
-
-    /// GroupNorm of a whole map.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Tiles::whole(xs.clone())?
-            .group_norm_then(self, Activation::Identity, |x| Ok(x.clone()))?
-            .stitch()
     }
 }

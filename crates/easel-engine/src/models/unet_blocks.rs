@@ -6,7 +6,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
-use crate::ops::{attention, conv2d, geglu, Activation, Conv2d, GroupNorm};
+use crate::ops::{attention, conv2d_strided, geglu, Activation, Conv2d, GroupNorm};
 
 /// Epsilon of the GroupNorm in front of each transformer, fixed in diffusers.
 const TRANSFORMER_NORM_EPS: f64 = 1e-6;
@@ -14,31 +14,6 @@ const TRANSFORMER_NORM_EPS: f64 = 1e-6;
 const LAYER_NORM_EPS: f64 = 1e-5;
 /// Tokens the feed-forward takes at once.
 const FEED_FORWARD_CHUNK_TOKENS: usize = 1024;
-
-fn conv3x3(
-    in_channels: usize,
-    out_channels: usize,
-    stride: usize,
-    padding: usize,
-    vb: VarBuilder,
-) -> Result<Conv2d> {
-    let cfg = nn::Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    conv2d(in_channels, out_channels, 3, cfg, vb)
-}
-
-fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
-    conv2d(
-        in_channels,
-        out_channels,
-        1,
-        nn::Conv2dConfig::default(),
-        vb,
-    )
-}
 
 /// What every resnet of a UNet shares.
 #[derive(Debug, Clone, Copy)]
@@ -74,16 +49,23 @@ impl Resnet {
         output_scale_factor: f64,
     ) -> Result<Self> {
         let shortcut = if in_channels != out_channels {
-            Some(conv1x1(in_channels, out_channels, vb.pp("conv_shortcut"))?)
+            Some(conv2d_strided(
+                in_channels,
+                out_channels,
+                1,
+                1,
+                0,
+                vb.pp("conv_shortcut"),
+            )?)
         } else {
             None
         };
         Ok(Self {
             norm1: GroupNorm::load(shape.groups, in_channels, shape.eps, vb.pp("norm1"))?,
-            conv1: conv3x3(in_channels, out_channels, 1, 1, vb.pp("conv1"))?,
+            conv1: conv2d_strided(in_channels, out_channels, 3, 1, 1, vb.pp("conv1"))?,
             time_emb_proj: nn::linear(shape.time_channels, out_channels, vb.pp("time_emb_proj"))?,
             norm2: GroupNorm::load(shape.groups, out_channels, shape.eps, vb.pp("norm2"))?,
-            conv2: conv3x3(out_channels, out_channels, 1, 1, vb.pp("conv2"))?,
+            conv2: conv2d_strided(out_channels, out_channels, 3, 1, 1, vb.pp("conv2"))?,
             shortcut,
             output_scale_factor,
         })
@@ -268,7 +250,7 @@ impl Transformer {
             Ok(if shape.linear_projection {
                 Projection::Linear(nn::linear(channels, channels, vb.pp(name))?)
             } else {
-                Projection::Conv(conv1x1(channels, channels, vb.pp(name))?)
+                Projection::Conv(conv2d_strided(channels, channels, 1, 1, 0, vb.pp(name))?)
             })
         };
         let blocks = (0..depth)
@@ -369,9 +351,10 @@ impl DownBlock {
             }
         }
         let downsample = match downsample_padding {
-            Some(padding) => Some(conv3x3(
+            Some(padding) => Some(conv2d_strided(
                 level.channels,
                 level.channels,
+                3,
                 2,
                 padding,
                 vb.pp("downsamplers.0.conv"),
@@ -524,9 +507,10 @@ impl UpBlock {
             }
         }
         let upsample = if upsample {
-            Some(conv3x3(
+            Some(conv2d_strided(
                 level.channels,
                 level.channels,
+                3,
                 1,
                 1,
                 vb.pp("upsamplers.0.conv"),

@@ -4,10 +4,10 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{self as nn, VarBuilder};
 
-use crate::ops::{conv2d, Activation, Conv2d};
+use crate::ops::{conv2d, Activation, Conv2d, GroupNorm};
 
 use super::config::VaeConfig;
-use super::tiles::{GroupNorm, TileLayout, Tiles};
+use super::tiles::{TileLayout, Tiles};
 use super::vae_blocks::{DownBlock, MidBlock, UpBlock, VAE_NORM_EPS};
 
 fn conv3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
@@ -51,7 +51,7 @@ impl Encoder {
             conv_in: conv3(cfg.in_channels, channels[0], vb.pp("conv_in"))?,
             down_blocks,
             mid_block: MidBlock::new(vb.pp("mid_block"), last, groups, VAE_NORM_EPS)?,
-            conv_norm_out: GroupNorm::new(groups, last, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::load(groups, last, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3(last, 2 * cfg.latent_channels, vb.pp("conv_out"))?,
         })
     }
@@ -96,7 +96,7 @@ impl Encoder {
             tiles = block.forward(tiles)?;
         }
         let xs = self.mid_block.forward(&tiles.stitch()?)?;
-        let xs = nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward(&xs, Activation::Silu)?;
         self.conv_out.forward(&xs)
     }
 }
@@ -135,7 +135,7 @@ impl Decoder {
             conv_in: conv3(cfg.latent_channels, last, vb.pp("conv_in"))?,
             mid_block: MidBlock::new(vb.pp("mid_block"), last, groups, VAE_NORM_EPS)?,
             up_blocks,
-            conv_norm_out: GroupNorm::new(groups, first, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::load(groups, first, VAE_NORM_EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3(first, cfg.out_channels, vb.pp("conv_out"))?,
         })
     }

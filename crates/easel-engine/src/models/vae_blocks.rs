@@ -5,9 +5,9 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
-use crate::ops::{conv2d, Activation, Conv2d};
+use crate::ops::{conv2d_strided, Activation, Conv2d, GroupNorm};
 
-use super::tiles::{GroupNorm, Tiles};
+use super::tiles::Tiles;
 
 /// The VAE's GroupNorm epsilon, fixed in diffusers' encoder and decoder.
 pub(super) const VAE_NORM_EPS: f64 = 1e-6;
@@ -15,22 +15,6 @@ pub(super) const VAE_NORM_EPS: f64 = 1e-6;
 /// Attention score elements computed at once in the mid block (64 Mi f32 = 256 MB); longer
 /// maps are attended in chunks of queries, so memory stays flat as images grow.
 const ATTENTION_CHUNK_ELEMENTS: usize = 64 << 20;
-
-fn conv(
-    in_channels: usize,
-    out_channels: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-    vb: VarBuilder,
-) -> Result<Conv2d> {
-    let cfg = nn::Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    conv2d(in_channels, out_channels, kernel, cfg, vb)
-}
 
 /// `ResnetBlock2D` with no time embedding.
 #[derive(Debug)]
@@ -52,7 +36,7 @@ impl Resnet {
         eps: f64,
     ) -> Result<Self> {
         let shortcut = if in_channels != out_channels {
-            Some(conv(
+            Some(conv2d_strided(
                 in_channels,
                 out_channels,
                 1,
@@ -64,10 +48,10 @@ impl Resnet {
             None
         };
         Ok(Self {
-            norm1: GroupNorm::new(groups, in_channels, eps, vb.pp("norm1"))?,
-            conv1: conv(in_channels, out_channels, 3, 1, 1, vb.pp("conv1"))?,
-            norm2: GroupNorm::new(groups, out_channels, eps, vb.pp("norm2"))?,
-            conv2: conv(out_channels, out_channels, 3, 1, 1, vb.pp("conv2"))?,
+            norm1: GroupNorm::load(groups, in_channels, eps, vb.pp("norm1"))?,
+            conv1: conv2d_strided(in_channels, out_channels, 3, 1, 1, vb.pp("conv1"))?,
+            norm2: GroupNorm::load(groups, out_channels, eps, vb.pp("norm2"))?,
+            conv2: conv2d_strided(out_channels, out_channels, 3, 1, 1, vb.pp("conv2"))?,
             shortcut,
         })
     }
@@ -120,7 +104,7 @@ impl Attention {
             ["to_q", "to_k", "to_v", "to_out.0"]
         };
         Ok(Self {
-            norm: GroupNorm::new(groups, channels, eps, vb.pp("group_norm"))?,
+            norm: GroupNorm::load(groups, channels, eps, vb.pp("group_norm"))?,
             query: projection(channels, vb.pp(names[0]))?,
             key: projection(channels, vb.pp(names[1]))?,
             value: projection(channels, vb.pp(names[2]))?,
@@ -135,7 +119,7 @@ impl Attention {
         let in_dtype = xs.dtype();
         let normed = self
             .norm
-            .forward(xs)?
+            .forward(xs, Activation::Identity)?
             .reshape((batch, channels, tokens))?
             .transpose(1, 2)?;
         let as_head = |x: Tensor| x.to_dtype(DType::F32)?.unsqueeze(1);
@@ -239,7 +223,7 @@ impl UpBlock {
     ) -> Result<Self> {
         let resnets = resnet_stack(&vb, in_channels, out_channels, layers, groups)?;
         let upsample = if upsample {
-            Some(conv(
+            Some(conv2d_strided(
                 out_channels,
                 out_channels,
                 3,
@@ -299,7 +283,7 @@ impl DownBlock {
     ) -> Result<Self> {
         let resnets = resnet_stack(&vb, in_channels, out_channels, layers, groups)?;
         let downsample = if downsample {
-            Some(conv(
+            Some(conv2d_strided(
                 out_channels,
                 out_channels,
                 3,
