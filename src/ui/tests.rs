@@ -428,14 +428,7 @@ fn a_dropped_image_takes_a_stroke_that_undo_redo_and_invert_act_on() {
     assert_eq!(mask_at(&harness, 30, 32), 255, "the stroke masked its path");
     assert_eq!(mask_at(&harness, 30, 50), 0, "and nothing far from it");
     harness.get_by_label("Mode: inpaint");
-    let stroke = harness
-        .state()
-        .references
-        .init()
-        .expect("init")
-        .mask
-        .pixels()
-        .clone();
+    let stroke = init_mask(&harness);
 
     click(&mut harness, "Undo");
     assert_eq!(
@@ -883,6 +876,18 @@ fn init_image(harness: &Harness<'_, EaselApp>) -> Arc<image::RgbImage> {
         .clone()
 }
 
+/// The init image's mask pixels.
+fn init_mask(harness: &Harness<'_, EaselApp>) -> image::GrayImage {
+    harness
+        .state()
+        .references
+        .init()
+        .expect("init")
+        .mask
+        .pixels()
+        .clone()
+}
+
 /// A hard brush stroke of `radius_px` on the init image's mask, from `from` to `to`.
 fn paint_stroke(
     harness: &mut Harness<'_, EaselApp>,
@@ -963,14 +968,7 @@ fn a_large_pictures_mask_shows_its_masked_area_and_is_painted_there() {
     let entry = &harness.state().results.history[0];
     assert_eq!(entry.image.dimensions(), (192, 160));
     assert_eq!(entry.parameters.masked_area_padding_px, Some(16));
-    let mask = harness
-        .state()
-        .references
-        .init()
-        .expect("init")
-        .mask
-        .pixels()
-        .clone();
+    let mask = init_mask(&harness);
     for (x, y, pixel) in picture.enumerate_pixels() {
         if mask.get_pixel(x, y)[0] == 0 {
             assert_eq!(entry.image.get_pixel(x, y), pixel, "unmasked pixel {x},{y}");
@@ -987,14 +985,7 @@ fn a_result_goes_to_the_canvas_with_its_mask_and_steps_back_and_forth() {
     let mut harness = window_with_picture(&folders);
     let original = init_image(&harness);
     paint_stroke(&mut harness, (20.0, 20.0), (40.0, 30.0), 5.0);
-    let mask = harness
-        .state()
-        .references
-        .init()
-        .expect("init")
-        .mask
-        .pixels()
-        .clone();
+    let mask = init_mask(&harness);
     generate_and_wait(&mut harness, "a red boat");
     let result = harness.state().results.history[0].image.clone();
     assert_ne!(*result, *original, "the inpaint changed something");
@@ -1109,14 +1100,7 @@ fn dragging_the_frame_sets_the_extension_and_each_size_keeps_its_own_mask() {
     let mut harness = window_with_picture(&folders);
     let original = init_image(&harness);
     paint_stroke(&mut harness, (10.0, 10.0), (20.0, 10.0), 3.0);
-    let painted = harness
-        .state()
-        .references
-        .init()
-        .expect("init")
-        .mask
-        .pixels()
-        .clone();
+    let painted = init_mask(&harness);
     // Zoomed out so that the frame has room to grow inside the panel.
     harness.state_mut().canvas.view.zoom = 0.5;
     click(&mut harness, "Frame");
