@@ -104,21 +104,28 @@ impl Reference {
 
     /// Back to the previous version; false when there is none.
     pub fn previous_version(&mut self) -> bool {
-        let Some(previous) = self.versions.earlier.pop() else {
-            return false;
-        };
-        let outgoing = self.swap_in(previous);
-        self.versions.later.push(outgoing);
-        true
+        self.step_version(Step::Back)
     }
 
     /// Forward to the version a step back put aside; false when there is none.
     pub fn next_version(&mut self) -> bool {
-        let Some(next) = self.versions.later.pop() else {
+        self.step_version(Step::Forward)
+    }
+
+    /// Shows the version `step` reaches, putting the current one on the other side.
+    fn step_version(&mut self, step: Step) -> bool {
+        let source = match step {
+            Step::Back => &mut self.versions.earlier,
+            Step::Forward => &mut self.versions.later,
+        };
+        let Some(incoming) = source.pop() else {
             return false;
         };
-        let outgoing = self.swap_in(next);
-        self.versions.earlier.push(outgoing);
+        let outgoing = self.swap_in(incoming);
+        match step {
+            Step::Back => self.versions.later.push(outgoing),
+            Step::Forward => self.versions.earlier.push(outgoing),
+        }
         true
     }
 
@@ -149,6 +156,13 @@ impl Reference {
         self.versions.image_revision += 1;
         outgoing
     }
+}
+
+/// Which way a step through the versions goes.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Back,
+    Forward,
 }
 
 /// A decoded image (and its saved mask) from a background load.

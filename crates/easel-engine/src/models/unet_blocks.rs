@@ -329,27 +329,13 @@ impl DownBlock {
         transformer: TransformerShape,
         downsample_padding: Option<usize>,
     ) -> Result<Self> {
-        let mut resnets = Vec::with_capacity(layers);
-        let mut attentions = Vec::new();
-        for i in 0..layers {
-            let from = if i == 0 { in_channels } else { level.channels };
-            resnets.push(Resnet::new(
-                vb.pp(format!("resnets.{i}")),
-                from,
-                level.channels,
-                resnet,
-                1.0,
-            )?);
-            if let Some((depth, heads)) = level.attention {
-                attentions.push(Transformer::new(
-                    vb.pp(format!("attentions.{i}")),
-                    level.channels,
-                    heads,
-                    depth,
-                    transformer,
-                )?);
+        let (resnets, attentions) = level_layers(&vb, level, resnet, transformer, layers, |i| {
+            if i == 0 {
+                in_channels
+            } else {
+                level.channels
             }
-        }
+        })?;
         let downsample = match downsample_padding {
             Some(padding) => Some(conv2d_strided(
                 level.channels,
@@ -400,6 +386,39 @@ impl DownBlock {
         }
         Ok(xs)
     }
+}
+
+/// The `layers` resnets of a level (resnet `i` taking `in_channels(i)`), each followed by a
+/// transformer when the level has attention.
+fn level_layers(
+    vb: &VarBuilder,
+    level: LevelShape,
+    resnet: ResnetShape,
+    transformer: TransformerShape,
+    layers: usize,
+    in_channels: impl Fn(usize) -> usize,
+) -> Result<(Vec<Resnet>, Vec<Transformer>)> {
+    let mut resnets = Vec::with_capacity(layers);
+    let mut attentions = Vec::new();
+    for i in 0..layers {
+        resnets.push(Resnet::new(
+            vb.pp(format!("resnets.{i}")),
+            in_channels(i),
+            level.channels,
+            resnet,
+            1.0,
+        )?);
+        if let Some((depth, heads)) = level.attention {
+            attentions.push(Transformer::new(
+                vb.pp(format!("attentions.{i}")),
+                level.channels,
+                heads,
+                depth,
+                transformer,
+            )?);
+        }
+    }
+    Ok((resnets, attentions))
 }
 
 /// `UNetMidBlock2DCrossAttn`: a resnet, then a transformer and a resnet.
@@ -480,32 +499,16 @@ impl UpBlock {
         transformer: TransformerShape,
         upsample: bool,
     ) -> Result<Self> {
-        let mut resnets = Vec::with_capacity(layers);
-        let mut attentions = Vec::new();
-        for i in 0..layers {
+        // The last resnet's skip is the level above's input; the others are the level's own.
+        let (resnets, attentions) = level_layers(&vb, level, resnet, transformer, layers, |i| {
+            let from = if i == 0 { from_below } else { level.channels };
             let skip = if i + 1 == layers {
                 last_skip_channels
             } else {
                 level.channels
             };
-            let from = if i == 0 { from_below } else { level.channels };
-            resnets.push(Resnet::new(
-                vb.pp(format!("resnets.{i}")),
-                from + skip,
-                level.channels,
-                resnet,
-                1.0,
-            )?);
-            if let Some((depth, heads)) = level.attention {
-                attentions.push(Transformer::new(
-                    vb.pp(format!("attentions.{i}")),
-                    level.channels,
-                    heads,
-                    depth,
-                    transformer,
-                )?);
-            }
-        }
+            from + skip
+        })?;
         let upsample = if upsample {
             Some(conv2d_strided(
                 level.channels,
