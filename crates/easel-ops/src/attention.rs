@@ -242,7 +242,8 @@ fn exp_in_place(row: &mut [f32]) -> f32 {
 
 /// `e^x` to about 2 ulp, in operations every SIMD width has (so loops over it vectorise):
 /// `x = n ln 2 + r` with `|r| <= ln 2 / 2`, `e^r` by its degree-6 Taylor-like polynomial
-/// (Cephes' `expf` coefficients), `2^n` built in the exponent bits. Below -87.3 it stays at
+/// (Cephes' `expf` coefficients), `2^n` built in the exponent bits from the integer
+/// rounding left in the mantissa. Below -87.3 it stays at
 /// e^-87.3 (about 1e-38), which a softmax cannot tell from 0.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
@@ -251,8 +252,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_LOW: f32 = -2.121_944_4e-4;
     // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
+    // The bits of `ROUND + n` are `ROUND`'s plus `n`.
+    const ROUND_BITS: u32 = 0x4B40_0000;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    let rounded = x * LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = x - n * LN2_HIGH - n * LN2_LOW;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -260,7 +264,8 @@ pub(crate) fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let e_r = p * r2 + r + 1.0;
-    let two_n = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // 2^n from the rounded sum's bits: a float-to-integer cast would saturate, lane by lane.
+    let two_n = f32::from_bits(rounded.to_bits().wrapping_sub(ROUND_BITS - 127) << 23);
     e_r * two_n
 }
 
