@@ -111,15 +111,28 @@ pub fn default_dtype(device: &Device) -> DType {
     }
 }
 
+/// The precision low-memory mode holds weights in on `device` when none is asked: f16 on the
+/// CPU (half of f32's memory; Easel's layers still compute in f32 there), the default
+/// elsewhere (already half precision).
+pub fn low_memory_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F16
+    } else {
+        default_dtype(device)
+    }
+}
+
 /// The precision to load weights in on `device` when `asked` (or the default), and a
-/// warning when the ask can't be honoured there and another precision is used instead.
+/// warning when the ask can't be honoured there and another precision is used instead. On the
+/// CPU, f16 and bf16 are the precision the weights are held in (half of f32's memory); Easel's
+/// layers compute in f32 there (`ops::compute_dtype`), and families whose layers can't widen
+/// their weights hold them in f32.
 pub fn usable_dtype(device: &Device, asked: Option<DType>) -> (DType, Option<String>) {
     let Some(asked) = asked else {
         return (default_dtype(device), None);
     };
     let name = |dtype: DType| format!("{dtype:?}").to_lowercase();
     let fallback = match asked {
-        DType::F16 | DType::BF16 if device.is_cpu() => Some(DType::F32),
         // bf16 kernels are missing on some Macs (candle #2406); f16 is as fast there.
         DType::BF16 if device.is_metal() => Some(DType::F16),
         DType::F32 | DType::F16 | DType::BF16 => None,

@@ -245,10 +245,20 @@ impl ParityCase {
         Ok(noise)
     }
 
-    /// Runs the case on `device` with the models in `models_dir`.
+    /// Runs the case on `device` with the models in `models_dir`, weights in f32.
     pub fn run(&self, models_dir: &Path, device: &Device) -> Result<ReplayReport, ReplayError> {
+        self.run_with_weights(models_dir, device, DType::F32)
+    }
+
+    /// Runs the case on `device` with the models in `models_dir`, weights held at `dtype`.
+    pub fn run_with_weights(
+        &self,
+        models_dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<ReplayReport, ReplayError> {
         let request = self.request(models_dir)?;
-        let mut model = crate::families::open(&request.model, device, DType::F32)
+        let mut model = crate::families::open(&request.model, device, dtype)
             .map_err(PipelineError::from)?;
         let started = std::time::Instant::now();
         let mut timings = StageTimings::default();

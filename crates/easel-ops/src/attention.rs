@@ -21,6 +21,11 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Frees this thread's score buffer.
+pub(crate) fn release_scores() {
+    SCORES.with(|scores| *scores.borrow_mut() = Vec::new());
+}
+
 /// `softmax(q kᵀ · scale) v` for `q` `[B, H, Lq, D]`, `k` and `v` `[B, H, Lk, D]`: `[B, H, Lq, D]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let own_kernel = q.device().is_cpu()

@@ -5,11 +5,13 @@
 //! candle's CPU conv2d instead copies the whole input to NHWC, re-lays the weights on every
 //! call, gathers the columns one element at a time and adds the bias in a separate pass.
 //!
-//! Other devices and dtypes use candle's own convolution (`Conv2d::forward` decides).
+//! Weights may be held in f16 or bf16 (see `weights`); they are widened once per call. Other
+//! devices and dtypes use candle's own convolution (`Conv2d::forward` decides).
 
 use std::cell::RefCell;
 
-use super::f32_slice;
+use super::{f32_slice, parallelism};
+use crate::weights::{compute_dtype, is_cpu_weights_dtype, with_f32_weights};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
@@ -22,7 +24,13 @@ thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A convolution layer: weights `[out, in, kh, kw]`, a bias, stride and padding.
+/// Frees this thread's column buffer.
+pub(crate) fn release_columns() {
+    COLUMNS.with(|columns| *columns.borrow_mut() = Vec::new());
+}
+
+/// A convolution layer: weights `[out, in, kh, kw]` (on the CPU in f32, f16 or bf16), a bias
+/// in the compute dtype, stride and padding.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -50,7 +58,7 @@ impl Conv2d {
     fn own_kernel_runs(&self, x: &Tensor) -> bool {
         x.device().is_cpu()
             && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
+            && is_cpu_weights_dtype(self.weight.dtype())
             && self.config.groups == 1
             && self.config.dilation == 1
     }
@@ -75,7 +83,7 @@ impl Module for Conv2d {
             );
         }
         let y = x.conv2d(
-            &self.weight,
+            &self.weight.to_dtype(x.dtype())?,
             self.config.padding,
             self.config.stride,
             self.config.dilation,
@@ -88,7 +96,8 @@ impl Module for Conv2d {
     }
 }
 
-/// `candle_nn::conv2d`'s loader (same names, shapes and initialisation) for Easel's layer.
+/// `candle_nn::conv2d`'s loader (same names, shapes and initialisation) for Easel's layer:
+/// the weights at `vb`'s dtype, the bias at the compute dtype (`weights::compute_dtype`).
 pub fn conv2d(
     in_channels: usize,
     out_channels: usize,
@@ -96,12 +105,22 @@ pub fn conv2d(
     config: Conv2dConfig,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let layer = candle_nn::conv2d(in_channels, out_channels, kernel, config, vb)?;
-    Ok(Conv2d::new(
-        layer.weight().clone(),
-        layer.bias().cloned(),
-        config,
-    ))
+    let weight = vb.get_with_hints(
+        (out_channels, in_channels / config.groups, kernel, kernel),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bound = 1. / (in_channels as f64).sqrt();
+    let bias = vb.get_with_hints_dtype(
+        out_channels,
+        "bias",
+        candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+        compute_dtype(vb.device(), vb.dtype()),
+    )?;
+    Ok(Conv2d::new(weight, Some(bias), config))
 }
 
 /// `conv2d` with a square `kernel`, `stride` and `padding` (no groups or dilation).
@@ -193,10 +212,11 @@ impl CustomOp3 for Conv2dOp {
             padding: self.padding,
         };
         let input = f32_slice("conv2d", input, input_layout)?;
-        let weight = f32_slice("conv2d", weight, weight_layout)?;
         let bias = f32_slice("conv2d", bias, bias_layout)?;
         let mut out = vec![0f32; batch * out_channels * dims.out_h * dims.out_w];
-        convolve(&dims, input, weight, bias, &mut out);
+        with_f32_weights("conv2d", weight, weight_layout, |weight| {
+            convolve(&dims, input, weight, bias, &mut out)
+        })?;
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, out_channels, dims.out_h, dims.out_w)),
@@ -271,13 +291,6 @@ fn convolve(dims: &Dims, input: &[f32], weight: &[f32], bias: &[f32], out: &mut 
             }
         }
     });
-}
-
-fn parallelism() -> gemm::Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        threads => gemm::Parallelism::Rayon(threads),
-    }
 }
 
 /// Fills `columns` (`[k, rows * out_w]`) for output rows `first_row..first_row + rows`: row
@@ -390,6 +403,35 @@ mod tests {
                 difference < 1e-5,
                 "{shape:?} -> {out_channels}, stride {stride}, padding {padding}: {difference}"
             );
+        }
+    }
+
+    #[test]
+    fn weights_held_in_half_precision_give_the_f32_result_of_their_rounded_values() {
+        let device = Device::Cpu;
+        let weight = Tensor::randn(0f32, 0.2, (6, 5, 3, 3), &device).expect("weight");
+        let bias = Tensor::randn(0f32, 1.0, 6, &device).expect("bias");
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        // A small map (the column path) and a large one (the Winograd path).
+        for (held, side) in [(DType::F16, 9), (DType::BF16, 9), (DType::F16, 35), (DType::BF16, 35)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 5, side, side - 2), &device).expect("x");
+            let held_weight = weight.to_dtype(held).expect("held");
+            let rounded = held_weight.to_dtype(DType::F32).expect("rounded");
+            let ours = Conv2d::new(held_weight, Some(bias.clone()), config)
+                .forward(&x)
+                .expect("ours");
+            let reference = Conv2d::new(rounded, Some(bias.clone()), config)
+                .forward(&x)
+                .expect("f32");
+            let difference = (ours - reference)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.max_all())
+                .and_then(|m| m.to_scalar::<f32>())
+                .expect("difference");
+            assert!(difference < 1e-5, "{held:?} {side}: {difference}");
         }
     }
 

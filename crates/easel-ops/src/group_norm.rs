@@ -41,8 +41,10 @@ impl GroupNorm {
         if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("GroupNorm: {channels} channels can't be split in {groups} groups")
         }
-        let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
-        let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
+        let dtype = crate::weights::compute_dtype(vb.device(), vb.dtype());
+        let weight =
+            vb.get_with_hints_dtype(channels, "weight", candle_nn::Init::Const(1.), dtype)?;
+        let bias = vb.get_with_hints_dtype(channels, "bias", candle_nn::Init::Const(0.), dtype)?;
         Ok(Self {
             weight,
             bias,

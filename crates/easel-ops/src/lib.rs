@@ -8,6 +8,8 @@ pub mod conv2d;
 pub mod denormals;
 pub mod geglu;
 pub mod group_norm;
+pub mod linear;
+pub mod weights;
 
 use candle_core::{CpuStorage, Layout, Result};
 
@@ -15,6 +17,8 @@ pub use attention::attention;
 pub use conv2d::{conv2d, conv2d_strided, Conv2d};
 pub use geglu::geglu;
 pub use group_norm::{group_norm, Activation, GroupNorm};
+pub use linear::{linear, linear_no_bias, Linear};
+pub use weights::{compute_dtype, release_buffers};
 
 /// Defines `fn $name(args) -> R` as `$generic(args)` compiled for the widest vector
 /// instructions this CPU has (AVX-512, else AVX2 with FMA, else the build's baseline, whose
@@ -63,5 +67,13 @@ pub(crate) fn f32_slice<'a>(
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&values[start..end]),
         None => candle_core::bail!("{op}: the operands must be contiguous"),
+    }
+}
+
+/// How a large product spreads over the threads: candle's thread count.
+pub(crate) fn parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        threads => gemm::Parallelism::Rayon(threads),
     }
 }

@@ -262,6 +262,7 @@ fn measure_mode(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ModeReport, BenchError> {
     *cold_loads_from_disk &= page_cache::evict(weight_files);
+    let weights = engine.dtype_name();
     let peak_resettable = reset_peak_rss();
     let started = Instant::now();
     let cold = run_job(&engine, request)?;
@@ -283,6 +284,7 @@ fn measure_mode(
     let mut decodes = stage_secs(&cold, &is_decode);
     decodes.extend(stage_secs(&warm, &is_decode));
     Ok(ModeReport {
+        weights,
         load_secs: stage_secs(&cold, &is_load).iter().sum(),
         warm_load_secs: stage_secs(&warm, &is_load).iter().sum(),
         step_secs_median: median(&mut steps),

@@ -70,6 +70,8 @@ pub struct Modes {
 /// One residency mode's figures over a cold job and a warm job.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModeReport {
+    /// The precision the weights were held in ("f32", "f16").
+    pub weights: String,
     /// Loading every component the first job needed, weight files not in the page cache.
     pub load_secs: f64,
     /// The same loads again after an unload (files in the page cache).
@@ -137,8 +139,9 @@ impl BenchReport {
         );
         let _ = writeln!(
             out,
-            "{:<8} {:>10} {:>10} {:>11} {:>12} {:>11} {:>10} {:>13}",
+            "{:<8} {:>7} {:>10} {:>10} {:>11} {:>12} {:>11} {:>10} {:>13}",
             "mode",
+            "weights",
             "load cold",
             "load warm",
             "first step",
@@ -150,8 +153,9 @@ impl BenchReport {
         for (name, mode) in [("full", &self.modes.full), ("staged", &self.modes.staged)] {
             let _ = writeln!(
                 out,
-                "{:<8} {:>9.2}s {:>9.2}s {:>10.3}s {:>11.3}s {:>10.2}s {:>10} {:>13}",
+                "{:<8} {:>7} {:>9.2}s {:>9.2}s {:>10.3}s {:>11.3}s {:>10.2}s {:>10} {:>13}",
                 name,
+                mode.weights,
                 mode.load_secs,
                 mode.warm_load_secs,
                 mode.first_step_secs_median,

@@ -65,8 +65,8 @@ pub type FaultHook = Arc<dyn Fn(FaultPoint) -> Fault + Send + Sync>;
 pub struct EngineConfig {
     /// The device to run on.
     pub device: DeviceChoice,
-    /// Weight precision; `None` picks the device's default. One the device can't use is
-    /// replaced (see `Engine::dtype_warning`).
+    /// Weight precision; `None` picks the device's default (in low-memory mode, f16 on the
+    /// CPU). One the device can't use is replaced (see `Engine::dtype_warning`).
     pub dtype: Option<candle_core::DType>,
     /// After a job loads components, run one tiny step at 64x64 first so device kernels are
     /// compiled before the real job (its duration is the `warm-up` stage).
@@ -74,7 +74,8 @@ pub struct EngineConfig {
     /// When loaded models are dropped.
     pub residency: ResidencyPolicy,
     /// Low-memory mode: text encoders are dropped after encoding and the UNet before
-    /// decoding, so peak memory is one stage's weights (reloads are cheap: weights are mapped).
+    /// decoding, so peak memory is one stage's weights (reloads are cheap: weights are mapped);
+    /// with no `dtype` asked, weights are held in f16 on the CPU.
     pub staged: bool,
     /// Test-only failure injection.
     pub fault_hook: Option<FaultHook>,
@@ -106,7 +107,11 @@ impl Engine {
     /// Starts the engine thread; nothing is loaded until a job needs it.
     pub fn spawn(config: EngineConfig, wake: WakeUp) -> Result<Self, EngineError> {
         let device = device::open(config.device)?;
-        let (dtype, dtype_warning) = device::usable_dtype(&device, config.dtype);
+        let asked = match config.dtype {
+            None if config.staged => Some(device::low_memory_dtype(&device)),
+            asked => asked,
+        };
+        let (dtype, dtype_warning) = device::usable_dtype(&device, asked);
         let device_name = device::describe(&device);
         tracing::info!(device = %device_name, dtype = ?dtype, "engine starting");
         if let Some(warning) = &dtype_warning {

@@ -238,6 +238,8 @@ impl FluxModel {
     /// Reads the configs of the FLUX model in `dir` and finds its transformer file: the
     /// full-precision single file when there is one, else a GGUF.
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        // Its layers compute at their weights' dtype: on the CPU that is f32.
+        let dtype = crate::ops::compute_dtype(device, dtype);
         if !dir.is_dir() {
             return Err(ModelError::FolderNotFound {
                 path: dir.to_path_buf(),

@@ -135,6 +135,8 @@ impl Flux2Model {
 
     /// Reads the configs in `dir` (nothing is loaded yet).
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        // Its layers compute at their weights' dtype: on the CPU that is f32.
+        let dtype = crate::ops::compute_dtype(device, dtype);
         if !dir.is_dir() {
             return Err(ModelError::FolderNotFound {
                 path: dir.to_path_buf(),

@@ -244,7 +244,9 @@ impl ModelWeights for SdModel {
                 };
                 let tokenizer = PromptTokenizer::load(&slot.tokenizer_dir)?;
                 let files = component_files(&slot.dir)?;
-                let vb = weights_var_builder(&files, dtype, &device)?;
+                // The text encoders run once a job: held at the compute dtype.
+                let text_dtype = crate::ops::compute_dtype(&device, dtype);
+                let vb = weights_var_builder(&files, text_dtype, &device)?;
                 let model = ClipTextModel::new(vb, &slot.config)
                     .map_err(|e| weights_error(&files, &slot.dir.join("config.json"), e))?;
                 slot.loaded = Some(TextEncoder { tokenizer, model });

@@ -14,7 +14,7 @@ use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbeddin
 use super::config::UnetConfig;
 use super::error::ModelError;
 use super::unet_blocks::{DownBlock, LevelShape, MidBlock, ResnetShape, TransformerShape, UpBlock};
-use crate::ops::{conv2d, Activation, Conv2d, GroupNorm};
+use crate::ops::{compute_dtype, conv2d, Activation, Conv2d, GroupNorm};
 
 /// One down or up block's shape, resolved from the config.
 #[derive(Debug, Clone, Copy)]
@@ -235,13 +235,19 @@ impl Unet {
             vb.pp("conv_in"),
         )?;
         let time_proj = Timesteps::new(first_channels, cfg.flip_sin_to_cos, cfg.freq_shift);
-        let time_embedding =
-            TimestepEmbedding::new(vb.pp("time_embedding"), first_channels, time_embed_dim)?;
+        // candle-transformers' embedding layers compute at their weights' dtype: they are held
+        // at the compute dtype (a few million weights).
+        let dtype = compute_dtype(vb.device(), vb.dtype());
+        let time_embedding = TimestepEmbedding::new(
+            vb.pp("time_embedding").set_dtype(dtype),
+            first_channels,
+            time_embed_dim,
+        )?;
         let text_time = match shape.text_time {
             Some(tt) => Some(TextTimeEmbedding {
                 time_proj: Timesteps::new(tt.time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift),
                 embedding: TimestepEmbedding::new(
-                    vb.pp("add_embedding"),
+                    vb.pp("add_embedding").set_dtype(dtype),
                     tt.input_dim,
                     time_embed_dim,
                 )?,
@@ -332,7 +338,7 @@ impl Unet {
             up_blocks,
             conv_norm_out,
             conv_out,
-            dtype: vb.dtype(),
+            dtype,
             shape,
         })
     }

@@ -6,7 +6,10 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
-use crate::ops::{attention, conv2d_strided, geglu, Activation, Conv2d, GroupNorm};
+use crate::ops::{
+    attention, compute_dtype, conv2d_strided, geglu, linear, linear_no_bias, Activation, Conv2d,
+    GroupNorm, Linear,
+};
 
 /// Epsilon of the GroupNorm in front of each transformer, fixed in diffusers.
 const TRANSFORMER_NORM_EPS: f64 = 1e-6;
@@ -32,7 +35,7 @@ pub struct ResnetShape {
 pub struct Resnet {
     norm1: GroupNorm,
     conv1: Conv2d,
-    time_emb_proj: nn::Linear,
+    time_emb_proj: Linear,
     norm2: GroupNorm,
     conv2: Conv2d,
     shortcut: Option<Conv2d>,
@@ -63,7 +66,7 @@ impl Resnet {
         Ok(Self {
             norm1: GroupNorm::load(shape.groups, in_channels, shape.eps, vb.pp("norm1"))?,
             conv1: conv2d_strided(in_channels, out_channels, 3, 1, 1, vb.pp("conv1"))?,
-            time_emb_proj: nn::linear(shape.time_channels, out_channels, vb.pp("time_emb_proj"))?,
+            time_emb_proj: linear(shape.time_channels, out_channels, vb.pp("time_emb_proj"))?,
             norm2: GroupNorm::load(shape.groups, out_channels, shape.eps, vb.pp("norm2"))?,
             conv2: conv2d_strided(out_channels, out_channels, 3, 1, 1, vb.pp("conv2"))?,
             shortcut,
@@ -97,20 +100,20 @@ impl Resnet {
 /// tokens for self-attention); diffusers' `Attention` without biases on q, k and v.
 #[derive(Debug)]
 struct Attention {
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
     heads: usize,
 }
 
 impl Attention {
     fn new(vb: VarBuilder, query_dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
         Ok(Self {
-            to_q: nn::linear_no_bias(query_dim, query_dim, vb.pp("to_q"))?,
-            to_k: nn::linear_no_bias(context_dim, query_dim, vb.pp("to_k"))?,
-            to_v: nn::linear_no_bias(context_dim, query_dim, vb.pp("to_v"))?,
-            to_out: nn::linear(query_dim, query_dim, vb.pp("to_out.0"))?,
+            to_q: linear_no_bias(query_dim, query_dim, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, query_dim, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, query_dim, vb.pp("to_v"))?,
+            to_out: linear(query_dim, query_dim, vb.pp("to_out.0"))?,
             heads,
         })
     }
@@ -138,16 +141,16 @@ impl Attention {
 /// `GEGLU` then a linear layer: `net.2(a * gelu(b))` where `[a, b] = net.0.proj(x)`.
 #[derive(Debug)]
 struct FeedForward {
-    project_in: nn::Linear,
-    project_out: nn::Linear,
+    project_in: Linear,
+    project_out: Linear,
 }
 
 impl FeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
-            project_in: nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
-            project_out: nn::linear(inner, dim, vb.pp("net.2"))?,
+            project_in: linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            project_out: linear(inner, dim, vb.pp("net.2"))?,
         })
     }
 
@@ -191,11 +194,11 @@ struct TransformerBlock {
 impl TransformerBlock {
     fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
         Ok(Self {
-            norm1: nn::layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm1"))?,
+            norm1: layer_norm(dim, vb.pp("norm1"))?,
             attn1: Attention::new(vb.pp("attn1"), dim, dim, heads)?,
-            norm2: nn::layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm2"))?,
+            norm2: layer_norm(dim, vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads)?,
-            norm3: nn::layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm3"))?,
+            norm3: layer_norm(dim, vb.pp("norm3"))?,
             ff: FeedForward::new(vb.pp("ff"), dim)?,
         })
     }
@@ -208,11 +211,18 @@ impl TransformerBlock {
     }
 }
 
+/// A layer norm over `dim` features, its weights at the compute dtype whatever the dtype the
+/// matrices are held in.
+fn layer_norm(dim: usize, vb: VarBuilder) -> Result<nn::LayerNorm> {
+    let dtype = compute_dtype(vb.device(), vb.dtype());
+    nn::layer_norm(dim, LAYER_NORM_EPS, vb.set_dtype(dtype))
+}
+
 /// A 1x1 projection into or out of the transformer: a linear layer on tokens, or a 1x1
 /// convolution on the map (`use_linear_projection`).
 #[derive(Debug)]
 enum Projection {
-    Linear(nn::Linear),
+    Linear(Linear),
     Conv(Conv2d),
 }
 
@@ -248,7 +258,7 @@ impl Transformer {
     ) -> Result<Self> {
         let projection = |name: &str| -> Result<Projection> {
             Ok(if shape.linear_projection {
-                Projection::Linear(nn::linear(channels, channels, vb.pp(name))?)
+                Projection::Linear(linear(channels, channels, vb.pp(name))?)
             } else {
                 Projection::Conv(conv2d_strided(channels, channels, 1, 1, 0, vb.pp(name))?)
             })

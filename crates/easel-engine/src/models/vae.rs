@@ -4,7 +4,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{self as nn, VarBuilder};
 
-use crate::ops::{conv2d, Activation, Conv2d, GroupNorm};
+use crate::ops::{compute_dtype, conv2d, Activation, Conv2d, GroupNorm};
 
 use super::config::VaeConfig;
 use super::tiles::{TileLayout, Tiles};
@@ -273,7 +273,7 @@ impl Vae {
             quant_conv,
             post_quant_conv,
             config: config.clone(),
-            dtype: vb.dtype(),
+            dtype: compute_dtype(vb.device(), vb.dtype()),
             tiling: VaeTiling::Auto,
         })
     }

@@ -5,7 +5,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
-use crate::ops::{conv2d_strided, Activation, Conv2d, GroupNorm};
+use crate::ops::{compute_dtype, conv2d_strided, linear, Activation, Conv2d, GroupNorm, Linear};
 
 use super::tiles::Tiles;
 
@@ -73,25 +73,30 @@ impl Resnet {
 #[derive(Debug)]
 struct Attention {
     norm: GroupNorm,
-    query: nn::Linear,
-    key: nn::Linear,
-    value: nn::Linear,
-    out: nn::Linear,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    out: Linear,
     channels: usize,
 }
 
 /// A linear layer stored as a matrix, or as a 1x1 convolution in older checkpoints.
-fn projection(channels: usize, vb: VarBuilder) -> Result<nn::Linear> {
+fn projection(channels: usize, vb: VarBuilder) -> Result<Linear> {
     if vb.contains_tensor("weight") {
         if let Ok(weight) = vb.get((channels, channels, 1, 1), "weight") {
-            let bias = vb.get(channels, "bias")?;
-            return Ok(nn::Linear::new(
+            let bias = vb.get_with_hints_dtype(
+                channels,
+                "bias",
+                Default::default(),
+                compute_dtype(vb.device(), vb.dtype()),
+            )?;
+            return Ok(Linear::new(
                 weight.reshape((channels, channels))?,
                 Some(bias),
             ));
         }
     }
-    nn::linear(channels, channels, vb)
+    linear(channels, channels, vb)
 }
 
 impl Attention {

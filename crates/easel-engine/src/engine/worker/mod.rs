@@ -164,6 +164,7 @@ impl Worker {
         if let Err(error) = self.device.synchronize() {
             tracing::warn!(%error, "device synchronize after unload failed");
         }
+        crate::ops::release_buffers();
         return_freed_heap();
     }
 

@@ -1,0 +1,205 @@
+//! A linear layer whose weights may be held in f16 or bf16 while the CPU computes in f32: the
+//! weights are widened once per call into a reused buffer, the bias is written into the
+//! output first and one `gemm` adds the product onto it. Other devices and dtypes use
+//! candle's `Linear`.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::weights::{compute_dtype, is_cpu_weights_dtype, with_f32_weights};
+use crate::{f32_slice, parallelism};
+
+/// `y = x Wᵀ + b` over the last dimension of `x`: weights `[out, in]`, bias `[out]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A layer over these weights (`bias` in the compute dtype, if any).
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The weights, `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let own_kernel = x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && is_cpu_weights_dtype(self.weight.dtype())
+            && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        if !own_kernel {
+            let weight = self.weight.to_dtype(x.dtype())?;
+            return candle_nn::Linear::new(weight, self.bias.clone()).forward(x);
+        }
+        let out_features = self.weight.dim(0)?;
+        let bias = match &self.bias {
+            Some(bias) => bias.clone(),
+            None => Tensor::zeros(out_features, DType::F32, x.device())?,
+        };
+        x.contiguous()?
+            .apply_op3_no_bwd(&self.weight.contiguous()?, &bias.contiguous()?, &LinearOp)
+    }
+}
+
+/// `candle_nn::linear`'s loader (same names, shapes and initialisation): the weights at `vb`'s
+/// dtype, the bias at the compute dtype (`weights::compute_dtype`).
+pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = load_weight(in_features, out_features, &vb)?;
+    let bound = 1. / (in_features as f64).sqrt();
+    let bias = vb.get_with_hints_dtype(
+        out_features,
+        "bias",
+        candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+        compute_dtype(vb.device(), vb.dtype()),
+    )?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// `linear` without a bias.
+pub fn linear_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear::new(load_weight(in_features, out_features, &vb)?, None))
+}
+
+fn load_weight(in_features: usize, out_features: usize, vb: &VarBuilder) -> Result<Tensor> {
+    vb.get_with_hints(
+        (out_features, in_features),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )
+}
+
+struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "easel-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out_features, in_features) = weight_layout.shape().dims2()?;
+        let x_dims = x_layout.shape().dims();
+        if x_dims.last() != Some(&in_features) || bias_layout.shape().dims1()? != out_features {
+            candle_core::bail!(
+                "linear: input {:?}, weight {:?}, bias {:?} do not fit",
+                x_layout.shape(),
+                weight_layout.shape(),
+                bias_layout.shape()
+            );
+        }
+        let x = f32_slice("linear", x, x_layout)?;
+        let bias = f32_slice("linear", bias, bias_layout)?;
+        let rows = if in_features == 0 { 0 } else { x.len() / in_features };
+        // The bias first; the product is added onto it.
+        let mut out = Vec::with_capacity(rows * out_features);
+        for _ in 0..rows {
+            out.extend_from_slice(bias);
+        }
+        if rows > 0 && in_features > 0 && out_features > 0 {
+            with_f32_weights("linear", weight, weight_layout, |weight| {
+                // The one unsafe call: gemm takes raw pointers and strides.
+                // SAFETY: `out` is `[rows, out_features]`, `x` `[rows, in_features]` and
+                // `weight` `[out_features, in_features]`, read transposed (row stride 1,
+                // column stride `in_features`); all row-major and in bounds.
+                #[allow(unsafe_code)]
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        out_features,
+                        in_features,
+                        out.as_mut_ptr(),
+                        1,
+                        out_features as isize,
+                        true,
+                        x.as_ptr(),
+                        1,
+                        in_features as isize,
+                        weight.as_ptr(),
+                        in_features as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism(),
+                    );
+                }
+            })?;
+        }
+        let mut dims = x_dims.to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = out_features;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("difference")
+    }
+
+    #[test]
+    fn linear_layers_match_candles_with_weights_held_in_each_precision() {
+        let device = Device::Cpu;
+        for (dims, in_features, out_features) in
+            [(vec![3], 5, 7), (vec![2, 37], 24, 9), (vec![1, 2, 130], 64, 33)]
+        {
+            let mut x_dims = dims.clone();
+            x_dims.push(in_features);
+            let x = Tensor::randn(0f32, 1.0, x_dims, &device).expect("x");
+            let weight = Tensor::randn(0f32, 0.2, (out_features, in_features), &device)
+                .expect("weight");
+            let bias = Tensor::randn(0f32, 1.0, out_features, &device).expect("bias");
+            for held in [DType::F32, DType::F16, DType::BF16] {
+                // The reference computes in f32 with the same rounded weights.
+                let held_weight = weight.to_dtype(held).expect("held");
+                let rounded = held_weight.to_dtype(DType::F32).expect("rounded");
+                let reference = candle_nn::Linear::new(rounded, Some(bias.clone()))
+                    .forward(&x)
+                    .expect("candle's");
+                let ours = Linear::new(held_weight.clone(), Some(bias.clone()))
+                    .forward(&x)
+                    .expect("ours");
+                assert_eq!(ours.dims(), reference.dims());
+                let difference = largest_difference(&ours, &reference);
+                assert!(difference < 1e-5, "{dims:?} {held:?}: {difference}");
+                let no_bias = Linear::new(held_weight, None).forward(&x).expect("no bias");
+                let shifted = no_bias.broadcast_add(&bias).expect("shifted");
+                assert!(largest_difference(&shifted, &reference) < 1e-5, "{held:?} without bias");
+            }
+        }
+    }
+}

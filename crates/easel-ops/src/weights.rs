@@ -1,0 +1,84 @@
+//! Weights held in half precision and computed with in f32 on the CPU. candle's CPU products in
+//! f16 are slow and its `to_dtype` widens element by element into a fresh tensor; Easel's
+//! layers keep their matrices at the precision they were stored in (half the memory of f32)
+//! and widen one layer's weights at a time into a reused buffer just before its product.
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, DType, Device, Layout, Result};
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+thread_local! {
+    /// One layer's weights widened to f32, kept between calls so that no step pays for fresh
+    /// pages. `release_buffers` empties it.
+    static WIDENED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The dtype a layer whose weights are held at `weights` computes in on `device`: f32 on the
+/// CPU, the weights' own elsewhere.
+pub fn compute_dtype(device: &Device, weights: DType) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        weights
+    }
+}
+
+/// Whether Easel's CPU kernels take weights held at `dtype`.
+pub(crate) fn is_cpu_weights_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// Calls `with` on the f32 values of contiguous weights: in place when they are f32,
+/// widened into the reused buffer when they are f16 or bf16.
+pub(crate) fn with_f32_weights<R>(
+    op: &str,
+    storage: &CpuStorage,
+    layout: &Layout,
+    with: impl FnOnce(&[f32]) -> R,
+) -> Result<R> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: the weights must be contiguous")
+    };
+    match storage {
+        CpuStorage::F32(values) => Ok(with(&values[start..end])),
+        CpuStorage::F16(values) => Ok(widened(&values[start..end], with)),
+        CpuStorage::BF16(values) => Ok(widened(&values[start..end], with)),
+        other => {
+            use candle_core::backend::BackendStorage;
+            candle_core::bail!("{op}: weights of dtype {:?}", other.dtype())
+        }
+    }
+}
+
+/// Values widened per task: large enough to amortise the task, small enough to spread.
+const WIDEN_CHUNK: usize = 1 << 16;
+
+/// `values` widened into the reused buffer, on every compute thread, and `with` called on them.
+fn widened<H, R>(values: &[H], with: impl FnOnce(&[f32]) -> R) -> R
+where
+    H: Sync,
+    [H]: HalfFloatSliceExt,
+{
+    WIDENED.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        if buffer.len() < values.len() {
+            buffer.resize(values.len(), 0.0);
+        }
+        let widened = &mut buffer[..values.len()];
+        widened
+            .par_chunks_mut(WIDEN_CHUNK)
+            .zip(values.par_chunks(WIDEN_CHUNK))
+            .for_each(|(to, from)| from.convert_to_f32_slice(to));
+        with(widened)
+    })
+}
+
+/// Frees this thread's reused buffers (the widened weights, the convolution's columns, the
+/// attention's scores): called when models are unloaded, so that memory goes back with them.
+pub fn release_buffers() {
+    WIDENED.with(|buffer| *buffer.borrow_mut() = Vec::new());
+    crate::conv2d::release_columns();
+    crate::attention::release_scores();
+}
