@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 
 use super::{f32_slice, parallelism};
+use crate::winograd;
 use crate::weights::{compute_dtype, is_cpu_weights_dtype, with_f32_weights};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -214,6 +215,26 @@ impl CustomOp3 for Conv2dOp {
         let input = f32_slice("conv2d", input, input_layout)?;
         let bias = f32_slice("conv2d", bias, bias_layout)?;
         let mut out = vec![0f32; batch * out_channels * dims.out_h * dims.out_w];
+        let shape = winograd::Shape {
+            in_channels,
+            out_channels,
+            height,
+            width,
+        };
+        if winograd::applies(
+            (kernel_h, kernel_w),
+            self.stride,
+            self.padding,
+            out_channels,
+            in_channels,
+            shape.image_tiles(),
+        ) {
+            winograd::convolve(&shape, input, weight, weight_layout, bias, &mut out)?;
+            return Ok((
+                CpuStorage::F32(out),
+                Shape::from((batch, out_channels, dims.out_h, dims.out_w)),
+            ));
+        }
         with_f32_weights("conv2d", weight, weight_layout, |weight| {
             convolve(&dims, input, weight, bias, &mut out)
         })?;
@@ -432,6 +453,20 @@ mod tests {
                 .and_then(|m| m.to_scalar::<f32>())
                 .expect("difference");
             assert!(difference < 1e-5, "{held:?} {side}: {difference}");
+        }
+    }
+
+    #[test]
+    fn winograd_convolutions_match_candles_on_odd_shapes() {
+        // 3x3, stride 1, padding 1 and at least 32x32 outputs: the Winograd path, with odd
+        // sides (a last row and column of half tiles), several chunks and several images.
+        for (shape, out_channels) in [
+            ((1, 3, 33, 35), 5),
+            ((2, 7, 32, 41), 4),
+            ((1, 1000, 33, 34), 3),
+        ] {
+            let difference = largest_relative_difference(shape, out_channels, 3, 1, 1);
+            assert!(difference < 1e-5, "{shape:?} -> {out_channels}: {difference}");
         }
     }
 

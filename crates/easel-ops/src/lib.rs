@@ -10,6 +10,7 @@ pub mod geglu;
 pub mod group_norm;
 pub mod linear;
 pub mod weights;
+mod winograd;
 
 use candle_core::{CpuStorage, Layout, Result};
 

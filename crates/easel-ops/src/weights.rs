@@ -81,4 +81,5 @@ pub fn release_buffers() {
     WIDENED.with(|buffer| *buffer.borrow_mut() = Vec::new());
     crate::conv2d::release_columns();
     crate::attention::release_scores();
+    crate::winograd::release();
 }
