@@ -462,6 +462,8 @@ mod tests {
         // sides (a last row and column of half tiles), several chunks and several images.
         for (shape, out_channels) in [
             ((1, 3, 33, 35), 5),
+            // 16 tiles a row: every run of lanes is one row, cut at the odd right edge.
+            ((1, 4, 35, 31), 3),
             ((2, 7, 32, 41), 4),
             ((1, 1000, 33, 34), 3),
         ] {

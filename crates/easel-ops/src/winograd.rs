@@ -26,7 +26,7 @@ const POINTS: usize = PATCH * PATCH;
 /// Tiles transformed together, one per vector lane.
 const LANES: usize = 16;
 /// Bytes of transformed input a chunk of tiles may use.
-const CHUNK_BYTES: usize = 16 << 20;
+const CHUNK_BYTES: usize = 32 << 20;
 /// Fewest tiles an image must have (32x32 outputs) for the products' savings to outweigh
 /// transforming the kernels on every call; smaller maps take the column path.
 const MIN_IMAGE_TILES: usize = 256;
@@ -60,7 +60,6 @@ pub(crate) fn applies(
         && padding == 1
         && POINTS * out_channels * in_channels <= MAX_KERNEL_FLOATS
         && tiles >= MIN_IMAGE_TILES
-        && std::env::var_os("EASEL_NO_WINOGRAD").is_none()
 }
 
 /// Sizes of one convolution (the batch is the output's length over one image's).
@@ -213,31 +212,11 @@ crate::vectorized! {
 
 #[inline(always)]
 fn transform_channel_generic(shape: &Shape, channel: &[f32], tiles: &Tiles, patches: &mut [f32]) {
-    let (height, width) = (shape.height, shape.width);
     let count = tiles.count;
     let mut lane_start = 0;
     while lane_start < count {
         let lanes = LANES.min(count - lane_start);
-        // d[row][col][lane]: each lane's patch, 0 outside the image.
-        let mut d = [[[0f32; LANES]; PATCH]; PATCH];
-        for lane in 0..lanes {
-            let (ty, tx) = tiles.position(shape, lane_start + lane);
-            let top = (ty * BLOCK) as isize - 1;
-            let left = (tx * BLOCK) as isize - 1;
-            for (row, d_row) in d.iter_mut().enumerate() {
-                let y = top + row as isize;
-                if y < 0 || y as usize >= height {
-                    continue;
-                }
-                let line = &channel[y as usize * width..][..width];
-                for (col, d_value) in d_row.iter_mut().enumerate() {
-                    let x = left + col as isize;
-                    if x >= 0 && (x as usize) < width {
-                        d_value[lane] = line[x as usize];
-                    }
-                }
-            }
-        }
+        let d = gather_patches(shape, channel, tiles, lane_start, lanes);
         // Bᵀ d: rows d0-d2, d1+d2, d2-d1, d1-d3; then the same on the columns.
         let mut rows = [[[0f32; LANES]; PATCH]; PATCH];
         for col in 0..PATCH {
@@ -265,6 +244,65 @@ fn transform_channel_generic(shape: &Shape, channel: &[f32], tiles: &Tiles, patc
         }
         lane_start += lanes;
     }
+}
+
+/// Input values a run of `LANES` tiles of one tile row reads from one image row.
+const RUN: usize = BLOCK * LANES + PATCH - BLOCK;
+
+/// `d[row][col][lane]`: the patch of each of `lanes` tiles from `lane_start` on, 0 outside the
+/// image. Lanes in one tile row copy each image row's run once and read it at stride 2.
+#[inline(always)]
+fn gather_patches(
+    shape: &Shape,
+    channel: &[f32],
+    tiles: &Tiles,
+    lane_start: usize,
+    lanes: usize,
+) -> [[[f32; LANES]; PATCH]; PATCH] {
+    let (height, width) = (shape.height, shape.width);
+    let mut d = [[[0f32; LANES]; PATCH]; PATCH];
+    let (ty, tx) = tiles.position(shape, lane_start);
+    if lanes == LANES && tx + LANES <= shape.tiles_w() {
+        let top = (ty * BLOCK) as isize - 1;
+        let left = (tx * BLOCK) as isize - 1;
+        // The run's columns inside the image.
+        let first = (-left).max(0) as usize;
+        let last = (width as isize - left).clamp(0, RUN as isize) as usize;
+        for (row, d_row) in d.iter_mut().enumerate() {
+            let y = top + row as isize;
+            if y < 0 || y as usize >= height || first >= last {
+                continue;
+            }
+            let mut run = [0f32; RUN];
+            let start = y as usize * width + (left + first as isize) as usize;
+            run[first..last].copy_from_slice(&channel[start..start + (last - first)]);
+            for (col, d_value) in d_row.iter_mut().enumerate() {
+                for (lane, value) in d_value.iter_mut().enumerate() {
+                    *value = run[BLOCK * lane + col];
+                }
+            }
+        }
+        return d;
+    }
+    for lane in 0..lanes {
+        let (ty, tx) = tiles.position(shape, lane_start + lane);
+        let top = (ty * BLOCK) as isize - 1;
+        let left = (tx * BLOCK) as isize - 1;
+        for (row, d_row) in d.iter_mut().enumerate() {
+            let y = top + row as isize;
+            if y < 0 || y as usize >= height {
+                continue;
+            }
+            let line = &channel[y as usize * width..][..width];
+            for (col, d_value) in d_row.iter_mut().enumerate() {
+                let x = left + col as isize;
+                if x >= 0 && (x as usize) < width {
+                    d_value[lane] = line[x as usize];
+                }
+            }
+        }
+    }
+    d
 }
 
 /// `M[point] = U[point] V[point]` for each of the 16 points: `products[co][point][tile]`.
@@ -335,7 +373,6 @@ fn transform_plane_generic(
     tiles: &Tiles,
     plane: &mut [f32],
 ) {
-    let (height, width) = (shape.height, shape.width);
     let count = tiles.count;
     let mut lane_start = 0;
     while lane_start < count {
@@ -364,21 +401,55 @@ fn transform_plane_generic(
                 y[row][1][lane] = b - e - f + bias;
             }
         }
-        for lane in 0..lanes {
-            let (ty, tx) = tiles.position(shape, lane_start + lane);
-            for (row, y_row) in y.iter().enumerate() {
-                let oy = ty * BLOCK + row;
-                if oy >= height {
-                    break;
+        scatter_outputs(shape, &y, tiles, lane_start, lanes, plane);
+        lane_start += lanes;
+    }
+}
+
+/// Writes each of `lanes` tiles' outputs `y[row][col][lane]` into `plane`, cut at the image's
+/// edges. Lanes in one tile row interleave each output row into a run written in one copy.
+#[inline(always)]
+fn scatter_outputs(
+    shape: &Shape,
+    y: &[[[f32; LANES]; BLOCK]; BLOCK],
+    tiles: &Tiles,
+    lane_start: usize,
+    lanes: usize,
+    plane: &mut [f32],
+) {
+    let (height, width) = (shape.height, shape.width);
+    let (ty, tx) = tiles.position(shape, lane_start);
+    if lanes == LANES && tx + LANES <= shape.tiles_w() {
+        let left = tx * BLOCK;
+        let len = (BLOCK * LANES).min(width - left);
+        for (row, y_row) in y.iter().enumerate() {
+            let oy = ty * BLOCK + row;
+            if oy >= height {
+                break;
+            }
+            let mut run = [0f32; BLOCK * LANES];
+            for (col, y_value) in y_row.iter().enumerate() {
+                for (lane, &value) in y_value.iter().enumerate() {
+                    run[BLOCK * lane + col] = value;
                 }
-                for (col, y_value) in y_row.iter().enumerate() {
-                    let ox = tx * BLOCK + col;
-                    if ox < width {
-                        plane[oy * width + ox] = y_value[lane];
-                    }
+            }
+            plane[oy * width + left..][..len].copy_from_slice(&run[..len]);
+        }
+        return;
+    }
+    for lane in 0..lanes {
+        let (ty, tx) = tiles.position(shape, lane_start + lane);
+        for (row, y_row) in y.iter().enumerate() {
+            let oy = ty * BLOCK + row;
+            if oy >= height {
+                break;
+            }
+            for (col, y_value) in y_row.iter().enumerate() {
+                let ox = tx * BLOCK + col;
+                if ox < width {
+                    plane[oy * width + ox] = y_value[lane];
                 }
             }
         }
-        lane_start += lanes;
     }
 }
