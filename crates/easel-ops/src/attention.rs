@@ -5,7 +5,8 @@
 //! `heads x queries x keys` scores and again as many probabilities (two 3 GB matrices for
 //! FLUX.2 at 512x512 with four references).
 //!
-//! Other devices and dtypes take the materialised form through candle.
+//! On Metal, candle's fused kernel runs it (heads zero-padded to a width it takes); other
+//! devices and dtypes take the materialised form through candle.
 
 use std::cell::RefCell;
 
@@ -39,8 +40,43 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
             &AttentionOp { scale },
         );
     }
+    if q.device().is_metal() {
+        return metal_attention(q, k, v, scale);
+    }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
+}
+
+/// Head widths candle's fused Metal attention (`candle_nn::ops::sdpa`) takes.
+const METAL_HEAD_DIMS: [usize; 7] = [32, 64, 72, 80, 96, 128, 256];
+
+/// The fused kernel's head width for heads of `width`: the smallest it takes that holds them.
+fn metal_head_dim(width: usize) -> Option<usize> {
+    METAL_HEAD_DIMS.iter().copied().find(|&dim| dim >= width)
+}
+
+/// On Metal, candle's fused attention, the heads zero-padded to a width it takes (exact: the
+/// zeros add nothing to `q kᵀ`, and the output's padding columns are cut off); wider heads
+/// take the materialised form.
+fn metal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let width = q.dim(candle_core::D::Minus1)?;
+    let Some(padded) = metal_head_dim(width) else {
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        return candle_nn::ops::softmax_last_dim(&scores)?.matmul(v);
+    };
+    let [q, k, v] = [q, k, v].map(|t| pad_heads(t, padded));
+    let out = candle_nn::ops::sdpa(&q?, &k?, &v?, None, false, scale as f32, 1.0)?;
+    out.narrow(candle_core::D::Minus1, 0, width)
+}
+
+/// `t` `[.., width]` with zero columns up to `padded`, contiguous.
+fn pad_heads(t: &Tensor, padded: usize) -> Result<Tensor> {
+    let width = t.dim(candle_core::D::Minus1)?;
+    if width == padded {
+        return t.contiguous();
+    }
+    t.pad_with_zeros(candle_core::D::Minus1, 0, padded - width)?
+        .contiguous()
 }
 
 struct AttentionOp {
@@ -289,6 +325,32 @@ mod tests {
         }
         assert!(worst < 5e-7, "{worst}");
         assert!(exp(-200.0) < 2e-38);
+    }
+
+    #[test]
+    fn heads_zero_padded_for_the_metal_kernel_give_the_same_attention() {
+        // What the Metal path computes, checked here with the CPU kernel: SD 1.5's 40-wide
+        // heads padded to 64, the scale of the true width kept.
+        assert_eq!(metal_head_dim(40), Some(64));
+        assert_eq!(metal_head_dim(64), Some(64));
+        assert_eq!(metal_head_dim(160), Some(256));
+        assert_eq!(metal_head_dim(300), None);
+        let device = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (1, 2, 37, 40), &device).expect("q");
+        let k = Tensor::randn(0f32, 1.0, (1, 2, 23, 40), &device).expect("k");
+        let v = Tensor::randn(0f32, 1.0, (1, 2, 23, 40), &device).expect("v");
+        let scale = 1.0 / 40f64.sqrt();
+        let plain = attention(&q, &k, &v, scale).expect("plain");
+        let [pq, pk, pv] = [&q, &k, &v].map(|t| pad_heads(t, 64).expect("pad"));
+        let padded = attention(&pq, &pk, &pv, scale)
+            .and_then(|out| out.narrow(candle_core::D::Minus1, 0, 40))
+            .expect("padded");
+        let difference = (plain - padded)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("difference");
+        assert!(difference < 1e-6, "{difference}");
     }
 
     #[test]
