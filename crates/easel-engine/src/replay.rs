@@ -258,8 +258,8 @@ impl ParityCase {
         dtype: DType,
     ) -> Result<ReplayReport, ReplayError> {
         let request = self.request(models_dir)?;
-        let mut model = crate::families::open(&request.model, device, dtype)
-            .map_err(PipelineError::from)?;
+        let mut model =
+            crate::families::open(&request.model, device, dtype).map_err(PipelineError::from)?;
         let started = std::time::Instant::now();
         let mut timings = StageTimings::default();
         let components = model.components();

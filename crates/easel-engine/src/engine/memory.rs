@@ -82,10 +82,12 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Gives the heap's freed pages back to the OS. glibc keeps freed memory in its arenas for
-/// reuse, so without this the RSS after unloading a model stays near its peak although
-/// nothing uses the memory; other allocators return it by themselves.
+/// Gives the heap's freed pages back to the OS, the large blocks the allocator keeps for reuse
+/// (`block_cache`) first. glibc keeps freed memory in its arenas for reuse, so without this the
+/// RSS after unloading a model stays near its peak although nothing uses the memory; other
+/// allocators return it by themselves.
 pub fn return_freed_heap() {
+    super::block_cache::release_cached_blocks();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` only releases free pages of glibc's own arenas; it takes no
     // pointers and is safe to call from any thread at any time.

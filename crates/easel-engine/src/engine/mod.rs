@@ -1,6 +1,7 @@
 //! The inference engine: one named background thread that owns the device and the models,
 //! driven only by typed messages over bounded channels. No UI code in here.
 
+pub mod block_cache;
 mod downloads;
 pub mod error;
 pub mod memory;

@@ -99,6 +99,8 @@ impl Worker {
             let _ = self.inject(FaultPoint::JobTaken(job));
             let outcome = catch_unwind(AssertUnwindSafe(|| self.run_job(job, &request)));
             log_outcome(job, &outcome);
+            // The blocks kept for the job's steps go back while nothing runs.
+            super::block_cache::release_cached_blocks();
             let event = match outcome {
                 Ok(Ok(output)) => Event::Finished {
                     job,

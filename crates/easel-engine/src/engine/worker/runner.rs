@@ -142,6 +142,8 @@ impl Worker {
         let prompt = model.encode(request, plan, &mut timings)?;
         let denoised = self.denoise_observed(job, request, plan, model, &prompt, timings)?;
         self.inject(FaultPoint::BeforeDecode(job))?;
+        // The blocks kept for the steps' sizes go back before the decode asks for its own.
+        crate::engine::block_cache::release_cached_blocks();
         let generated = model.decode(request, denoised)?;
         Ok(job_output(model, request, generated))
     }
