@@ -468,7 +468,11 @@ fn half_precision_on_the_cpu_holds_the_weights_without_a_fallback() {
         .expect("engine");
         assert_eq!(engine.dtype(), asked);
         assert_eq!(engine.bytes_per_weight(), 2);
-        assert!(engine.dtype_warning().is_none(), "{:?}", engine.dtype_warning());
+        assert!(
+            engine.dtype_warning().is_none(),
+            "{:?}",
+            engine.dtype_warning()
+        );
     }
 }
 

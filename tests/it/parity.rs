@@ -76,7 +76,9 @@ fn weights_held_in_f16_on_the_cpu_stay_close_to_diffusers_f32_result() {
     }
     let models = common::parity_dir().join("models");
     for name in ["sd15_txt2img_euler", "sdxl_txt2img_euler"] {
-        let file = common::parity_dir().join("cases").join(format!("{name}.json"));
+        let file = common::parity_dir()
+            .join("cases")
+            .join(format!("{name}.json"));
         let case = ParityCase::load(&file).expect("a readable case");
         let full = case.run(&models, &Device::Cpu).expect("f32 weights");
         let half = case
@@ -87,7 +89,10 @@ fn weights_held_in_f16_on_the_cpu_stay_close_to_diffusers_f32_result() {
             half.image_max_diff, full.image_max_diff
         );
         // Rounded weights give another image (the f16 really is what is held) ...
-        assert_ne!(half.image, full.image, "{name}: f16 weights changed nothing");
+        assert_ne!(
+            half.image, full.image,
+            "{name}: f16 weights changed nothing"
+        );
         // ... still within the parity tolerance on these models.
         assert!(
             half.image_max_diff < easel_engine::replay::IMAGE_TOLERANCE,

@@ -11,8 +11,8 @@
 use std::cell::RefCell;
 
 use super::{f32_slice, parallelism};
-use crate::winograd;
 use crate::weights::{compute_dtype, is_cpu_weights_dtype, with_f32_weights};
+use crate::winograd;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
@@ -437,7 +437,12 @@ mod tests {
             ..Default::default()
         };
         // A small map (the column path) and a large one (the Winograd path).
-        for (held, side) in [(DType::F16, 9), (DType::BF16, 9), (DType::F16, 35), (DType::BF16, 35)] {
+        for (held, side) in [
+            (DType::F16, 9),
+            (DType::BF16, 9),
+            (DType::F16, 35),
+            (DType::BF16, 35),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (2, 5, side, side - 2), &device).expect("x");
             let held_weight = weight.to_dtype(held).expect("held");
             let rounded = held_weight.to_dtype(DType::F32).expect("rounded");
@@ -468,7 +473,10 @@ mod tests {
             ((1, 1000, 33, 34), 3),
         ] {
             let difference = largest_relative_difference(shape, out_channels, 3, 1, 1);
-            assert!(difference < 1e-5, "{shape:?} -> {out_channels}: {difference}");
+            assert!(
+                difference < 1e-5,
+                "{shape:?} -> {out_channels}: {difference}"
+            );
         }
     }
 

@@ -72,7 +72,10 @@ pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result
 
 /// `linear` without a bias.
 pub fn linear_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(Linear::new(load_weight(in_features, out_features, &vb)?, None))
+    Ok(Linear::new(
+        load_weight(in_features, out_features, &vb)?,
+        None,
+    ))
 }
 
 fn load_weight(in_features: usize, out_features: usize, vb: &VarBuilder) -> Result<Tensor> {
@@ -111,7 +114,11 @@ impl CustomOp3 for LinearOp {
         }
         let x = f32_slice("linear", x, x_layout)?;
         let bias = f32_slice("linear", bias, bias_layout)?;
-        let rows = if in_features == 0 { 0 } else { x.len() / in_features };
+        let rows = if in_features == 0 {
+            0
+        } else {
+            x.len() / in_features
+        };
         // The bias first; the product is added onto it.
         let mut out = Vec::with_capacity(rows * out_features);
         for _ in 0..rows {
@@ -174,14 +181,16 @@ mod tests {
     #[test]
     fn linear_layers_match_candles_with_weights_held_in_each_precision() {
         let device = Device::Cpu;
-        for (dims, in_features, out_features) in
-            [(vec![3], 5, 7), (vec![2, 37], 24, 9), (vec![1, 2, 130], 64, 33)]
-        {
+        for (dims, in_features, out_features) in [
+            (vec![3], 5, 7),
+            (vec![2, 37], 24, 9),
+            (vec![1, 2, 130], 64, 33),
+        ] {
             let mut x_dims = dims.clone();
             x_dims.push(in_features);
             let x = Tensor::randn(0f32, 1.0, x_dims, &device).expect("x");
-            let weight = Tensor::randn(0f32, 0.2, (out_features, in_features), &device)
-                .expect("weight");
+            let weight =
+                Tensor::randn(0f32, 0.2, (out_features, in_features), &device).expect("weight");
             let bias = Tensor::randn(0f32, 1.0, out_features, &device).expect("bias");
             for held in [DType::F32, DType::F16, DType::BF16] {
                 // The reference computes in f32 with the same rounded weights.
@@ -198,7 +207,10 @@ mod tests {
                 assert!(difference < 1e-5, "{dims:?} {held:?}: {difference}");
                 let no_bias = Linear::new(held_weight, None).forward(&x).expect("no bias");
                 let shifted = no_bias.broadcast_add(&bias).expect("shifted");
-                assert!(largest_difference(&shifted, &reference) < 1e-5, "{held:?} without bias");
+                assert!(
+                    largest_difference(&shifted, &reference) < 1e-5,
+                    "{held:?} without bias"
+                );
             }
         }
     }

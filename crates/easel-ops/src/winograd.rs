@@ -105,9 +105,7 @@ pub(crate) fn convolve(
         match weight {
             CpuStorage::F32(w) => transform_kernels(&w[start..end], shape, kernels, |x| x),
             CpuStorage::F16(w) => transform_kernels(&w[start..end], shape, kernels, f16::to_f32),
-            CpuStorage::BF16(w) => {
-                transform_kernels(&w[start..end], shape, kernels, bf16::to_f32)
-            }
+            CpuStorage::BF16(w) => transform_kernels(&w[start..end], shape, kernels, bf16::to_f32),
             _ => candle_core::bail!("conv2d: weights of an unsupported dtype"),
         }
         let image_tiles = shape.image_tiles();
