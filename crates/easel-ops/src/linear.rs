@@ -114,11 +114,7 @@ impl CustomOp3 for LinearOp {
         }
         let x = f32_slice("linear", x, x_layout)?;
         let bias = f32_slice("linear", bias, bias_layout)?;
-        let rows = if in_features == 0 {
-            0
-        } else {
-            x.len() / in_features
-        };
+        let rows: usize = x_dims[..x_dims.len() - 1].iter().product();
         // The bias first; the product is added onto it.
         let mut out = Vec::with_capacity(rows * out_features);
         for _ in 0..rows {
