@@ -32,7 +32,7 @@ const CHUNK_BYTES: usize = 32 << 20;
 const MIN_IMAGE_TILES: usize = 256;
 /// Largest transformed kernel kept for a call (`16 * out * in` floats); layers with more
 /// channels take the column path.
-pub(crate) const MAX_KERNEL_FLOATS: usize = 32 << 20;
+const MAX_KERNEL_FLOATS: usize = 32 << 20;
 
 thread_local! {
     /// The transformed kernels, the chunk's transformed input and its products, kept between
