@@ -152,3 +152,37 @@ fn a_request_is_checked_once_into_a_plan_against_what_the_model_takes() {
         refused(&two_inits)
     );
 }
+
+#[test]
+fn weights_held_in_f16_on_the_cpu_are_counted_at_half_their_f32_bytes() {
+    use easel_engine::families::open;
+    use easel_engine::models::component::Component;
+    if common::parity_missing() {
+        return;
+    }
+    let folder = common::model("sd15-tiny");
+    let held = |dtype| {
+        let mut model = open(&folder, &candle_core::Device::Cpu, dtype).expect("open");
+        model.load(Component::Unet).expect("unet");
+        model.load(Component::TextEncoder).expect("text encoder");
+        let bytes = |wanted| {
+            model
+                .loaded_bytes()
+                .iter()
+                .find(|(component, _)| *component == wanted)
+                .map(|(_, bytes)| *bytes)
+                .expect("loaded")
+        };
+        (bytes(Component::Unet), bytes(Component::TextEncoder))
+    };
+    let (unet_f32, text_f32) = held(candle_core::DType::F32);
+    let (unet_f16, text_f16) = held(candle_core::DType::F16);
+    // The UNet's floats at 2 bytes instead of 4 (the header counted as it is).
+    assert!(
+        unet_f16 < unet_f32 * 51 / 100 + 64 * 1024,
+        "{unet_f16} of {unet_f32}"
+    );
+    assert!(unet_f16 > unet_f32 * 49 / 100, "{unet_f16} of {unet_f32}");
+    // The text encoder stays in f32 on the CPU.
+    assert_eq!(text_f16, text_f32);
+}

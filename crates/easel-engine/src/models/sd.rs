@@ -15,7 +15,9 @@ use super::error::ModelError;
 use super::tokenizer::PromptTokenizer;
 use super::unet::{Unet, UnetShape};
 use super::vae::{Vae, VaeTiling};
-use super::weights::{component_files, files_bytes, weights_error, weights_var_builder};
+use super::weights::{
+    component_files, files_bytes, held_bytes, weights_error, weights_var_builder,
+};
 
 /// Which Stable Diffusion family a folder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +65,7 @@ pub struct SdModel {
     vae: Option<Vae>,
     device: Device,
     dtype: DType,
-    /// Bytes of weights per loaded component (file sizes at the load dtype).
+    /// Bytes of weights per loaded component, at the dtype each is held in.
     loaded_bytes: Vec<(Component, u64)>,
     /// How the VAE tiles, kept across its reloads.
     vae_tiling: VaeTiling,
@@ -220,7 +222,7 @@ impl ModelWeights for SdModel {
                 let unet = Unet::new(vb, self.unet_shape.clone())
                     .map_err(|e| weights_error(&files, &dir.join("config.json"), e))?;
                 self.unet = Some(unet);
-                files_bytes(&files)
+                held_bytes(&files, dtype)
             }
             Component::Vae => {
                 let dir = self.dir.join("vae");
@@ -235,7 +237,7 @@ impl ModelWeights for SdModel {
                     .map_err(|e| weights_error(&files, &dir.join("config.json"), e))?;
                 vae.set_tiling(self.vae_tiling);
                 self.vae = Some(vae);
-                files_bytes(&files)
+                held_bytes(&files, vae_dtype)
             }
             text => {
                 let device = self.device.clone();
@@ -250,7 +252,7 @@ impl ModelWeights for SdModel {
                 let model = ClipTextModel::new(vb, &slot.config)
                     .map_err(|e| weights_error(&files, &slot.dir.join("config.json"), e))?;
                 slot.loaded = Some(TextEncoder { tokenizer, model });
-                files_bytes(&files)
+                held_bytes(&files, text_dtype)
             }
         };
         self.loaded_bytes.retain(|(c, _)| *c != component);

@@ -56,6 +56,19 @@ impl TensorReader {
         })
     }
 
+    /// Bytes the floating-point tensors take on disk, and how many values they hold.
+    pub fn float_extent(&self) -> (u64, u64) {
+        self.entries
+            .values()
+            .filter(|entry| entry.dtype.is_float())
+            .fold((0, 0), |(bytes, values), entry| {
+                (
+                    bytes + entry.len as u64,
+                    values + entry.shape.iter().product::<usize>() as u64,
+                )
+            })
+    }
+
     fn read(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
         let entry = self
             .entries

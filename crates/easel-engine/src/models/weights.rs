@@ -126,6 +126,19 @@ pub fn weights_error(files: &[PathBuf], config: &Path, error: candle_core::Error
     }
 }
 
+/// Bytes `files` take once loaded with their floating-point tensors held at `dtype` (headers
+/// and other tensors as on disk): their size on disk when that is the files' own dtype.
+pub fn held_bytes(files: &[PathBuf], dtype: DType) -> u64 {
+    let on_disk = files_bytes(files);
+    match TensorReader::open(files) {
+        Ok(reader) => {
+            let (float_on_disk, float_values) = reader.float_extent();
+            on_disk.saturating_sub(float_on_disk) + float_values * dtype.size_in_bytes() as u64
+        }
+        Err(_) => on_disk,
+    }
+}
+
 /// The total size of `files` in bytes (files that can't be read count 0).
 pub fn files_bytes(files: &[PathBuf]) -> u64 {
     files
