@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 
 use super::{f32_slice, parallelism};
-use crate::weights::{compute_dtype, is_cpu_weights_dtype, with_f32_weights};
+use crate::weights::{is_cpu_weights_dtype, with_f32_weights};
 use crate::winograd;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -111,16 +111,7 @@ pub fn conv2d(
         "weight",
         candle_nn::init::DEFAULT_KAIMING_NORMAL,
     )?;
-    let bound = 1. / (in_channels as f64).sqrt();
-    let bias = vb.get_with_hints_dtype(
-        out_channels,
-        "bias",
-        candle_nn::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        },
-        compute_dtype(vb.device(), vb.dtype()),
-    )?;
+    let bias = crate::weights::load_bias(in_channels, out_channels, &vb)?;
     Ok(Conv2d::new(weight, Some(bias), config))
 }
 

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::weights::{compute_dtype, is_cpu_weights_dtype, with_f32_weights};
+use crate::weights::{is_cpu_weights_dtype, with_f32_weights};
 use crate::{f32_slice, parallelism};
 
 /// `y = x Wᵀ + b` over the last dimension of `x`: weights `[out, in]`, bias `[out]`.
@@ -57,16 +57,7 @@ impl Module for Linear {
 /// dtype, the bias at the compute dtype (`weights::compute_dtype`).
 pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
     let weight = load_weight(in_features, out_features, &vb)?;
-    let bound = 1. / (in_features as f64).sqrt();
-    let bias = vb.get_with_hints_dtype(
-        out_features,
-        "bias",
-        candle_nn::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        },
-        compute_dtype(vb.device(), vb.dtype()),
-    )?;
+    let bias = crate::weights::load_bias(in_features, out_features, &vb)?;
     Ok(Linear::new(weight, Some(bias)))
 }
 

@@ -25,6 +25,25 @@ pub fn compute_dtype(device: &Device, weights: DType) -> DType {
     }
 }
 
+/// A layer's `[outputs]` bias at the compute dtype, initialised as candle's layers do
+/// (uniform within `1 / sqrt(inputs)`) when `vb` makes new weights.
+pub(crate) fn load_bias(
+    inputs: usize,
+    outputs: usize,
+    vb: &candle_nn::VarBuilder,
+) -> Result<candle_core::Tensor> {
+    let bound = 1. / (inputs as f64).sqrt();
+    vb.get_with_hints_dtype(
+        outputs,
+        "bias",
+        candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+        compute_dtype(vb.device(), vb.dtype()),
+    )
+}
+
 /// Whether Easel's CPU kernels take weights held at `dtype`.
 pub(crate) fn is_cpu_weights_dtype(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
