@@ -31,6 +31,9 @@ fn main() -> Result<()> {
         (2, 640, 640, 32),
         (2, 1280, 1280, 16),
         (2, 1280, 1280, 8),
+        (2, 2560, 1280, 16),
+        (2, 1280, 1280, 32),
+        (2, 1920, 640, 32),
         (1, 512, 512, 64),
         (1, 256, 256, 256),
         (1, 128, 128, 512),
@@ -55,11 +58,46 @@ fn main() -> Result<()> {
             );
         }
     }
+    // (rows, in, out): SD 1.5's linear layers at each level (q, k, v and out; the
+    // feed-forward's in and out), CFG batch of two.
+    let linears = [
+        (8192, 320, 320),
+        (8192, 320, 2560),
+        (8192, 1280, 320),
+        (2048, 640, 640),
+        (2048, 640, 5120),
+        (2048, 2560, 640),
+        (512, 1280, 1280),
+        (512, 1280, 10240),
+        (512, 5120, 1280),
+    ];
+    for (held, (rows, in_features, out_features)) in [DType::F32, DType::F16]
+        .into_iter()
+        .flat_map(|held| linears.map(|shape| (held, shape)))
+    {
+        let x = Tensor::randn(0f32, 1.0, (rows, in_features), &device)?;
+        let weight =
+            Tensor::randn(0f32, 0.05, (out_features, in_features), &device)?.to_dtype(held)?;
+        let bias = Tensor::zeros(out_features, DType::F32, &device)?;
+        let linear = easel_ops::Linear::new(weight, Some(bias));
+        let ms = median_ms(|| linear.forward(&x))?;
+        let flops = 2.0 * (rows * in_features * out_features) as f64;
+        println!(
+            "linear {held:?} weights, {rows}x{in_features}->{out_features}: {ms:.2} ms \
+             ({:.0} GFLOP/s)",
+            flops / ms / 1e6
+        );
+    }
     // SD 1.5's self-attention at its 64x64 level: 2 x 8 heads of 4096 tokens, 40 wide.
     let q = Tensor::randn(0f32, 1.0, (2, 8, 4096, 40), &device)?;
     let k = Tensor::randn(0f32, 1.0, (2, 8, 4096, 40), &device)?;
     let v = Tensor::randn(0f32, 1.0, (2, 8, 4096, 40), &device)?;
     let ms = median_ms(|| easel_ops::attention(&q, &k, &v, 1.0 / 40f64.sqrt()))?;
     println!("attention 2x8 heads, 4096 tokens, 40 wide: {ms:.1} ms");
+    // The same on tokens as the linear layers give them, [2, 4096, 8 * 40].
+    let tokens = |t: &Tensor| t.transpose(1, 2)?.reshape((2, 4096, 320))?.contiguous();
+    let (q, k, v) = (tokens(&q)?, tokens(&k)?, tokens(&v)?);
+    let ms = median_ms(|| easel_ops::attention_tokens(&q, &k, &v, 8, 1.0 / 40f64.sqrt()))?;
+    println!("attention on tokens, the same: {ms:.1} ms");
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Attention without its score matrix: `softmax(q kᵀ · scale) v` computed a block of query
 //! rows at a time, on the CPU in f32. Each block's scores (`rows x keys`) live in a small
 //! reused buffer, the softmax uses a vectorisable `exp`, and both products are `gemm` calls,
-//! with the blocks of every head spread over the threads. The materialised form holds
+//! one head of one block a task, the tasks spread over the threads. Heads are read where they
+//! lie, `[B, H, L, D]` or the linear layers' `[B, L, H * D]` tokens (`attention_tokens`), so
+//! a transformer needs no transposed copies around it. The materialised form holds
 //! `heads x queries x keys` scores and again as many probabilities (two 3 GB matrices for
 //! FLUX.2 at 512x512 with four references).
 //!
@@ -14,30 +16,113 @@ use super::f32_slice;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Query rows per block.
-const BLOCK_ROWS: usize = 64;
+/// Most query rows per block: larger blocks pay the products' packing and calls less often
+/// (SD 1.5's 4096-token self-attention: 64 rows 260 ms, 128 239, 256 226, 512 223).
+const BLOCK_ROWS: usize = 256;
+/// Bytes of scores a block may hold (per thread): long key sequences take fewer rows.
+const BLOCK_SCORE_BYTES: usize = 8 << 20;
+
+/// Query rows per block for `keys` keys.
+fn block_rows(keys: usize) -> usize {
+    (BLOCK_SCORE_BYTES / 4 / keys.max(1)).clamp(16, BLOCK_ROWS)
+}
 
 thread_local! {
     /// One block's scores, kept between calls so that no step pays for fresh pages.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The keys and values of the head this thread works on, gathered out of tokens holding
+    /// several heads, and which call, sequence and head they are.
+    static HEAD: RefCell<GatheredHead> = const { RefCell::new(GatheredHead::EMPTY) };
 }
 
-/// Frees this thread's score buffer.
+/// Numbers the op's calls, so that a thread's gathered head is never taken for another call's.
+static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One head's keys and values, `[keys, width]` each.
+struct GatheredHead {
+    /// Call, sequence and head.
+    of: (usize, usize, usize),
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl GatheredHead {
+    const EMPTY: Self = Self {
+        of: (usize::MAX, 0, 0),
+        k: Vec::new(),
+        v: Vec::new(),
+    };
+}
+
+/// Frees this thread's score and head buffers.
 pub(crate) fn release_scores() {
     SCORES.with(|scores| *scores.borrow_mut() = Vec::new());
+    HEAD.with(|head| *head.borrow_mut() = GatheredHead::EMPTY);
 }
 
 /// `softmax(q kᵀ · scale) v` for `q` `[B, H, Lq, D]`, `k` and `v` `[B, H, Lk, D]`: `[B, H, Lq, D]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let own_kernel = q.device().is_cpu()
-        && [q, k, v]
-            .iter()
-            .all(|t| t.dtype() == DType::F32 && t.rank() == 4);
-    if own_kernel {
+    crate::op_times::timed(
+        || format!("attention {:?} x {:?}", q.dims(), k.dims()),
+        || attention_untimed(q, k, v, scale),
+    )
+}
+
+/// `attention` on tokens as linear layers give them: `q` `[B, Lq, H * D]`, `k` and `v`
+/// `[B, Lk, H * D]`, `heads` heads of `D` side by side in each token: `[B, Lq, H * D]`. On the
+/// CPU the heads are read and written where they lie, with no transposed copies.
+pub fn attention_tokens(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    crate::op_times::timed(
+        || format!("attention {heads} heads {:?} x {:?}", q.dims(), k.dims()),
+        || {
+            if own_kernel_runs(&[q, k, v], 3) {
+                return q.contiguous()?.apply_op3_no_bwd(
+                    &k.contiguous()?,
+                    &v.contiguous()?,
+                    &AttentionOp {
+                        scale,
+                        layout: HeadLayout::Tokens { heads },
+                    },
+                );
+            }
+            let (batch, queries, channels) = q.dims3()?;
+            if heads == 0 || !channels.is_multiple_of(heads) {
+                candle_core::bail!("attention: {channels} channels in {heads} heads")
+            }
+            let split = |t: &Tensor| -> Result<Tensor> {
+                let len = t.dim(1)?;
+                t.reshape((batch, len, heads, channels / heads))?
+                    .transpose(1, 2)
+            };
+            attention_untimed(&split(q)?, &split(k)?, &split(v)?, scale)?
+                .transpose(1, 2)?
+                .reshape((batch, queries, channels))
+        },
+    )
+}
+
+/// Whether Easel's CPU kernel takes these operands: f32 on the CPU, of rank `rank`.
+fn own_kernel_runs(operands: &[&Tensor], rank: usize) -> bool {
+    operands
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.rank() == rank)
+}
+
+fn attention_untimed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if own_kernel_runs(&[q, k, v], 4) {
         return q.contiguous()?.apply_op3_no_bwd(
             &k.contiguous()?,
             &v.contiguous()?,
-            &AttentionOp { scale },
+            &AttentionOp {
+                scale,
+                layout: HeadLayout::Heads,
+            },
         );
     }
     if q.device().is_metal() {
@@ -79,8 +164,35 @@ fn pad_heads(t: &Tensor, padded: usize) -> Result<Tensor> {
         .contiguous()
 }
 
+/// Where each head's rows lie.
+#[derive(Clone, Copy)]
+enum HeadLayout {
+    /// `[B, H, L, D]`: each head's rows contiguous.
+    Heads,
+    /// `[B, L, H * D]`: a token's heads side by side.
+    Tokens { heads: usize },
+}
+
 struct AttentionOp {
     scale: f64,
+    layout: HeadLayout,
+}
+
+/// Sizes of one attention, as sequences of tokens each holding `heads` heads of `width`
+/// (`[B, H, L, D]` is `B * H` sequences of one head).
+#[derive(Clone, Copy)]
+struct Sizes {
+    heads: usize,
+    width: usize,
+    queries: usize,
+    keys: usize,
+}
+
+impl Sizes {
+    /// Values of one token: the row stride.
+    fn channels(&self) -> usize {
+        self.heads * self.width
+    }
 }
 
 impl CustomOp3 for AttentionOp {
@@ -97,57 +209,152 @@ impl CustomOp3 for AttentionOp {
         v: &CpuStorage,
         v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, heads, queries, width) = q_layout.shape().dims4()?;
-        let (kb, kh, keys, kd) = k_layout.shape().dims4()?;
-        if (kb, kh, kd) != (batch, heads, width) || v_layout.shape().dims4()? != (kb, kh, keys, kd)
-        {
-            candle_core::bail!(
-                "attention: q {:?}, k {:?}, v {:?} do not fit",
-                q_layout.shape(),
-                k_layout.shape(),
-                v_layout.shape()
-            );
+        let (q_dims, k_dims, v_dims) = (
+            q_layout.shape().dims(),
+            k_layout.shape().dims(),
+            v_layout.shape().dims(),
+        );
+        let fits = k_dims == v_dims
+            && q_dims.len() == k_dims.len()
+            && q_dims[..q_dims.len() - 2] == k_dims[..k_dims.len() - 2]
+            && q_dims.last() == k_dims.last();
+        if !fits {
+            candle_core::bail!("attention: q {q_dims:?}, k {k_dims:?}, v {v_dims:?} do not fit")
         }
+        let (sequences, sizes) = match self.layout {
+            HeadLayout::Heads => {
+                let (batch, heads, queries, width) = q_layout.shape().dims4()?;
+                let keys = k_dims[2];
+                let sizes = Sizes {
+                    heads: 1,
+                    width,
+                    queries,
+                    keys,
+                };
+                (batch * heads, sizes)
+            }
+            HeadLayout::Tokens { heads } => {
+                let (batch, queries, channels) = q_layout.shape().dims3()?;
+                if heads == 0 || !channels.is_multiple_of(heads) {
+                    candle_core::bail!("attention: {channels} channels in {heads} heads")
+                }
+                let sizes = Sizes {
+                    heads,
+                    width: channels / heads,
+                    queries,
+                    keys: k_dims[1],
+                };
+                (batch, sizes)
+            }
+        };
         let q = f32_slice("attention", q, q_layout)?;
         let k = f32_slice("attention", k, k_layout)?;
         let v = f32_slice("attention", v, v_layout)?;
         let scale = self.scale as f32;
-        let mut out = vec![0f32; batch * heads * queries * width];
-        if width > 0 && queries > 0 {
-            out.par_chunks_mut(queries * width)
-                .enumerate()
-                .for_each(|(head, head_out)| {
-                    let head_q = &q[head * queries * width..(head + 1) * queries * width];
-                    let head_k = &k[head * keys * width..(head + 1) * keys * width];
-                    let head_v = &v[head * keys * width..(head + 1) * keys * width];
-                    head_out
-                        .par_chunks_mut(BLOCK_ROWS * width)
-                        .enumerate()
-                        .for_each(|(block, rows_out)| {
-                            let first = block * BLOCK_ROWS * width;
-                            let rows_q = &head_q[first..first + rows_out.len()];
-                            attend_block(rows_q, head_k, head_v, width, scale, rows_out);
-                        });
+        let channels = sizes.channels();
+        let mut out = vec![0f32; q.len()];
+        if channels > 0 && sizes.queries > 0 {
+            // Tasks of one head of one block of query rows, in the order sequence, head, block:
+            // the threads take runs of tasks, so that a thread's consecutive tasks read the
+            // same head's keys and values (kept in its cache) and enough tasks that every
+            // thread has several.
+            let wanted_tasks = 4 * crate::threads().max(1);
+            let rows = (sequences * sizes.heads * sizes.queries)
+                .div_ceil(wanted_tasks)
+                .clamp(16, block_rows(sizes.keys));
+            let blocks = sizes.queries.div_ceil(rows);
+            let sequence_len = sizes.queries * channels;
+            let keys_len = sizes.keys * channels;
+            let out_at = out.as_mut_ptr() as usize;
+            let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (0..sequences * sizes.heads * blocks)
+                .into_par_iter()
+                .for_each(|task| {
+                    let (sequence, head, block) = (
+                        task / (sizes.heads * blocks),
+                        task / blocks % sizes.heads,
+                        task % blocks,
+                    );
+                    let first_row = block * rows;
+                    let count = rows.min(sizes.queries - first_row);
+                    let first = sequence * sequence_len + first_row * channels;
+                    let column = head * sizes.width;
+                    let in_tokens = |data| HeadRows {
+                        data,
+                        stride: channels,
+                        column,
+                    };
+                    let q = in_tokens(&q[first..first + count * channels]);
+                    let out = OutRows {
+                        at: out_at + (first + column) * std::mem::size_of::<f32>(),
+                        stride: channels,
+                    };
+                    let k = &k[sequence * keys_len..(sequence + 1) * keys_len];
+                    let v = &v[sequence * keys_len..(sequence + 1) * keys_len];
+                    if sizes.heads == 1 {
+                        return attend_block(q, in_tokens(k), in_tokens(v), &out, &sizes, scale);
+                    }
+                    // Several heads a token: the head's keys and values gathered into rows of
+                    // their own once per run of its tasks (read in place, each row a separate
+                    // short run, they cost the products 9% more).
+                    HEAD.with(|gathered| {
+                        let mut gathered = gathered.borrow_mut();
+                        if gathered.of != (call, sequence, head) {
+                            let GatheredHead {
+                                k: own_k, v: own_v, ..
+                            } = &mut *gathered;
+                            gather_head(k, &sizes, column, own_k);
+                            gather_head(v, &sizes, column, own_v);
+                            gathered.of = (call, sequence, head);
+                        }
+                        let own = |data| HeadRows {
+                            data,
+                            stride: sizes.width,
+                            column: 0,
+                        };
+                        attend_block(q, own(&gathered.k), own(&gathered.v), &out, &sizes, scale);
+                    });
                 });
         }
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((batch, heads, queries, width)),
-        ))
+        Ok((CpuStorage::F32(out), q_layout.shape().clone()))
     }
 }
 
-/// One block of query rows (`rows_q`, `[rows, width]`) against every key: its output rows.
-fn attend_block(
-    rows_q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    width: usize,
-    scale: f32,
-    rows_out: &mut [f32],
-) {
-    let rows = rows_q.len() / width;
-    let keys = k.len() / width;
+/// Rows of one head: row `r`'s values start at `data[r * stride + column]`.
+#[derive(Clone, Copy)]
+struct HeadRows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    column: usize,
+}
+
+impl HeadRows<'_> {
+    fn as_ptr(&self) -> *const f32 {
+        self.data[self.column..].as_ptr()
+    }
+}
+
+/// Where a task writes its rows of one head: row `r` at address `at + r * stride` floats, in
+/// the op's output, which no other task writes.
+struct OutRows {
+    at: usize,
+    stride: usize,
+}
+
+/// `width` values of the head at `column` of each of the `keys` token rows of `tokens`,
+/// into `into` as `[keys, width]`.
+fn gather_head(tokens: &[f32], sizes: &Sizes, column: usize, into: &mut Vec<f32>) {
+    into.clear();
+    for token in tokens.chunks_exact(sizes.channels()) {
+        into.extend_from_slice(&token[column..column + sizes.width]);
+    }
+}
+
+/// One head of a block of query rows `q` against every key `k` and value `v` (each of
+/// `sizes.width` values a row): the head's output rows, written at `out`.
+fn attend_block(q: HeadRows, k: HeadRows, v: HeadRows, out: &OutRows, sizes: &Sizes, scale: f32) {
+    let (width, keys) = (sizes.width, sizes.keys);
+    let rows = (q.data.len() - q.column).div_ceil(q.stride.max(1));
     SCORES.with(|scores| {
         let mut scores = scores.borrow_mut();
         if scores.len() < rows * keys {
@@ -155,9 +362,10 @@ fn attend_block(
         }
         let scores = &mut scores[..rows * keys];
         // The one unsafe call: gemm takes raw pointers and strides.
-        // SAFETY: `scores` is `[rows, keys]`, `rows_q` `[rows, width]`, `k` `[keys, width]`
-        // read transposed (row stride 1, column stride `width`), `v` `[keys, width]` and
-        // `rows_out` `[rows, width]`, all row-major and in bounds.
+        // SAFETY: `scores` is `[rows, keys]`; `q` holds `rows` rows and `k` and `v` `keys`
+        // rows of `width` values at their strides, and `out` `rows` rows that this task alone
+        // writes (see `OutRows`), all in bounds; `k` is read transposed (row stride 1, column
+        // stride its row stride).
         #[allow(unsafe_code)]
         unsafe {
             gemm::gemm(
@@ -168,11 +376,11 @@ fn attend_block(
                 1,
                 keys as isize,
                 false,
-                rows_q.as_ptr(),
+                q.as_ptr(),
                 1,
-                width as isize,
+                q.stride as isize,
                 k.as_ptr(),
-                width as isize,
+                k.stride as isize,
                 1,
                 0.0,
                 scale,
@@ -192,16 +400,16 @@ fn attend_block(
                 rows,
                 width,
                 keys,
-                rows_out.as_mut_ptr(),
+                out.at as *mut f32,
                 1,
-                width as isize,
+                out.stride as isize,
                 false,
                 scores.as_ptr(),
                 1,
                 keys as isize,
                 v.as_ptr(),
                 1,
-                width as isize,
+                v.stride as isize,
                 0.0,
                 1.0,
                 false,
@@ -210,7 +418,15 @@ fn attend_block(
                 gemm::Parallelism::None,
             );
         }
-        scale_rows(rows_out, width, inverse_sums);
+        for (row, &factor) in inverse_sums.iter().enumerate() {
+            // SAFETY: row `row` of the task's output rows (see `OutRows`): `width` values that
+            // this task alone writes, inside the op's output.
+            #[allow(unsafe_code)]
+            let values = unsafe {
+                std::slice::from_raw_parts_mut((out.at as *mut f32).add(row * out.stride), width)
+            };
+            scale_row(values, factor);
+        }
     });
 }
 
@@ -229,16 +445,14 @@ fn exp_rows_generic(scores: &mut [f32], keys: usize, inverse_sums: &mut [f32]) {
 }
 
 crate::vectorized! {
-    /// Each `width`-long row of `rows` multiplied by its factor.
-    fn scale_rows(rows: &mut [f32], width: usize, factors: &[f32]) = scale_rows_generic
+    /// `row` multiplied by `factor`.
+    fn scale_row(row: &mut [f32], factor: f32) = scale_row_generic
 }
 
 #[inline(always)]
-fn scale_rows_generic(rows: &mut [f32], width: usize, factors: &[f32]) {
-    for (row, &factor) in rows.chunks_mut(width).zip(factors) {
-        for value in row {
-            *value *= factor;
-        }
+fn scale_row_generic(row: &mut [f32], factor: f32) {
+    for value in row {
+        *value *= factor;
     }
 }
 
@@ -315,6 +529,22 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// `softmax(q kᵀ · scale) v` through candle's materialised ops.
+    fn materialised(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+        (q.matmul(&k.t().expect("t")).expect("scores") * scale)
+            .and_then(|s| candle_nn::ops::softmax_last_dim(&s))
+            .and_then(|p| p.matmul(v))
+            .expect("materialised")
+    }
+
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("difference")
+    }
+
     #[test]
     fn the_fast_exp_is_within_a_few_ulp_of_the_standard_one() {
         let mut worst = 0f32;
@@ -367,15 +597,43 @@ mod tests {
             let v = Tensor::randn(0f32, 1.0, (batch, heads, keys, width), &device).expect("v");
             let scale = 1.0 / (width as f64).sqrt();
             let ours = attention(&q, &k, &v, scale).expect("ours");
-            let reference = (q.matmul(&k.t().expect("t")).expect("scores") * scale)
-                .and_then(|s| candle_nn::ops::softmax_last_dim(&s))
-                .and_then(|p| p.matmul(&v))
+            let difference = largest_difference(&ours, &materialised(&q, &k, &v, scale));
+            assert!(
+                difference < 1e-5,
+                "{batch}x{heads}x{queries}x{keys}x{width}: {difference}"
+            );
+        }
+    }
+
+    #[test]
+    fn attention_on_tokens_matches_the_materialised_form_of_its_heads() {
+        let device = Device::Cpu;
+        // Several blocks of rows (600 queries), one head, odd widths, cross-attention.
+        for (batch, heads, queries, keys, width) in [
+            (1, 1, 5, 7, 3),
+            (2, 3, 37, 53, 24),
+            (2, 5, 600, 77, 8),
+            (1, 2, 130, 129, 40),
+        ] {
+            let channels = heads * width;
+            let q = Tensor::randn(0f32, 1.0, (batch, queries, channels), &device).expect("q");
+            let k = Tensor::randn(0f32, 1.0, (batch, keys, channels), &device).expect("k");
+            let v = Tensor::randn(0f32, 1.0, (batch, keys, channels), &device).expect("v");
+            let scale = 1.0 / (width as f64).sqrt();
+            let ours = attention_tokens(&q, &k, &v, heads, scale).expect("ours");
+            let split = |t: &Tensor| {
+                let len = t.dim(1).expect("len");
+                t.reshape((batch, len, heads, width))
+                    .and_then(|t| t.transpose(1, 2))
+                    .and_then(|t| t.contiguous())
+                    .expect("heads")
+            };
+            let (q, k, v) = (split(&q), split(&k), split(&v));
+            let reference = materialised(&q, &k, &v, scale)
+                .transpose(1, 2)
+                .and_then(|o| o.reshape((batch, queries, channels)))
                 .expect("reference");
-            let difference = (ours - reference)
-                .and_then(|d| d.abs())
-                .and_then(|d| d.max_all())
-                .and_then(|d| d.to_scalar::<f32>())
-                .expect("difference");
+            let difference = largest_difference(&ours, &reference);
             assert!(
                 difference < 1e-5,
                 "{batch}x{heads}x{queries}x{keys}x{width}: {difference}"

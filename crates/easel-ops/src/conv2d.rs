@@ -10,8 +10,8 @@
 
 use std::cell::RefCell;
 
-use super::{f32_slice, parallelism};
-use crate::weights::{is_cpu_weights_dtype, with_f32_weights};
+use super::f32_slice;
+use crate::weights::{for_each_f32_rows, is_cpu_weights_dtype};
 use crate::winograd;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -67,6 +67,25 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::op_times::timed(
+            || {
+                let w = self.weight.dims();
+                format!(
+                    "conv{}x{} s{} {:?} -> {}",
+                    w[2],
+                    w[3],
+                    self.config.stride,
+                    x.dims(),
+                    w[0]
+                )
+            },
+            || self.forward_untimed(x),
+        )
+    }
+}
+
+impl Conv2d {
+    fn forward_untimed(&self, x: &Tensor) -> Result<Tensor> {
         if self.own_kernel_runs(x) {
             let out_channels = self.weight.dim(0)?;
             let bias = match &self.bias {
@@ -216,8 +235,6 @@ impl CustomOp3 for Conv2dOp {
             (kernel_h, kernel_w),
             self.stride,
             self.padding,
-            out_channels,
-            in_channels,
             shape.image_tiles(),
         ) {
             winograd::convolve(&shape, input, weight, weight_layout, bias, &mut out)?;
@@ -226,9 +243,7 @@ impl CustomOp3 for Conv2dOp {
                 Shape::from((batch, out_channels, dims.out_h, dims.out_w)),
             ));
         }
-        with_f32_weights("conv2d", weight, weight_layout, |weight| {
-            convolve(&dims, input, weight, bias, &mut out)
-        })?;
+        convolve(&dims, input, (weight, weight_layout), bias, &mut out)?;
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, out_channels, dims.out_h, dims.out_w)),
@@ -236,8 +251,17 @@ impl CustomOp3 for Conv2dOp {
     }
 }
 
+/// A layer's weights `[out_channels, k]` (f32, f16 or bf16) and their layout.
+type Weights<'a> = (&'a CpuStorage, &'a Layout);
+
 /// The whole convolution: per image, per tile of output rows, columns then one product.
-fn convolve(dims: &Dims, input: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32]) {
+fn convolve(
+    dims: &Dims,
+    input: &[f32],
+    weight: Weights,
+    bias: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
     let k = dims.k();
     let n = dims.out_h * dims.out_w;
     let image_len = dims.in_channels * dims.height * dims.width;
@@ -271,38 +295,76 @@ fn convolve(dims: &Dims, input: &[f32], weight: &[f32], bias: &[f32], out: &mut 
                     gather_columns(dims, image, first_row, rows, &mut columns[..k * tile_n]);
                     &columns[..k * tile_n]
                 };
-                // The one unsafe call: gemm takes raw pointers and strides.
-                // SAFETY: `out_image` holds `out_channels` rows of `n` values from which the
-                // tile takes columns `tile_start..tile_start + tile_n`; `weight` is
-                // `[out_channels, k]` and `rhs` `[k, tile_n]`, all row-major and in bounds.
-                #[allow(unsafe_code)]
-                unsafe {
-                    gemm::gemm(
-                        dims.out_channels,
-                        tile_n,
-                        k,
-                        out_image.as_mut_ptr().add(tile_start),
-                        1,
-                        n as isize,
-                        true,
-                        weight.as_ptr(),
-                        1,
-                        k as isize,
-                        rhs.as_ptr(),
-                        1,
-                        tile_n as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism(),
-                    );
-                }
+                let tile = Tile {
+                    start: tile_start,
+                    len: tile_n,
+                    image_len: n,
+                };
+                multiply(dims, weight, rhs, &tile, out_image)?;
                 first_row += rows;
             }
         }
-    });
+        Ok(())
+    })
+}
+
+/// The output columns of one tile of an image.
+struct Tile {
+    /// First column.
+    start: usize,
+    /// Columns.
+    len: usize,
+    /// Values of one output channel (the row stride).
+    image_len: usize,
+}
+
+/// `out_image[:, tile] += weight · rhs` for `rhs` `[k, tile.len]`.
+fn multiply(
+    dims: &Dims,
+    (weight, layout): Weights,
+    rhs: &[f32],
+    tile: &Tile,
+    out_image: &mut [f32],
+) -> Result<()> {
+    let k = dims.k();
+    if out_image.len() < dims.out_channels * tile.image_len || rhs.len() < k * tile.len {
+        candle_core::bail!("conv2d: a tile's operands do not fit")
+    }
+    let out_at = out_image.as_mut_ptr() as usize;
+    let product = |first_channel: usize, weight: &[f32], parallelism: gemm::Parallelism| {
+        let channels = weight.len() / k.max(1);
+        let out = out_at as *mut f32;
+        // The one unsafe call: gemm takes raw pointers and strides.
+        // SAFETY: `out_image` holds `out_channels` rows of `image_len` values (checked above),
+        // of which this product writes rows `first_channel..first_channel + channels` (no
+        // other product does) and columns `start..start + len`; `weight` is `[channels, k]`
+        // and `rhs` `[k, len]`, all row-major and in bounds.
+        #[allow(unsafe_code)]
+        unsafe {
+            gemm::gemm(
+                channels,
+                tile.len,
+                k,
+                out.add(first_channel * tile.image_len + tile.start),
+                1,
+                tile.image_len as isize,
+                true,
+                weight.as_ptr(),
+                1,
+                k as isize,
+                rhs.as_ptr(),
+                1,
+                tile.len as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    };
+    for_each_f32_rows("conv2d", weight, layout, k, product)
 }
 
 /// Fills `columns` (`[k, rows * out_w]`) for output rows `first_row..first_row + rows`: row

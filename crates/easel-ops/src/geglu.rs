@@ -14,6 +14,10 @@ use super::f32_slice;
 
 /// `a * gelu_erf(b)` for `[a, b]` the halves of `x`'s last dimension.
 pub fn geglu(x: &Tensor) -> Result<Tensor> {
+    crate::op_times::timed(|| format!("geglu {:?}", x.dims()), || geglu_untimed(x))
+}
+
+fn geglu_untimed(x: &Tensor) -> Result<Tensor> {
     let width = x.dim(D::Minus1)?;
     if !width.is_multiple_of(2) {
         candle_core::bail!("geglu: the last dimension ({width}) must be even")

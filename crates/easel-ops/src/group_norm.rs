@@ -55,13 +55,18 @@ impl GroupNorm {
 
     /// The normalised `x`, then `activation`.
     pub fn forward(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
-        group_norm(
-            x,
-            &self.weight,
-            &self.bias,
-            self.groups,
-            self.eps,
-            activation,
+        crate::op_times::timed(
+            || format!("group_norm {:?} {activation:?}", x.dims()),
+            || {
+                group_norm(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    self.groups,
+                    self.eps,
+                    activation,
+                )
+            },
         )
     }
 

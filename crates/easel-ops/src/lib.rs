@@ -8,16 +8,19 @@ pub mod conv2d;
 pub mod denormals;
 pub mod geglu;
 pub mod group_norm;
+pub mod layer_norm;
 pub mod linear;
+pub mod op_times;
 pub mod weights;
 mod winograd;
 
 use candle_core::{CpuStorage, Layout, Result};
 
-pub use attention::attention;
+pub use attention::{attention, attention_tokens};
 pub use conv2d::{conv2d, conv2d_strided, Conv2d};
 pub use geglu::geglu;
 pub use group_norm::{group_norm, Activation, GroupNorm};
+pub use layer_norm::{layer_norm, layer_norm_plain, LayerNorm};
 pub use linear::{linear, linear_no_bias, Linear};
 pub use weights::{compute_dtype, release_buffers};
 
@@ -71,9 +74,14 @@ pub(crate) fn f32_slice<'a>(
     }
 }
 
+/// Threads the ops spread over: candle's thread count.
+pub(crate) fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
 /// How a large product spreads over the threads: candle's thread count.
 pub(crate) fn parallelism() -> gemm::Parallelism {
-    match candle_core::utils::get_num_threads() {
+    match threads() {
         0 | 1 => gemm::Parallelism::None,
         threads => gemm::Parallelism::Rayon(threads),
     }

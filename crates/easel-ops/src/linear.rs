@@ -6,8 +6,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::weights::{is_cpu_weights_dtype, with_f32_weights};
-use crate::{f32_slice, parallelism};
+use crate::f32_slice;
+use crate::weights::{for_each_f32_rows, is_cpu_weights_dtype};
 
 /// `y = x Wᵀ + b` over the last dimension of `x`: weights `[out, in]`, bias `[out]`.
 #[derive(Debug, Clone)]
@@ -35,6 +35,15 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::op_times::timed(
+            || format!("linear {:?} -> {}", x.dims(), self.weight.dims()[0]),
+            || self.forward_untimed(x),
+        )
+    }
+}
+
+impl Linear {
+    fn forward_untimed(&self, x: &Tensor) -> Result<Tensor> {
         let own_kernel = x.device().is_cpu()
             && x.dtype() == DType::F32
             && is_cpu_weights_dtype(self.weight.dtype())
@@ -112,25 +121,31 @@ impl CustomOp3 for LinearOp {
             out.extend_from_slice(bias);
         }
         if rows > 0 && in_features > 0 && out_features > 0 {
-            with_f32_weights("linear", weight, weight_layout, |weight| {
+            let out_at = out.as_mut_ptr() as usize;
+            // `out[:, first..first + features] += x · block^T` for `block` the weights of
+            // `features` outputs from `first`.
+            let product = |first: usize, block: &[f32], parallelism: gemm::Parallelism| {
+                let features = block.len() / in_features;
+                let out = out_at as *mut f32;
                 // The one unsafe call: gemm takes raw pointers and strides.
-                // SAFETY: `out` is `[rows, out_features]`, `x` `[rows, in_features]` and
-                // `weight` `[out_features, in_features]`, read transposed (row stride 1,
-                // column stride `in_features`); all row-major and in bounds.
+                // SAFETY: `out` is `[rows, out_features]`, of which this product writes columns
+                // `first..first + features` (no other product does); `x` is
+                // `[rows, in_features]` and `block` `[features, in_features]`, read transposed
+                // (row stride 1, column stride `in_features`); all row-major and in bounds.
                 #[allow(unsafe_code)]
                 unsafe {
                     gemm::gemm(
                         rows,
-                        out_features,
+                        features,
                         in_features,
-                        out.as_mut_ptr(),
+                        out.add(first),
                         1,
                         out_features as isize,
                         true,
                         x.as_ptr(),
                         1,
                         in_features as isize,
-                        weight.as_ptr(),
+                        block.as_ptr(),
                         in_features as isize,
                         1,
                         1.0,
@@ -138,10 +153,11 @@ impl CustomOp3 for LinearOp {
                         false,
                         false,
                         false,
-                        parallelism(),
+                        parallelism,
                     );
                 }
-            })?;
+            };
+            for_each_f32_rows("linear", weight, weight_layout, in_features, product)?;
         }
         let mut dims = x_dims.to_vec();
         if let Some(last) = dims.last_mut() {
