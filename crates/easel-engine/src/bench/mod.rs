@@ -376,9 +376,13 @@ fn bare_denoiser_forward(
     let device = device::open(options.device).map_err(EngineError::from)?;
     let (dtype, _) = device::usable_dtype(&device, options.dtype);
     let mut model = crate::families::open(&request.model, &device, dtype)?;
+    let _ = crate::ops::op_times::report();
     let mut secs = model
         .time_denoiser_forward(request, options.size_px, options.steps.max(3))
         .map_err(EngineError::Pipeline)?;
+    if let Some(table) = crate::ops::op_times::report() {
+        eprintln!("{table}");
+    }
     Ok((device::describe(&device), dtype, median(&mut secs)))
 }
 

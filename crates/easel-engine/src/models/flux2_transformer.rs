@@ -530,8 +530,5 @@ fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 
 /// LayerNorm over the last dimension without affine parameters.
 fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    centred.broadcast_div(&(var + eps)?.sqrt()?)
+    crate::ops::layer_norm_plain(x, eps)
 }

@@ -7,8 +7,8 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
 use crate::ops::{
-    attention, compute_dtype, conv2d_strided, geglu, linear, linear_no_bias, Activation, Conv2d,
-    GroupNorm, Linear,
+    attention_tokens, conv2d_strided, geglu, linear, linear_no_bias, Activation, Conv2d, GroupNorm,
+    LayerNorm, Linear,
 };
 
 /// Epsilon of the GroupNorm in front of each transformer, fixed in diffusers.
@@ -120,21 +120,13 @@ impl Attention {
 
     /// `xs` `[B, L, C]` attending to `context` `[B, Lc, Cc]`.
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (batch, tokens, channels) = xs.dims3()?;
-        let head_dim = channels / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            let len = t.dim(1)?;
-            t.reshape((batch, len, self.heads, head_dim))?
-                .transpose(1, 2)
-        };
-        let q = split(self.to_q.forward(xs)?)?;
-        let k = split(self.to_k.forward(context)?)?;
-        let v = split(self.to_v.forward(context)?)?;
+        let head_dim = xs.dim(2)? / self.heads;
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let attended = attention(&q, &k, &v, scale)?
-            .transpose(1, 2)?
-            .reshape((batch, tokens, channels))?;
-        self.to_out.forward(&attended)
+        self.to_out
+            .forward(&attention_tokens(&q, &k, &v, self.heads, scale)?)
     }
 }
 
@@ -183,22 +175,22 @@ impl FeedForward {
 /// after a LayerNorm and added to its input.
 #[derive(Debug)]
 struct TransformerBlock {
-    norm1: nn::LayerNorm,
+    norm1: LayerNorm,
     attn1: Attention,
-    norm2: nn::LayerNorm,
+    norm2: LayerNorm,
     attn2: Attention,
-    norm3: nn::LayerNorm,
+    norm3: LayerNorm,
     ff: FeedForward,
 }
 
 impl TransformerBlock {
     fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
         Ok(Self {
-            norm1: layer_norm(dim, vb.pp("norm1"))?,
+            norm1: LayerNorm::load(dim, LAYER_NORM_EPS, vb.pp("norm1"))?,
             attn1: Attention::new(vb.pp("attn1"), dim, dim, heads)?,
-            norm2: layer_norm(dim, vb.pp("norm2"))?,
+            norm2: LayerNorm::load(dim, LAYER_NORM_EPS, vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads)?,
-            norm3: layer_norm(dim, vb.pp("norm3"))?,
+            norm3: LayerNorm::load(dim, LAYER_NORM_EPS, vb.pp("norm3"))?,
             ff: FeedForward::new(vb.pp("ff"), dim)?,
         })
     }
@@ -209,13 +201,6 @@ impl TransformerBlock {
         let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, text)? + &xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs
     }
-}
-
-/// A layer norm over `dim` features, its weights at the compute dtype whatever the dtype the
-/// matrices are held in.
-fn layer_norm(dim: usize, vb: VarBuilder) -> Result<nn::LayerNorm> {
-    let dtype = compute_dtype(vb.device(), vb.dtype());
-    nn::layer_norm(dim, LAYER_NORM_EPS, vb.set_dtype(dtype))
 }
 
 /// A 1x1 projection into or out of the transformer: a linear layer on tokens, or a 1x1
@@ -290,7 +275,8 @@ impl Transformer {
                 .transpose(1, 2)
         };
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,
+            // Contiguous once here rather than read strided by every norm and residual sum.
+            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?.contiguous()?,
             Projection::Linear(linear) => linear.forward(&to_tokens(normed)?.contiguous()?)?,
         };
         for block in &self.blocks {
