@@ -3,8 +3,9 @@
 //! (optionally projected) output at the first end-of-text token.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear};
-use candle_nn::{LayerNormConfig, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
+
+use crate::ops::{compute_dtype, linear, linear_no_bias, LayerNorm, Linear};
 
 use super::config::ClipTextConfig;
 
@@ -84,14 +85,11 @@ struct EncoderLayer {
 
 impl EncoderLayer {
     fn new(vb: VarBuilder, cfg: &ClipTextConfig, activation: Activation) -> Result<Self> {
-        let norm_cfg = LayerNormConfig {
-            eps: cfg.layer_norm_eps,
-            ..Default::default()
-        };
+        let (width, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
-            layer_norm1: layer_norm(cfg.hidden_size, norm_cfg, vb.pp("layer_norm1"))?,
+            layer_norm1: LayerNorm::load(width, eps, vb.pp("layer_norm1"))?,
             self_attn: SelfAttention::new(vb.pp("self_attn"), cfg)?,
-            layer_norm2: layer_norm(cfg.hidden_size, norm_cfg, vb.pp("layer_norm2"))?,
+            layer_norm2: LayerNorm::load(width, eps, vb.pp("layer_norm2"))?,
             fc1: linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
             fc2: linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("mlp.fc2"))?,
             activation,
@@ -131,6 +129,9 @@ pub struct ClipTextModel {
     text_projection: Option<Linear>,
     eos_token_id: u32,
     max_positions: usize,
+    /// The dtype the layers compute in (f32 on the CPU, where the matrices and embeddings may
+    /// be held in f16).
+    compute: DType,
 }
 
 impl ClipTextModel {
@@ -160,12 +161,9 @@ impl ClipTextModel {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::new(text_vb.pp(format!("encoder.layers.{i}")), cfg, activation))
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm = layer_norm(
+        let final_layer_norm = LayerNorm::load(
             cfg.hidden_size,
-            LayerNormConfig {
-                eps: cfg.layer_norm_eps,
-                ..Default::default()
-            },
+            cfg.layer_norm_eps,
             text_vb.pp("final_layer_norm"),
         )?;
         let text_projection = if cfg.has_projection() {
@@ -186,6 +184,7 @@ impl ClipTextModel {
             text_projection,
             eos_token_id: cfg.eos_token_id.unwrap_or(49407),
             max_positions: cfg.max_position_embeddings,
+            compute: compute_dtype(vb.device(), vb.dtype()),
         })
     }
 
@@ -205,7 +204,13 @@ impl ClipTextModel {
         let mut xs = self
             .token_embedding
             .forward(&ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+            .to_dtype(self.compute)?
+            .broadcast_add(
+                &self
+                    .position_embedding
+                    .forward(&positions)?
+                    .to_dtype(self.compute)?,
+            )?;
         let causal_mask = causal_mask(seq_len, device)?;
         let mut penultimate = xs.clone();
         let last_index = self.layers.len().saturating_sub(1);

@@ -246,8 +246,9 @@ impl ModelWeights for SdModel {
                 };
                 let tokenizer = PromptTokenizer::load(&slot.tokenizer_dir)?;
                 let files = component_files(&slot.dir)?;
-                // The text encoders run once a job: held at the compute dtype.
-                let text_dtype = crate::ops::compute_dtype(&device, dtype);
+                // Held at the asked dtype like the UNet (on the CPU its layers widen f16
+                // matrices to compute in f32).
+                let text_dtype = dtype;
                 let vb = weights_var_builder(&files, text_dtype, &device)?;
                 let model = ClipTextModel::new(vb, &slot.config)
                     .map_err(|e| weights_error(&files, &slot.dir.join("config.json"), e))?;
