@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Easel against diffusers on this machine, on the same random-weight SD 1.5, in one run:
-#   scripts/bench-vs-diffusers.sh [--size PX] [--steps N] [--runs N] [--flux]
-#   (defaults 512, 4, 1; --flux adds FLUX.1 dev's transformer at the bench's reduced depth)
+#   scripts/bench-vs-diffusers.sh [--size PX] [--steps N] [--runs N] [--flux] [--f16]
+#   (defaults 512, 4, 1; --flux adds FLUX.1 dev's transformer at the bench's reduced depth;
+#   --f16 adds Easel with its weights held in f16 in both modes, computed in f32)
 #
 # Installs torch and diffusers from PyPI into a virtual environment (.bench-venv, or
 # $EASEL_BENCH_VENV) when it is missing, builds Easel (the dev profile the tests build, its
@@ -18,13 +19,15 @@ size=512
 steps=4
 runs=1
 flux=0
+f16=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --size) size=$2; shift 2 ;;
         --steps) steps=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
         --flux) flux=1; shift ;;
-        *) echo "usage: $0 [--size PX] [--steps N] [--runs N] [--flux]" >&2; exit 2 ;;
+        --f16) f16=1; shift ;;
+        *) echo "usage: $0 [--size PX] [--steps N] [--runs N] [--flux] [--f16]" >&2; exit 2 ;;
     esac
 done
 
@@ -50,6 +53,14 @@ for run in $(seq 1 "$runs"); do
     "$venv/bin/python" scripts/bench_diffusers.py "$cache/sd15-random" --size "$size" \
         --steps "$steps" > "$out/diffusers-$run.json"
 done
+
+if [ "$f16" = 1 ]; then
+    # Full mode with the UNet's and VAE's weights in f16 (auto holds f32 there, f16 staged).
+    echo "bench-vs-diffusers: easel with f16 weights" >&2
+    target/debug/easel bench --model sd15 --size "$size" --steps "$steps" --references none \
+        --cache "$cache" --dtype f16 --json > "$out/easel-f16.json" 2> "$out/easel-f16.log" ||
+        { cat "$out/easel-f16.log" >&2; exit 1; }
+fi
 
 if [ "$flux" = 1 ]; then
     # FLUX.1 dev at 1 double- and 2 single-stream blocks: the bare transformer forward on
@@ -85,6 +96,14 @@ rows = [
 print(f"{'':20}{'easel':>10}{'diffusers':>12}{'ratio':>8}")
 for name, ours, theirs, unit in rows:
     print(f"{name:20}{ours:>9.2f}{unit:<1}{theirs:>11.2f}{unit:<1}{ours / theirs:>8.2f}")
+if os.path.exists(f"{out}/easel-f16.json"):
+    half = json.load(open(f"{out}/easel-f16.json"))["modes"]["full"]
+    for name, ours, theirs, unit in [
+        ("UNet step, f16", half["step_secs_median"], m(t["step_secs_median"] for t in torch), "s"),
+        ("peak RSS (full, f16)", half["peak_rss_bytes"] / 1e9, m(t["peak_rss_bytes"] for t in torch) / 1e9, "GB"),
+    ]:
+        print(f"{name:20}{ours:>9.2f}{unit:<1}{theirs:>11.2f}{unit:<1}{ours / theirs:>8.2f}"
+              "   (Easel's weights in f16, one run)")
 if os.path.exists(f"{out}/easel-flux.json"):
     ours = json.load(open(f"{out}/easel-flux.json"))["denoiser_forward_secs_median"]
     theirs = json.load(open(f"{out}/diffusers-flux.json"))["forward_secs_median"]
