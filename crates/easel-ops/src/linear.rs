@@ -3,7 +3,7 @@
 //! output first and one `gemm` adds the product onto it. Other devices and dtypes use
 //! candle's `Linear`.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::f32_slice;
@@ -52,13 +52,12 @@ impl Linear {
             let weight = self.weight.to_dtype(x.dtype())?;
             return candle_nn::Linear::new(weight, self.bias.clone()).forward(x);
         }
-        let out_features = self.weight.dim(0)?;
-        let bias = match &self.bias {
-            Some(bias) => bias.clone(),
-            None => Tensor::zeros(out_features, DType::F32, x.device())?,
-        };
-        x.contiguous()?
-            .apply_op3_no_bwd(&self.weight.contiguous()?, &bias.contiguous()?, &LinearOp)
+        let x = x.contiguous()?;
+        let weight = self.weight.contiguous()?;
+        match &self.bias {
+            Some(bias) => x.apply_op3_no_bwd(&weight, &bias.contiguous()?, &LinearOp),
+            None => x.apply_op2_no_bwd(&weight, &LinearOp),
+        }
     }
 }
 
@@ -88,6 +87,22 @@ fn load_weight(in_features: usize, out_features: usize, vb: &VarBuilder) -> Resu
 
 struct LinearOp;
 
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "easel-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        linear_cpu(x, x_layout, (weight, weight_layout), None)
+    }
+}
+
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "easel-linear"
@@ -102,68 +117,137 @@ impl CustomOp3 for LinearOp {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (out_features, in_features) = weight_layout.shape().dims2()?;
-        let x_dims = x_layout.shape().dims();
-        if x_dims.last() != Some(&in_features) || bias_layout.shape().dims1()? != out_features {
-            candle_core::bail!(
-                "linear: input {:?}, weight {:?}, bias {:?} do not fit",
-                x_layout.shape(),
-                weight_layout.shape(),
-                bias_layout.shape()
+        linear_cpu(
+            x,
+            x_layout,
+            (weight, weight_layout),
+            Some((bias, bias_layout)),
+        )
+    }
+}
+
+/// `x · weightᵀ (+ bias)` on the CPU: the product written straight into the output (never read
+/// first, so its pages are first touched by the threads that multiply), then the bias added
+/// row by row over the threads.
+fn linear_cpu(
+    x: &CpuStorage,
+    x_layout: &Layout,
+    (weight, weight_layout): (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let (out_features, in_features) = weight_layout.shape().dims2()?;
+    let x_dims = x_layout.shape().dims();
+    let bias_fits = match bias {
+        Some((_, layout)) => layout.shape().dims1()? == out_features,
+        None => true,
+    };
+    if x_dims.last() != Some(&in_features) || !bias_fits {
+        candle_core::bail!(
+            "linear: input {:?}, weight {:?}, bias {:?} do not fit",
+            x_layout.shape(),
+            weight_layout.shape(),
+            bias.map(|(_, layout)| layout.shape())
+        );
+    }
+    let x = f32_slice("linear", x, x_layout)?;
+    let bias = bias
+        .map(|(bias, layout)| f32_slice("linear", bias, layout))
+        .transpose()?;
+    let rows: usize = x_dims[..x_dims.len() - 1].iter().product();
+    let len = rows * out_features;
+    let mut out = if rows > 0 && in_features > 0 && out_features > 0 {
+        product_into_new(x, rows, (weight, weight_layout), in_features, out_features)?
+    } else {
+        vec![0f32; len]
+    };
+    if let Some(bias) = bias {
+        add_bias_rows(&mut out, bias);
+    }
+    let mut dims = x_dims.to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out_features;
+    }
+    Ok((CpuStorage::F32(out), Shape::from(dims)))
+}
+
+/// `x · weightᵀ` (`x` `[rows, in_features]`, every size non-zero) in a new buffer that only the
+/// products write.
+fn product_into_new(
+    x: &[f32],
+    rows: usize,
+    (weight, weight_layout): (&CpuStorage, &Layout),
+    in_features: usize,
+    out_features: usize,
+) -> Result<Vec<f32>> {
+    let len = rows * out_features;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let out_at = out.as_mut_ptr() as usize;
+    // `out[:, first..first + features] = x · blockᵀ` for `block` the weights of `features`
+    // outputs from `first`.
+    let product = |first: usize, block: &[f32], parallelism: gemm::Parallelism| {
+        let features = block.len() / in_features;
+        let out = out_at as *mut f32;
+        // The one unsafe call: gemm takes raw pointers and strides.
+        // SAFETY: `out` has capacity for `[rows, out_features]`, of which this product writes
+        // (without reading: `read_dst` is false) columns `first..first + features` (no other
+        // product does); `x` is `[rows, in_features]` and `block` `[features, in_features]`,
+        // read transposed (row stride 1, column stride `in_features`); all row-major and in
+        // bounds.
+        #[allow(unsafe_code)]
+        unsafe {
+            gemm::gemm(
+                rows,
+                features,
+                in_features,
+                out.add(first),
+                1,
+                out_features as isize,
+                false,
+                x.as_ptr(),
+                1,
+                in_features as isize,
+                block.as_ptr(),
+                in_features as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
             );
         }
-        let x = f32_slice("linear", x, x_layout)?;
-        let bias = f32_slice("linear", bias, bias_layout)?;
-        let rows: usize = x_dims[..x_dims.len() - 1].iter().product();
-        // The bias first; the product is added onto it.
-        let mut out = Vec::with_capacity(rows * out_features);
-        for _ in 0..rows {
-            out.extend_from_slice(bias);
+    };
+    for_each_f32_rows("linear", weight, weight_layout, in_features, product)?;
+    // SAFETY: the products above wrote every one of the `len` values: their blocks of output
+    // features cover `0..out_features` (`for_each_f32_rows` hands out every row of the
+    // weights) over all `rows`, and gemm writes its whole destination when it does not read it.
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(len)
+    };
+    Ok(out)
+}
+
+/// Adds `bias` to every row of `out`, rows spread over the threads.
+fn add_bias_rows(out: &mut [f32], bias: &[f32]) {
+    use rayon::prelude::*;
+    let rows_per_task = (1 << 16) / bias.len().max(1) + 1;
+    out.par_chunks_mut(bias.len().max(1) * rows_per_task)
+        .for_each(|rows| add_bias(rows, bias));
+}
+
+crate::vectorized! {
+    /// `rows[i] += bias[i % bias.len()]` over whole rows.
+    fn add_bias(rows: &mut [f32], bias: &[f32]) = add_bias_generic
+}
+
+#[inline(always)]
+fn add_bias_generic(rows: &mut [f32], bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (value, &b) in row.iter_mut().zip(bias) {
+            *value += b;
         }
-        if rows > 0 && in_features > 0 && out_features > 0 {
-            let out_at = out.as_mut_ptr() as usize;
-            // `out[:, first..first + features] += x · block^T` for `block` the weights of
-            // `features` outputs from `first`.
-            let product = |first: usize, block: &[f32], parallelism: gemm::Parallelism| {
-                let features = block.len() / in_features;
-                let out = out_at as *mut f32;
-                // The one unsafe call: gemm takes raw pointers and strides.
-                // SAFETY: `out` is `[rows, out_features]`, of which this product writes columns
-                // `first..first + features` (no other product does); `x` is
-                // `[rows, in_features]` and `block` `[features, in_features]`, read transposed
-                // (row stride 1, column stride `in_features`); all row-major and in bounds.
-                #[allow(unsafe_code)]
-                unsafe {
-                    gemm::gemm(
-                        rows,
-                        features,
-                        in_features,
-                        out.add(first),
-                        1,
-                        out_features as isize,
-                        true,
-                        x.as_ptr(),
-                        1,
-                        in_features as isize,
-                        block.as_ptr(),
-                        in_features as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    );
-                }
-            };
-            for_each_f32_rows("linear", weight, weight_layout, in_features, product)?;
-        }
-        let mut dims = x_dims.to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = out_features;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
