@@ -233,6 +233,10 @@ struct BenchArgs {
     /// The canvas benchmark's image side in pixels.
     #[arg(long, default_value_t = 8192, requires = "canvas")]
     canvas_size: u32,
+    /// Time only the bare denoiser forward (`max(steps, 3)` of them), for profiling; with
+    /// `EASEL_OP_TIMES=1` each op's time follows on stderr.
+    #[arg(long, conflicts_with = "canvas")]
+    forward_only: bool,
 }
 
 /// The `--references` of `easel bench`.
@@ -367,6 +371,18 @@ fn bench(
         reference_counts: args.references.map(|counts| counts.0),
     };
     let started = std::time::Instant::now();
+    if args.forward_only {
+        let report = easel_engine::bench::forward_only(&options, &mut |phase| {
+            note!("[{:>6.1}s] {phase}", started.elapsed().as_secs_f64());
+        })
+        .context("the benchmark failed")?;
+        if args.json {
+            out!("{}", serde_json::to_string_pretty(&report)?)?;
+        } else {
+            out!("{}", report.line())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = easel_engine::bench::run(&options, &mut |phase| {
         note!("[{:>6.1}s] {phase}", started.elapsed().as_secs_f64());
     })

@@ -7,6 +7,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 pub(crate) fn easel(args: &[&str]) -> Output {
+    easel_with_env(args, &[])
+}
+
+/// `easel` with `env` added to its environment.
+fn easel_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     // No settings file of the machine's own may change what the tests see.
     Command::new(env!("CARGO_BIN_EXE_easel"))
         .env("EASEL_CONFIG", "/nonexistent/easel.toml")
@@ -14,6 +19,7 @@ pub(crate) fn easel(args: &[&str]) -> Output {
             "EASEL_DATA_DIR",
             std::env::temp_dir().join("easel-cli-tests"),
         )
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .expect("run easel")
@@ -256,6 +262,45 @@ fn bench_reports_every_mode_as_json() {
             .expect("denoiser")
             > 0.0
     );
+}
+
+#[test]
+fn bench_times_the_bare_forward_alone_with_each_ops_time() {
+    if common::parity_missing() {
+        return;
+    }
+    let model = common::model("sd15-tiny");
+    let model = model.to_str().expect("utf-8 path");
+    let run = easel_with_env(
+        &[
+            "bench",
+            "--model",
+            model,
+            "--size",
+            "64",
+            "--forward-only",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        &[("EASEL_OP_TIMES", "1")],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: serde_json::Value =
+        serde_json::from_slice(&run.stdout).expect("one JSON object on stdout");
+    let forwards = report["forward_secs"].as_array().expect("forward times");
+    // max(steps, 3) forwards, each timed.
+    assert_eq!(forwards.len(), 3, "{report}");
+    assert!(forwards.iter().all(|s| s.as_f64().is_some_and(|s| s > 0.0)));
+    assert_eq!(report["dtype"], "f32", "{report}");
+    // No job ran: only the forward's op table follows, convolutions and attention in it.
+    let log = stderr(&run);
+    assert!(log.contains("op times"), "{log}");
+    assert!(
+        log.contains("conv3x3") && log.contains("attention"),
+        "{log}"
+    );
+    assert!(!log.contains("full mode"), "{log}");
 }
 
 #[test]

@@ -110,24 +110,12 @@ pub fn run(
     options: &BenchOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<BenchReport, BenchError> {
-    if options.steps == 0 || options.size_px < 64 || !options.size_px.is_multiple_of(8) {
-        return Err(BenchError::Options(format!(
-            "--size must be a multiple of 8 from 64 (got {}) and --steps at least 1 (got {})",
-            options.size_px, options.steps
-        )));
-    }
+    check_options(options)?;
     // Idle memory is measured first, before the model is built or any job runs.
     let full_engine = spawn(options, false)?;
     let idle_rss_bytes = process_rss_bytes();
     let idle_anon_rss_bytes = process_anon_rss_bytes();
-    let (folder, random_weights, model_name) = match &options.model {
-        BenchModel::Architecture(architecture) => (
-            architectures::ensure_random_model(*architecture, &options.cache_dir, progress)?,
-            true,
-            architecture.name().to_string(),
-        ),
-        BenchModel::Folder(dir) => (dir.clone(), false, dir.display().to_string()),
-    };
+    let (folder, random_weights, model_name) = model_folder(options, progress)?;
     let info = ModelInfo::read(&folder)?;
     let reference_counts = match &options.reference_counts {
         Some(counts) => counts.clone(),
@@ -179,8 +167,8 @@ pub fn run(
         )?
     };
     progress("bare denoiser forward");
-    let (device_name, dtype, denoiser_forward_secs_median) =
-        bare_denoiser_forward(options, &request)?;
+    let (device_name, dtype, mut forward_secs) = bare_denoiser_forward(options, &request)?;
+    let denoiser_forward_secs_median = median(&mut forward_secs);
     let loop_overhead_percent =
         100.0 * (full.step_secs_median / denoiser_forward_secs_median - 1.0);
     Ok(BenchReport {
@@ -207,6 +195,90 @@ pub fn run(
         loop_overhead_percent,
         cold_loads_from_disk,
         reference_runs,
+    })
+}
+
+/// The bare denoiser forward alone (no engine, no jobs): `max(steps, 3)` forwards on a step's
+/// shapes, for profiling (with `EASEL_OP_TIMES=1` the per-op table follows on stderr).
+pub fn forward_only(
+    options: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ForwardReport, BenchError> {
+    check_options(options)?;
+    let (folder, _, model) = model_folder(options, progress)?;
+    let info = ModelInfo::read(&folder)?;
+    let request = bench_request(&info, options);
+    progress("bare denoiser forward");
+    let (device, dtype, forward_secs) = bare_denoiser_forward(options, &request)?;
+    Ok(ForwardReport {
+        model,
+        size_px: options.size_px,
+        device,
+        dtype: format!("{dtype:?}").to_lowercase(),
+        forward_secs,
+    })
+}
+
+/// What `forward_only` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ForwardReport {
+    /// The model's name or folder.
+    pub model: String,
+    /// Output side in pixels.
+    pub size_px: u32,
+    /// The device it ran on.
+    pub device: String,
+    /// The weights' precision.
+    pub dtype: String,
+    /// Each forward's seconds, the first (which pays one-off allocations) included.
+    pub forward_secs: Vec<f64>,
+}
+
+impl ForwardReport {
+    /// One line: the median and every forward.
+    pub fn line(&self) -> String {
+        let mut secs = self.forward_secs.clone();
+        let each: Vec<String> = self
+            .forward_secs
+            .iter()
+            .map(|s| format!("{s:.3}"))
+            .collect();
+        format!(
+            "{} at {} px on {} ({}): bare denoiser forward median {:.3}s ({} s)",
+            self.model,
+            self.size_px,
+            self.device,
+            self.dtype,
+            median(&mut secs),
+            each.join(", ")
+        )
+    }
+}
+
+/// Rejects sizes and step counts the benchmark can't run.
+fn check_options(options: &BenchOptions) -> Result<(), BenchError> {
+    if options.steps == 0 || options.size_px < 64 || !options.size_px.is_multiple_of(8) {
+        return Err(BenchError::Options(format!(
+            "--size must be a multiple of 8 from 64 (got {}) and --steps at least 1 (got {})",
+            options.size_px, options.steps
+        )));
+    }
+    Ok(())
+}
+
+/// The model's folder (a random-weight one built into the cache when missing), whether its
+/// weights are random, and its name.
+fn model_folder(
+    options: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(PathBuf, bool, String), BenchError> {
+    Ok(match &options.model {
+        BenchModel::Architecture(architecture) => (
+            architectures::ensure_random_model(*architecture, &options.cache_dir, progress)?,
+            true,
+            architecture.name().to_string(),
+        ),
+        BenchModel::Folder(dir) => (dir.clone(), false, dir.display().to_string()),
     })
 }
 
@@ -371,19 +443,19 @@ fn wait_for(engine: &Engine, mut wanted: impl FnMut(&Event) -> bool) -> Result<(
 fn bare_denoiser_forward(
     options: &BenchOptions,
     request: &GenerateRequest,
-) -> Result<(String, DType, f64), BenchError> {
+) -> Result<(String, DType, Vec<f64>), BenchError> {
     crate::ops::denormals::init_compute_threads();
     let device = device::open(options.device).map_err(EngineError::from)?;
     let (dtype, _) = device::usable_dtype(&device, options.dtype);
     let mut model = crate::families::open(&request.model, &device, dtype)?;
     let _ = crate::ops::op_times::report();
-    let mut secs = model
+    let secs = model
         .time_denoiser_forward(request, options.size_px, options.steps.max(3))
         .map_err(EngineError::Pipeline)?;
     if let Some(table) = crate::ops::op_times::report() {
         eprintln!("{table}");
     }
-    Ok((device::describe(&device), dtype, median(&mut secs)))
+    Ok((device::describe(&device), dtype, secs))
 }
 
 /// The median of `values` (0 when empty).
