@@ -1,9 +1,10 @@
 //! A 2-D convolution for the CPU that spends its time in one matrix product: the input rows
 //! a tile of output rows needs are copied, contiguous run by contiguous run, into a reused
 //! column buffer; the weights are used where they lie, as a `[out, in * kh * kw]` matrix; the
-//! bias is written first and the product added onto it, straight into the NCHW output.
-//! candle's CPU conv2d instead copies the whole input to NHWC, re-lays the weights on every
-//! call, gathers the columns one element at a time and adds the bias in a separate pass.
+//! product is written straight into the NCHW output (never read first), then the bias is added
+//! plane by plane over the threads. candle's CPU conv2d instead copies the whole input to NHWC,
+//! re-lays the weights on every call, gathers the columns one element at a time and adds the
+//! bias in a single-threaded pass.
 //!
 //! Weights may be held in f16 or bf16 (see `weights`); they are widened once per call. Other
 //! devices and dtypes use candle's own convolution (`Conv2d::forward` decides).
@@ -282,10 +283,6 @@ fn convolve(
                 let rows = rows_per_tile.min(dims.out_h - first_row);
                 let tile_n = rows * dims.out_w;
                 let tile_start = first_row * dims.out_w;
-                // The bias first; the product is added onto it.
-                for (co, &value) in bias.iter().enumerate() {
-                    out_image[co * n + tile_start..co * n + tile_start + tile_n].fill(value);
-                }
                 let rhs: &[f32] = if pointwise {
                     image
                 } else {
@@ -304,8 +301,30 @@ fn convolve(
                 first_row += rows;
             }
         }
+        add_bias_planes(out, bias, n);
         Ok(())
     })
+}
+
+/// Adds each output channel's bias to its planes (`plane` values each, channels repeating per
+/// image), planes spread over the threads.
+fn add_bias_planes(out: &mut [f32], bias: &[f32], plane: usize) {
+    use rayon::prelude::*;
+    out.par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(index, values)| add_to_all(values, bias[index % bias.len()]));
+}
+
+crate::vectorized! {
+    /// `value` added to every one of `values`.
+    fn add_to_all(values: &mut [f32], value: f32) = add_to_all_generic
+}
+
+#[inline(always)]
+fn add_to_all_generic(values: &mut [f32], value: f32) {
+    for v in values {
+        *v += value;
+    }
 }
 
 /// The output columns of one tile of an image.
@@ -318,7 +337,7 @@ struct Tile {
     image_len: usize,
 }
 
-/// `out_image[:, tile] += weight · rhs` for `rhs` `[k, tile.len]`.
+/// `out_image[:, tile] = weight · rhs` for `rhs` `[k, tile.len]`.
 fn multiply(
     dims: &Dims,
     (weight, layout): Weights,
@@ -348,7 +367,7 @@ fn multiply(
                 out.add(first_channel * tile.image_len + tile.start),
                 1,
                 tile.image_len as isize,
-                true,
+                false,
                 weight.as_ptr(),
                 1,
                 k as isize,
