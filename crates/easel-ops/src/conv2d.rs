@@ -232,12 +232,7 @@ impl CustomOp3 for Conv2dOp {
             height,
             width,
         };
-        if winograd::applies(
-            (kernel_h, kernel_w),
-            self.stride,
-            self.padding,
-            shape.image_tiles(),
-        ) {
+        if winograd::applies((kernel_h, kernel_w), self.stride, self.padding, &shape) {
             winograd::convolve(&shape, input, weight, weight_layout, bias, &mut out)?;
             return Ok((
                 CpuStorage::F32(out),
@@ -535,7 +530,7 @@ mod tests {
 
     #[test]
     fn winograd_convolutions_match_candles_on_odd_shapes() {
-        // 3x3, stride 1, padding 1 and at least 32x32 outputs: the Winograd path, with odd
+        // 3x3, stride 1, padding 1 and at least 16x16 outputs: the Winograd path, with odd
         // sides (a last row and column of half tiles), several chunks and several images.
         for (shape, out_channels) in [
             ((1, 3, 33, 35), 5),
@@ -543,6 +538,8 @@ mod tests {
             ((1, 4, 35, 31), 3),
             ((2, 7, 32, 41), 4),
             ((1, 1000, 33, 34), 3),
+            // Two maps of 64x64 and more: F(3x3), odd sides cutting its 3x3 edge tiles.
+            ((2, 6, 65, 67), 5),
         ] {
             let difference = largest_relative_difference(shape, out_channels, 3, 1, 1);
             assert!(
