@@ -29,7 +29,7 @@ use crate::pipeline::request::{GenerateRequest, InpaintOptions};
 use crate::schedulers::SamplerKind;
 pub use architectures::Architecture;
 pub use references::DEFAULT_COUNTS as DEFAULT_REFERENCE_COUNTS;
-pub use report::{BenchReport, Machine, ModeReport, Modes, ReferenceRun};
+pub use report::{BenchReport, ForwardReport, Machine, ModeReport, Modes, ReferenceRun};
 
 /// The model a benchmark runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,42 +217,6 @@ pub fn forward_only(
         dtype: format!("{dtype:?}").to_lowercase(),
         forward_secs,
     })
-}
-
-/// What `forward_only` measured.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ForwardReport {
-    /// The model's name or folder.
-    pub model: String,
-    /// Output side in pixels.
-    pub size_px: u32,
-    /// The device it ran on.
-    pub device: String,
-    /// The weights' precision.
-    pub dtype: String,
-    /// Each forward's seconds, the first (which pays one-off allocations) included.
-    pub forward_secs: Vec<f64>,
-}
-
-impl ForwardReport {
-    /// One line: the median and every forward.
-    pub fn line(&self) -> String {
-        let mut secs = self.forward_secs.clone();
-        let each: Vec<String> = self
-            .forward_secs
-            .iter()
-            .map(|s| format!("{s:.3}"))
-            .collect();
-        format!(
-            "{} at {} px on {} ({}): bare denoiser forward median {:.3}s ({} s)",
-            self.model,
-            self.size_px,
-            self.device,
-            self.dtype,
-            median(&mut secs),
-            each.join(", ")
-        )
-    }
 }
 
 /// Rejects sizes and step counts the benchmark can't run.

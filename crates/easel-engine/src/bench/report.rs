@@ -215,3 +215,39 @@ fn bytes(bytes: Option<u64>) -> String {
         Some(b) => format!("{:.0} MB", b as f64 / (1u64 << 20) as f64),
     }
 }
+
+/// What `forward_only` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardReport {
+    /// The model's name or folder.
+    pub model: String,
+    /// Output side in pixels.
+    pub size_px: u32,
+    /// The device it ran on.
+    pub device: String,
+    /// The weights' precision.
+    pub dtype: String,
+    /// Each forward's seconds, the first (which pays one-off allocations) included.
+    pub forward_secs: Vec<f64>,
+}
+
+impl ForwardReport {
+    /// One line: the median and every forward.
+    pub fn line(&self) -> String {
+        let mut secs = self.forward_secs.clone();
+        let each: Vec<String> = self
+            .forward_secs
+            .iter()
+            .map(|s| format!("{s:.3}"))
+            .collect();
+        format!(
+            "{} at {} px on {} ({}): bare denoiser forward median {:.3}s ({} s)",
+            self.model,
+            self.size_px,
+            self.device,
+            self.dtype,
+            super::median(&mut secs),
+            each.join(", ")
+        )
+    }
+}
