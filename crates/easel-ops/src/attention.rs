@@ -402,7 +402,7 @@ fn attend_block(
             let block = key_block.min(keys - first_key);
             let scores = &mut scores[..rows * block];
             let (k_at, v_at) = (k.row_ptr(first_key), v.row_ptr(first_key));
-            // The one unsafe call: gemm takes raw pointers and strides.
+            // gemm takes raw pointers and strides.
             // SAFETY: `scores` is `[rows, block]`; `q` holds `rows` rows and `k` and `v` at
             // least `first_key + block` rows of `width` values at their strides (`row_ptr`
             // points at row `first_key`), and `out` `rows` rows that this task alone writes

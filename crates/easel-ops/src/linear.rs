@@ -1,7 +1,7 @@
 //! A linear layer whose weights may be held in f16 or bf16 while the CPU computes in f32: the
-//! weights are widened once per call into a reused buffer, the bias is written into the
-//! output first and one `gemm` adds the product onto it. Other devices and dtypes use
-//! candle's `Linear`.
+//! weights are widened a block of rows at a time on the thread that multiplies them, the
+//! products are written straight into the output (never read first), and the bias is added
+//! after, rows over the threads. Other devices and dtypes use candle's `Linear`.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -187,7 +187,7 @@ fn product_into_new(
     let product = |first: usize, block: &[f32], parallelism: gemm::Parallelism| {
         let features = block.len() / in_features;
         let out = out_at as *mut f32;
-        // The one unsafe call: gemm takes raw pointers and strides.
+        // gemm takes raw pointers and strides.
         // SAFETY: `out` has capacity for `[rows, out_features]`, of which this product writes
         // (without reading: `read_dst` is false) columns `first..first + features` (no other
         // product does); `x` is `[rows, in_features]` and `block` `[features, in_features]`,
