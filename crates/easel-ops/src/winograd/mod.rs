@@ -275,48 +275,34 @@ trait Kernels {
     );
 }
 
-crate::vectorized! {
-    fn transform_channel_f2(shape: &Shape, channel: &[f32], tiles: &Tiles, patches: &mut [f32]) = transform_channel_generic::<F2>
-}
-crate::vectorized! {
-    fn transform_channel_f3(shape: &Shape, channel: &[f32], tiles: &Tiles, patches: &mut [f32]) = transform_channel_generic::<F3>
-}
-crate::vectorized! {
-    fn transform_plane_f2(shape: &Shape, products: &[f32], bias: f32, tiles: &Tiles, plane: &mut [f32]) = transform_plane_generic::<F2>
-}
-crate::vectorized! {
-    fn transform_plane_f3(shape: &Shape, products: &[f32], bias: f32, tiles: &Tiles, plane: &mut [f32]) = transform_plane_generic::<F3>
-}
-
-impl Kernels for F2 {
-    fn transform_channel(shape: &Shape, channel: &[f32], tiles: &Tiles, patches: &mut [f32]) {
-        transform_channel_f2(shape, channel, tiles, patches)
-    }
-    fn transform_plane(
-        shape: &Shape,
-        products: &[f32],
-        bias: f32,
-        tiles: &Tiles,
-        plane: &mut [f32],
-    ) {
-        transform_plane_f2(shape, products, bias, tiles, plane)
-    }
+/// `Kernels` for a tiling: its transforms compiled, each, for the widest vectors the CPU has.
+macro_rules! kernels_for {
+    ($tiling:ident, $channel:ident, $plane:ident) => {
+        crate::vectorized! {
+            fn $channel(shape: &Shape, channel: &[f32], tiles: &Tiles, patches: &mut [f32]) = transform_channel_generic::<$tiling>
+        }
+        crate::vectorized! {
+            fn $plane(shape: &Shape, products: &[f32], bias: f32, tiles: &Tiles, plane: &mut [f32]) = transform_plane_generic::<$tiling>
+        }
+        impl Kernels for $tiling {
+            fn transform_channel(shape: &Shape, channel: &[f32], tiles: &Tiles, patches: &mut [f32]) {
+                $channel(shape, channel, tiles, patches)
+            }
+            fn transform_plane(
+                shape: &Shape,
+                products: &[f32],
+                bias: f32,
+                tiles: &Tiles,
+                plane: &mut [f32],
+            ) {
+                $plane(shape, products, bias, tiles, plane)
+            }
+        }
+    };
 }
 
-impl Kernels for F3 {
-    fn transform_channel(shape: &Shape, channel: &[f32], tiles: &Tiles, patches: &mut [f32]) {
-        transform_channel_f3(shape, channel, tiles, patches)
-    }
-    fn transform_plane(
-        shape: &Shape,
-        products: &[f32],
-        bias: f32,
-        tiles: &Tiles,
-        plane: &mut [f32],
-    ) {
-        transform_plane_f3(shape, products, bias, tiles, plane)
-    }
-}
+kernels_for!(F2, transform_channel_f2, transform_plane_f2);
+kernels_for!(F3, transform_channel_f3, transform_plane_f3);
 
 /// `V = Bᵀ d B` for a run of tiles: `patches[c][point][tile]`, channels spread over the
 /// threads.
