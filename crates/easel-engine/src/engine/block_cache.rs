@@ -5,12 +5,26 @@
 //! `MAX_CACHED_BYTES` wait at once; `release_cached_blocks` hands them all back (before the
 //! decode, after each job and whenever models are unloaded), so that blocks kept for one
 //! phase's sizes do not sit through the next.
+//!
+//! On Linux, blocks of `MIN_HUGE_PAGE_BYTES` and more are also offered to the kernel for
+//! transparent huge pages (`madvise(MADV_HUGEPAGE)`; most distributions back only advised
+//! memory with them). A 2 MB page takes one page fault and one TLB entry where 4 KB pages take
+//! 512: the products' packing walks whole activations and weights, and SD 1.5's forward at
+//! 512 px ran 2-3% faster with its tensors on huge pages.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::Mutex;
 
 /// Blocks this large and larger are kept for reuse: those glibc maps afresh every time.
 const MIN_BLOCK_BYTES: usize = 32 << 20;
+/// Blocks this large and larger are offered for huge pages: two pages at least, so that the
+/// block holds a whole aligned one whatever its start.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MIN_HUGE_PAGE_BYTES: usize = 2 * HUGE_PAGE_BYTES;
+/// The size of an x86-64 and arm64 Linux huge page.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const HUGE_PAGE_BYTES: usize = 2 << 20;
 /// Most blocks kept at once.
 const SLOTS: usize = 32;
 /// Most bytes kept at once.
@@ -99,7 +113,9 @@ unsafe impl GlobalAlloc for BlockCache {
             }
         }
         // SAFETY: the caller's layout, as `GlobalAlloc::alloc` requires.
-        unsafe { System.alloc(layout) }
+        let block = unsafe { System.alloc(layout) };
+        offer_huge_pages(block, layout.size());
+        block
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -111,7 +127,9 @@ unsafe impl GlobalAlloc for BlockCache {
             }
         }
         // SAFETY: as in `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
+        let block = unsafe { System.alloc_zeroed(layout) };
+        offer_huge_pages(block, layout.size());
+        block
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
@@ -125,6 +143,61 @@ unsafe impl GlobalAlloc for BlockCache {
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as in `dealloc`; `System` moves or grows its own block.
         unsafe { System.realloc(block, layout, new_size) }
+    }
+}
+
+/// Advises the kernel to back the whole huge pages inside a fresh block with huge pages (a
+/// hint: it changes no byte, and the kernel may decline).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn offer_huge_pages(block: *mut u8, size: usize) {
+    // A thread past its locals' teardown counts as unpaused.
+    let paused = PAUSES.try_with(|pauses| pauses.get() > 0).unwrap_or(false);
+    if block.is_null() || size < MIN_HUGE_PAGE_BYTES || paused {
+        return;
+    }
+    let start = (block as usize).next_multiple_of(HUGE_PAGE_BYTES);
+    let end = (block as usize + size) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    if end > start {
+        // SAFETY: `start..end` lies inside the block just allocated, which the caller owns;
+        // MADV_HUGEPAGE only marks the range's mapping and changes none of its contents.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn offer_huge_pages(_block: *mut u8, _size: usize) {}
+
+thread_local! {
+    /// How many `HugePagesPaused` guards live on this thread.
+    static PAUSES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// While one lives, the blocks its thread allocates are not offered for huge pages. Weights read from disk take
+/// one: asking the kernel for huge pages there made a staged job's load 1.4 s slower (it
+/// compacts memory to find them) and no step faster; the first step and the decode, whose
+/// activations are fresh blocks, gained 0.6-0.9 s at 512 px.
+pub struct HugePagesPaused(());
+
+impl HugePagesPaused {
+    /// Pauses the offer until the guard drops.
+    pub fn new() -> Self {
+        PAUSES.with(|pauses| pauses.set(pauses.get() + 1));
+        Self(())
+    }
+}
+
+impl Default for HugePagesPaused {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for HugePagesPaused {
+    fn drop(&mut self) {
+        PAUSES.with(|pauses| pauses.set(pauses.get().saturating_sub(1)));
     }
 }
 
@@ -179,5 +252,49 @@ mod tests {
         let small_address = small.as_ptr() as usize;
         drop(small);
         assert!(!is_kept(small_address));
+    }
+
+    /// The `VmFlags` line of the mapping in `/proc/self/smaps` that holds `address`.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn mapping_flags(address: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().unwrap_or("");
+            if let Some((start, end)) = range.split_once('-') {
+                if let (Ok(start), Ok(end)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                ) {
+                    inside = (start..end).contains(&address);
+                    continue;
+                }
+            }
+            if inside && line.starts_with("VmFlags:") {
+                return line.to_string();
+            }
+        }
+        panic!("no mapping holds {address:#x}")
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn large_blocks_are_offered_for_huge_pages_and_small_ones_are_not() {
+        // `hg` in VmFlags: the range was advised MADV_HUGEPAGE.
+        let large = vec![0u8; 3 * HUGE_PAGE_BYTES + 12345];
+        let inside = (large.as_ptr() as usize).next_multiple_of(HUGE_PAGE_BYTES);
+        let flags = mapping_flags(inside);
+        assert!(flags.split_whitespace().any(|f| f == "hg"), "{flags}");
+        // A block smaller than two huge pages need not hold an aligned one: left alone.
+        let small = vec![0u8; HUGE_PAGE_BYTES];
+        let flags = mapping_flags(small.as_ptr() as usize);
+        assert!(!flags.split_whitespace().any(|f| f == "hg"), "{flags}");
+        // Nor while paused (weights being read).
+        let paused = HugePagesPaused::new();
+        let weights = vec![0u8; 3 * HUGE_PAGE_BYTES];
+        let inside = (weights.as_ptr() as usize).next_multiple_of(HUGE_PAGE_BYTES);
+        let flags = mapping_flags(inside);
+        assert!(!flags.split_whitespace().any(|f| f == "hg"), "{flags}");
+        drop((large, small, weights, paused));
     }
 }

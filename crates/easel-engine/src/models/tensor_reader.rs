@@ -70,6 +70,7 @@ impl TensorReader {
     }
 
     fn read(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let _weights = crate::engine::block_cache::HugePagesPaused::new();
         let entry = self
             .entries
             .get(name)
