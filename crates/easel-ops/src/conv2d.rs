@@ -86,6 +86,13 @@ impl Module for Conv2d {
 }
 
 impl Conv2d {
+    /// The layer's output plus `addend`, added in place over the threads (candle's `+` makes
+    /// a third tensor on one thread).
+    pub fn forward_plus(&self, x: &Tensor, addend: crate::Addend) -> Result<Tensor> {
+        let out = self.forward(x)?;
+        crate::addend::add_onto(out, addend)
+    }
+
     fn forward_untimed(&self, x: &Tensor) -> Result<Tensor> {
         if self.own_kernel_runs(x) {
             let out_channels = self.weight.dim(0)?;
@@ -312,7 +319,7 @@ fn add_bias_planes(out: &mut [f32], bias: &[f32], plane: usize) {
 
 crate::vectorized! {
     /// `value` added to every one of `values`.
-    fn add_to_all(values: &mut [f32], value: f32) = add_to_all_generic
+    pub(crate) fn add_to_all(values: &mut [f32], value: f32) = add_to_all_generic
 }
 
 #[inline(always)]

@@ -3,6 +3,7 @@
 //! candle custom ops with candle's own op as the fallback on other devices and dtypes. Each
 //! is tested against candle's on odd shapes.
 
+mod addend;
 pub mod attention;
 pub mod conv2d;
 pub mod denormals;
@@ -16,6 +17,7 @@ mod winograd;
 
 use candle_core::{CpuStorage, Layout, Result};
 
+pub use addend::Addend;
 pub use attention::{attention, attention_tokens};
 pub use conv2d::{conv2d, conv2d_strided, Conv2d};
 pub use geglu::geglu;

@@ -43,6 +43,13 @@ impl Module for Linear {
 }
 
 impl Linear {
+    /// `x Wᵀ + b + residual`, the residual added in place over the threads (candle's `+`
+    /// makes a third tensor on one thread).
+    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let out = self.forward(x)?;
+        crate::addend::add_onto(out, crate::Addend::Residual(residual))
+    }
+
     fn forward_untimed(&self, x: &Tensor) -> Result<Tensor> {
         let own_kernel = x.device().is_cpu()
             && x.dtype() == DType::F32

@@ -7,16 +7,16 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
 use crate::ops::{
-    attention_tokens, conv2d_strided, geglu, linear, linear_no_bias, Activation, Conv2d, GroupNorm,
-    LayerNorm, Linear,
+    attention_tokens, conv2d_strided, geglu, linear, linear_no_bias, Activation, Addend, Conv2d,
+    GroupNorm, LayerNorm, Linear,
 };
 
 /// Epsilon of the GroupNorm in front of each transformer, fixed in diffusers.
 const TRANSFORMER_NORM_EPS: f64 = 1e-6;
 /// Epsilon of the transformer blocks' LayerNorms, fixed in diffusers.
 const LAYER_NORM_EPS: f64 = 1e-5;
-/// Tokens the feed-forward takes at once.
-const FEED_FORWARD_CHUNK_TOKENS: usize = 1024;
+/// Token rows (over the batch's images) the feed-forward takes at once.
+const FEED_FORWARD_CHUNK_ROWS: usize = 2048;
 
 /// What every resnet of a UNet shares.
 #[derive(Debug, Clone, Copy)]
@@ -76,18 +76,19 @@ impl Resnet {
 
     /// Runs the block on `xs` `[B, C, H, W]` with the time embedding `time` `[B, T]`.
     pub fn forward(&self, xs: &Tensor, time: &Tensor) -> Result<Tensor> {
-        let hidden = self
-            .conv1
-            .forward(&self.norm1.forward(xs, Activation::Silu)?)?;
         let time = self.time_emb_proj.forward(&nn::ops::silu(time)?)?;
-        let hidden = hidden.broadcast_add(&time.unsqueeze(2)?.unsqueeze(3)?)?;
-        let hidden = self
-            .conv2
-            .forward(&self.norm2.forward(&hidden, Activation::Silu)?)?;
-        let sum = match &self.shortcut {
-            Some(shortcut) => (shortcut.forward(xs)? + hidden)?,
-            None => (xs + hidden)?,
+        let hidden = self.conv1.forward_plus(
+            &self.norm1.forward(xs, Activation::Silu)?,
+            Addend::ChannelShift(&time),
+        )?;
+        let shortcut = match &self.shortcut {
+            Some(shortcut) => shortcut.forward(xs)?,
+            None => xs.clone(),
         };
+        let sum = self.conv2.forward_plus(
+            &self.norm2.forward(&hidden, Activation::Silu)?,
+            Addend::Residual(&shortcut),
+        )?;
         if self.output_scale_factor == 1.0 {
             Ok(sum)
         } else {
@@ -119,14 +120,15 @@ impl Attention {
     }
 
     /// `xs` `[B, L, C]` attending to `context` `[B, Lc, Cc]`.
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// The attention of `xs` to `context`, plus `residual`.
+    fn forward_plus(&self, xs: &Tensor, context: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let head_dim = xs.dim(2)? / self.heads;
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         self.to_out
-            .forward(&attention_tokens(&q, &k, &v, self.heads, scale)?)
+            .forward_plus(&attention_tokens(&q, &k, &v, self.heads, scale)?, residual)
     }
 }
 
@@ -146,28 +148,34 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // Long maps go through in chunks of tokens: the projection's output is 8 times the
-        // input's width, and chunks keep that transient small (84 MB for one 512 px level-0
-        // pass at once, 21 MB in chunks).
-        let tokens = xs.dim(1)?;
-        if tokens <= FEED_FORWARD_CHUNK_TOKENS {
-            return self.forward_chunk(xs);
+    /// The feed-forward of `xs` `[B, T, C]` plus `residual` (the same shape).
+    fn forward_plus(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        // Long maps go through in chunks of token rows: the projection's output is 8 times
+        // the input's width, and chunks keep that transient small (84 MB for one 512 px
+        // level-0 pass at once, 21 MB in chunks). Rows of the flattened batch, so that each
+        // chunk is a contiguous view rather than a copy.
+        let dims = xs.dims().to_vec();
+        let width = xs.dim(D::Minus1)?;
+        let rows = xs.elem_count() / width.max(1);
+        if rows <= FEED_FORWARD_CHUNK_ROWS {
+            return self.forward_chunk(xs, residual);
         }
-        let chunks = (0..tokens)
-            .step_by(FEED_FORWARD_CHUNK_TOKENS)
+        let xs = xs.contiguous()?.reshape((rows, width))?;
+        let residual = residual.contiguous()?.reshape((rows, width))?;
+        let chunks = (0..rows)
+            .step_by(FEED_FORWARD_CHUNK_ROWS)
             .map(|start| {
-                let len = FEED_FORWARD_CHUNK_TOKENS.min(tokens - start);
-                self.forward_chunk(&xs.narrow(1, start, len)?)
+                let len = FEED_FORWARD_CHUNK_ROWS.min(rows - start);
+                self.forward_chunk(&xs.narrow(0, start, len)?, &residual.narrow(0, start, len)?)
             })
             .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&chunks, 1)
+        Tensor::cat(&chunks, 0)?.reshape(dims)
     }
 
-    fn forward_chunk(&self, xs: &Tensor) -> Result<Tensor> {
+    fn forward_chunk(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         // diffusers' GEGLU, with the exact (erf) GELU.
         let gated = geglu(&self.project_in.forward(xs)?)?;
-        self.project_out.forward(&gated)
+        self.project_out.forward_plus(&gated, residual)
     }
 }
 
@@ -197,9 +205,11 @@ impl TransformerBlock {
 
     fn forward(&self, xs: &Tensor, text: &Tensor) -> Result<Tensor> {
         let normed = self.norm1.forward(xs)?;
-        let xs = (self.attn1.forward(&normed, &normed)? + xs)?;
-        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, text)? + &xs)?;
-        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+        let xs = self.attn1.forward_plus(&normed, &normed, xs)?;
+        let xs = self
+            .attn2
+            .forward_plus(&self.norm2.forward(&xs)?, text, &xs)?;
+        self.ff.forward_plus(&self.norm3.forward(&xs)?, &xs)
     }
 }
 
@@ -287,11 +297,10 @@ impl Transformer {
                 .transpose(1, 2)?
                 .reshape((batch, channels, height, width))
         };
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_map(tokens)?)?,
-            Projection::Linear(linear) => to_map(linear.forward(&tokens)?)?,
-        };
-        out + xs
+        match &self.proj_out {
+            Projection::Conv(conv) => conv.forward_plus(&to_map(tokens)?, Addend::Residual(xs)),
+            Projection::Linear(linear) => to_map(linear.forward(&tokens)?)? + xs,
+        }
     }
 }
 
@@ -555,5 +564,34 @@ impl UpBlock {
             xs = conv.forward(&xs.upsample_nearest2d(to_h, to_w)?)?;
         }
         Ok(xs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn the_feed_forward_in_row_chunks_equals_it_in_one_pass() {
+        let device = Device::Cpu;
+        let vars = VarMap::new();
+        let ff = FeedForward::new(VarBuilder::from_varmap(&vars, DType::F32, &device), 8)
+            .expect("feed-forward");
+        // More rows than one chunk, and a partial last chunk.
+        let tokens = FEED_FORWARD_CHUNK_ROWS + 37;
+        let xs = Tensor::randn(0f32, 1.0, (2, tokens, 8), &device).expect("xs");
+        let residual = Tensor::randn(0f32, 1.0, (2, tokens, 8), &device).expect("residual");
+        let chunked = ff.forward_plus(&xs, &residual).expect("chunked");
+        let whole = ff.forward_chunk(&xs, &residual).expect("whole");
+        assert_eq!(chunked.dims(), &[2, tokens, 8]);
+        let difference = (chunked - whole)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("difference");
+        assert!(difference < 1e-5, "{difference}");
     }
 }
