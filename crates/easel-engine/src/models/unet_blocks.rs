@@ -119,8 +119,7 @@ impl Attention {
         })
     }
 
-    /// `xs` `[B, L, C]` attending to `context` `[B, Lc, Cc]`.
-    /// The attention of `xs` to `context`, plus `residual`.
+    /// `xs` `[B, L, C]` attending to `context` `[B, Lc, Cc]`, plus `residual` (`xs`'s shape).
     fn forward_plus(&self, xs: &Tensor, context: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let head_dim = xs.dim(2)? / self.heads;
         let q = self.to_q.forward(xs)?;
