@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::f32_slice;
+use crate::{f32_slice, f32_slice_mut};
 
 /// What `forward_plus` adds to a layer's output.
 #[derive(Debug, Clone, Copy)]
@@ -20,60 +20,53 @@ pub enum Addend<'a> {
 /// `fresh + addend`, in place where it can be. `fresh` must be a tensor no one else holds: the
 /// output a layer has just made.
 pub(crate) fn add_onto(fresh: Tensor, addend: Addend) -> Result<Tensor> {
-    let (tensor, in_place) = match addend {
-        Addend::Residual(residual) => (residual, is_cpu_f32(&fresh, residual)),
-        Addend::ChannelShift(shift) => (shift, is_cpu_f32(&fresh, shift)),
-    };
-    if !in_place || !fresh.is_contiguous() {
-        return match addend {
-            Addend::Residual(residual) => fresh + residual,
-            Addend::ChannelShift(shift) => fresh.broadcast_add(&shift.unsqueeze(2)?.unsqueeze(3)?),
-        };
-    }
-    let addend_values = tensor.contiguous()?;
     match addend {
-        Addend::Residual(_) => {
-            if fresh.dims() != addend_values.dims() {
-                candle_core::bail!(
-                    "residual {:?} does not fit the output {:?}",
-                    addend_values.dims(),
-                    fresh.dims()
-                );
+        Addend::Residual(residual) => {
+            if !adds_in_place(&fresh, residual) {
+                return fresh + residual;
             }
-            fresh.inplace_op2(&addend_values, &AddResidual)?;
+            refuse_misfit(
+                residual.dims() == fresh.dims(),
+                "residual",
+                residual,
+                &fresh,
+            )?;
+            fresh.inplace_op2(&residual.contiguous()?, &AddResidual)?;
         }
-        Addend::ChannelShift(_) => {
-            let (batch, channels, _, _) = fresh.dims4()?;
-            if addend_values.dims() != [batch, channels] {
-                candle_core::bail!(
-                    "shift {:?} does not fit the output {:?}",
-                    addend_values.dims(),
-                    fresh.dims()
-                );
+        Addend::ChannelShift(shift) => {
+            if !adds_in_place(&fresh, shift) {
+                return fresh.broadcast_add(&shift.unsqueeze(2)?.unsqueeze(3)?);
             }
-            fresh.inplace_op2(&addend_values, &AddChannelShift)?;
+            let (batch, channels, _, _) = fresh.dims4()?;
+            refuse_misfit(shift.dims() == [batch, channels], "shift", shift, &fresh)?;
+            fresh.inplace_op2(&shift.contiguous()?, &AddChannelShift)?;
         }
     }
     Ok(fresh)
 }
 
-fn is_cpu_f32(a: &Tensor, b: &Tensor) -> bool {
-    a.device().is_cpu() && b.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32
+/// Whether Easel's kernel adds `addend` onto `fresh`: both f32 on the CPU, `fresh` contiguous.
+fn adds_in_place(fresh: &Tensor, addend: &Tensor) -> bool {
+    fresh.is_contiguous()
+        && [fresh, addend]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// An error naming both shapes unless the addend `fits`.
+fn refuse_misfit(fits: bool, what: &str, addend: &Tensor, fresh: &Tensor) -> Result<()> {
+    if !fits {
+        candle_core::bail!(
+            "{what} {:?} does not fit the output {:?}",
+            addend.dims(),
+            fresh.dims()
+        );
+    }
+    Ok(())
 }
 
 /// Values added per task: large enough to amortise it, small enough to spread.
 const CHUNK: usize = 1 << 15;
-
-/// The f32 values of a contiguous output, mutable.
-fn f32_slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg("add in place: the output must be contiguous".into())
-    })?;
-    match storage {
-        CpuStorage::F32(values) => Ok(&mut values[start..end]),
-        _ => candle_core::bail!("add in place: the output must be f32"),
-    }
-}
 
 struct AddResidual;
 
@@ -89,7 +82,7 @@ impl InplaceOp2 for AddResidual {
         residual: &CpuStorage,
         residual_layout: &Layout,
     ) -> Result<()> {
-        let out = f32_slice_mut(out, out_layout)?;
+        let out = f32_slice_mut("add in place", out, out_layout)?;
         let residual = f32_slice("add in place", residual, residual_layout)?;
         out.par_chunks_mut(CHUNK)
             .zip(residual.par_chunks(CHUNK))
@@ -112,7 +105,7 @@ impl InplaceOp2 for AddChannelShift {
         shift: &CpuStorage,
         shift_layout: &Layout,
     ) -> Result<()> {
-        let out = f32_slice_mut(out, out_layout)?;
+        let out = f32_slice_mut("add in place", out, out_layout)?;
         let shift = f32_slice("add in place", shift, shift_layout)?;
         let plane = out.len() / shift.len().max(1);
         out.par_chunks_mut(plane.max(1))
@@ -137,16 +130,8 @@ fn add_slices_generic(out: &mut [f32], addend: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::largest_difference;
     use candle_core::Device;
-
-    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(0))
-            .and_then(|d| d.to_scalar::<f32>())
-            .expect("difference")
-    }
 
     #[test]
     fn residuals_and_channel_shifts_add_as_candles_sums_do() {

@@ -621,6 +621,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::largest_difference;
     use candle_core::Device;
 
     /// `softmax(q kᵀ · scale) v` through candle's materialised ops.
@@ -629,14 +630,6 @@ mod tests {
             .and_then(|s| candle_nn::ops::softmax_last_dim(&s))
             .and_then(|p| p.matmul(v))
             .expect("materialised")
-    }
-
-    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.max_all())
-            .and_then(|d| d.to_scalar::<f32>())
-            .expect("difference")
     }
 
     #[test]

@@ -146,15 +146,8 @@ fn sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::largest_difference;
     use candle_core::Device;
-
-    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.max_all())
-            .and_then(|m| m.to_scalar::<f32>())
-            .expect("difference")
-    }
 
     #[test]
     fn layer_norms_match_candles_on_odd_shapes() {

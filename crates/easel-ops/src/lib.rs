@@ -76,6 +76,21 @@ pub(crate) fn f32_slice<'a>(
     }
 }
 
+/// The f32 values of a contiguous output of op `op`, to write in place.
+pub(crate) fn f32_slice_mut<'a>(
+    op: &str,
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+) -> Result<&'a mut [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: the output must be contiguous")
+    };
+    match storage {
+        CpuStorage::F32(values) => Ok(&mut values[start..end]),
+        _ => candle_core::bail!("{op}: the output must be f32"),
+    }
+}
+
 /// Threads the ops spread over: candle's thread count.
 pub(crate) fn threads() -> usize {
     candle_core::utils::get_num_threads()
@@ -86,5 +101,20 @@ pub(crate) fn parallelism() -> gemm::Parallelism {
     match threads() {
         0 | 1 => gemm::Parallelism::None,
         threads => gemm::Parallelism::Rayon(threads),
+    }
+}
+
+/// What the ops' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use candle_core::Tensor;
+
+    /// The largest absolute difference between two tensors of one shape.
+    pub(crate) fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("difference")
     }
 }

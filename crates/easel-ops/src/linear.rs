@@ -261,16 +261,8 @@ fn add_bias_generic(rows: &mut [f32], bias: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::largest_difference;
     use candle_core::Device;
-
-    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(0))
-            .and_then(|d| d.to_scalar::<f32>())
-            .expect("difference")
-    }
 
     #[test]
     fn linear_layers_match_candles_with_weights_held_in_each_precision() {
