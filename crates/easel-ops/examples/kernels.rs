@@ -1,5 +1,6 @@
 //! Times Easel's kernels alone on the shapes Stable Diffusion 1.5 gives them at 512x512 (CFG
-//! batch of two) and its VAE decoder's: `cargo run --release -p easel-ops --example kernels`.
+//! batch of two) and its VAE decoder's: `cargo run --release -p easel-ops --example kernels`,
+//! optionally followed by the kinds to time (`conv`, `linear`, `attention`; all by default).
 //! Prints the median of three calls after a warm-up, and GFLOP/s counted as the direct
 //! convolution's work (so the Winograd path shows above the machine's product rate).
 
@@ -24,6 +25,8 @@ fn median_ms(mut run: impl FnMut() -> Result<Tensor>) -> Result<f64> {
 fn main() -> Result<()> {
     easel_ops::denormals::init_compute_threads();
     let device = Device::Cpu;
+    let kinds: Vec<String> = std::env::args().skip(1).collect();
+    let times = |kind: &str| kinds.is_empty() || kinds.iter().any(|wanted| wanted == kind);
     // (batch, in, out, side): the UNet's levels, then the VAE decoder's.
     let convolutions = [
         (2, 320, 320, 64),
@@ -38,7 +41,10 @@ fn main() -> Result<()> {
         (1, 256, 256, 256),
         (1, 128, 128, 512),
     ];
-    for held in [DType::F32, DType::F16] {
+    for held in [DType::F32, DType::F16]
+        .into_iter()
+        .filter(|_| times("conv"))
+    {
         for (batch, channels, out_channels, side) in convolutions {
             let x = Tensor::randn(0f32, 1.0, (batch, channels, side, side), &device)?;
             let weight = Tensor::randn(0f32, 0.05, (out_channels, channels, 3, 3), &device)?
@@ -73,6 +79,7 @@ fn main() -> Result<()> {
     ];
     for (held, (rows, in_features, out_features)) in [DType::F32, DType::F16]
         .into_iter()
+        .filter(|_| times("linear"))
         .flat_map(|held| linears.map(|shape| (held, shape)))
     {
         let x = Tensor::randn(0f32, 1.0, (rows, in_features), &device)?;
@@ -87,6 +94,9 @@ fn main() -> Result<()> {
              ({:.0} GFLOP/s)",
             flops / ms / 1e6
         );
+    }
+    if !times("attention") {
+        return Ok(());
     }
     // SD 1.5's self-attention at its 64x64 level: 2 x 8 heads of 4096 tokens, 40 wide.
     let q = Tensor::randn(0f32, 1.0, (2, 8, 4096, 40), &device)?;
