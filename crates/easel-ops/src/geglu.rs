@@ -9,8 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::attention::exp;
 use super::f32_slice;
+use crate::exp::exp;
 
 /// `a * gelu_erf(b)` for `[a, b]` the halves of `x`'s last dimension.
 pub fn geglu(x: &Tensor) -> Result<Tensor> {

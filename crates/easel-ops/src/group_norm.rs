@@ -241,7 +241,7 @@ fn affine_generic(input: &[f32], out: &mut [f32], scale: f32, shift: f32, activa
         Activation::Silu => {
             for (o, &v) in out.iter_mut().zip(input) {
                 let y = v * scale + shift;
-                *o = y / (1.0 + super::attention::exp(-y));
+                *o = y / (1.0 + crate::exp::exp(-y));
             }
         }
     }

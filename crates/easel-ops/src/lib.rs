@@ -7,6 +7,7 @@ mod addend;
 pub mod attention;
 pub mod conv2d;
 pub mod denormals;
+mod exp;
 pub mod geglu;
 pub mod group_norm;
 pub mod layer_norm;
