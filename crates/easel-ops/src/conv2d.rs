@@ -55,6 +55,11 @@ impl Conv2d {
         &self.weight
     }
 
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// Whether Easel's kernel can run this layer on `x` (f32 on the CPU, no groups or
     /// dilation); candle's runs it otherwise.
     fn own_kernel_runs(&self, x: &Tensor) -> bool {

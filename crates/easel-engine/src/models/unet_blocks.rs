@@ -7,8 +7,8 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{self as nn, VarBuilder};
 
 use crate::ops::{
-    attention_tokens, conv2d_strided, geglu, linear, linear_no_bias, Activation, Addend, Conv2d,
-    GroupNorm, LayerNorm, Linear,
+    attention_tokens, conv2d_strided, geglu, linear, linear_from_1x1_conv, linear_no_bias,
+    Activation, Addend, Arrangement, Conv2d, GroupNorm, LayerNorm, Linear,
 };
 
 /// Epsilon of the GroupNorm in front of each transformer, fixed in diffusers.
@@ -212,14 +212,6 @@ impl TransformerBlock {
     }
 }
 
-/// A 1x1 projection into or out of the transformer: a linear layer on tokens, or a 1x1
-/// convolution on the map (`use_linear_projection`).
-#[derive(Debug)]
-enum Projection {
-    Linear(Linear),
-    Conv(Conv2d),
-}
-
 /// What every transformer of a UNet shares.
 #[derive(Debug, Clone, Copy)]
 pub struct TransformerShape {
@@ -232,13 +224,15 @@ pub struct TransformerShape {
 }
 
 /// `Transformer2DModel`: the map normalised, projected to tokens, run through `depth`
-/// transformer blocks, projected back and added to the input.
+/// transformer blocks, projected back and added to the input. The projections are linear
+/// layers or 1x1 convolutions in the weights (`use_linear_projection`), the same product
+/// either way: both read the map's planes and write tokens, or the reverse, in place.
 #[derive(Debug)]
 pub struct Transformer {
     norm: GroupNorm,
-    proj_in: Projection,
+    proj_in: Linear,
     blocks: Vec<TransformerBlock>,
-    proj_out: Projection,
+    proj_out: Linear,
 }
 
 impl Transformer {
@@ -250,12 +244,12 @@ impl Transformer {
         depth: usize,
         shape: TransformerShape,
     ) -> Result<Self> {
-        let projection = |name: &str| -> Result<Projection> {
-            Ok(if shape.linear_projection {
-                Projection::Linear(linear(channels, channels, vb.pp(name))?)
+        let projection = |name: &str| -> Result<Linear> {
+            if shape.linear_projection {
+                linear(channels, channels, vb.pp(name))
             } else {
-                Projection::Conv(conv2d_strided(channels, channels, 1, 1, 0, vb.pp(name))?)
-            })
+                linear_from_1x1_conv(channels, channels, vb.pp(name))
+            }
         };
         let blocks = (0..depth)
             .map(|i| {
@@ -278,28 +272,24 @@ impl Transformer {
     /// Runs the transformer on `xs` `[B, C, H, W]` attending to `text` `[B, L, Ct]`.
     pub fn forward(&self, xs: &Tensor, text: &Tensor) -> Result<Tensor> {
         let (batch, channels, height, width) = xs.dims4()?;
+        let planes = (batch, channels, height * width);
         let normed = self.norm.forward(xs, Activation::Identity)?;
-        let to_tokens = |map: Tensor| -> Result<Tensor> {
-            map.reshape((batch, channels, height * width))?
-                .transpose(1, 2)
-        };
-        let mut tokens = match &self.proj_in {
-            // Contiguous once here rather than read strided by every norm and residual sum.
-            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?.contiguous()?,
-            Projection::Linear(linear) => linear.forward(&to_tokens(normed)?.contiguous()?)?,
-        };
+        let mut tokens = self.proj_in.forward_arranged(
+            &normed.reshape(planes)?,
+            Arrangement::Planes,
+            Arrangement::Tokens,
+        )?;
         for block in &self.blocks {
             tokens = block.forward(&tokens, text)?;
         }
-        let to_map = |tokens: Tensor| -> Result<Tensor> {
-            tokens
-                .transpose(1, 2)?
-                .reshape((batch, channels, height, width))
-        };
-        match &self.proj_out {
-            Projection::Conv(conv) => conv.forward_plus(&to_map(tokens)?, Addend::Residual(xs)),
-            Projection::Linear(linear) => to_map(linear.forward(&tokens)?)? + xs,
-        }
+        self.proj_out
+            .forward_arranged_plus(
+                &tokens,
+                Arrangement::Tokens,
+                Arrangement::Planes,
+                &xs.reshape(planes)?,
+            )?
+            .reshape((batch, channels, height, width))
     }
 }
 
