@@ -3,7 +3,9 @@
 //! blocks), written over Easel's own convolution and attention so that the UNet, the most
 //! expensive network of every Stable Diffusion step, runs on them.
 
-use candle_core::{Module, Result, Tensor, D};
+use std::sync::Mutex;
+
+use candle_core::{Module, Result, Tensor, TensorId, D};
 use candle_nn::{self as nn, VarBuilder};
 
 use crate::ops::{
@@ -106,6 +108,18 @@ struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
+    /// The keys and values of the last context attended to (not the tokens themselves), by
+    /// that tensor's id: a job's text embeddings are one tensor over all its steps, so
+    /// cross-attention projects them once a job rather than once a step.
+    context_keys: Mutex<Option<ContextKeys>>,
+}
+
+/// A context's keys and values, and which tensor they were projected from.
+#[derive(Debug)]
+struct ContextKeys {
+    of: TensorId,
+    k: Tensor,
+    v: Tensor,
 }
 
 impl Attention {
@@ -116,6 +130,7 @@ impl Attention {
             to_v: linear_no_bias(context_dim, query_dim, vb.pp("to_v"))?,
             to_out: linear(query_dim, query_dim, vb.pp("to_out.0"))?,
             heads,
+            context_keys: Mutex::new(None),
         })
     }
 
@@ -123,11 +138,35 @@ impl Attention {
     fn forward_plus(&self, xs: &Tensor, context: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let head_dim = xs.dim(2)? / self.heads;
         let q = self.to_q.forward(xs)?;
-        let k = self.to_k.forward(context)?;
-        let v = self.to_v.forward(context)?;
+        let (k, v) = self.keys_and_values(xs, context)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         self.to_out
             .forward_plus(&attention_tokens(&q, &k, &v, self.heads, scale)?, residual)
+    }
+
+    /// The keys and values of `context`: projected afresh for self-attention (`context` is
+    /// `xs`), kept from the last call when it attended to the same context tensor.
+    fn keys_and_values(&self, xs: &Tensor, context: &Tensor) -> Result<(Tensor, Tensor)> {
+        let project = || {
+            Ok::<_, candle_core::Error>((self.to_k.forward(context)?, self.to_v.forward(context)?))
+        };
+        if context.id() == xs.id() {
+            return project();
+        }
+        let mut kept = self
+            .context_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(keys) = kept.as_ref().filter(|keys| keys.of == context.id()) {
+            return Ok((keys.k.clone(), keys.v.clone()));
+        }
+        let (k, v) = project()?;
+        *kept = Some(ContextKeys {
+            of: context.id(),
+            k: k.clone(),
+            v: v.clone(),
+        });
+        Ok((k, v))
     }
 }
 
@@ -582,5 +621,66 @@ mod tests {
             .and_then(|d| d.to_scalar::<f32>())
             .expect("difference");
         assert!(difference < 1e-5, "{difference}");
+    }
+
+    #[test]
+    fn cross_attention_projects_a_context_once_and_a_new_context_afresh() {
+        let device = Device::Cpu;
+        let vars = VarMap::new();
+        let attention =
+            Attention::new(VarBuilder::from_varmap(&vars, DType::F32, &device), 8, 6, 2)
+                .expect("attention");
+        let xs = Tensor::randn(0f32, 1.0, (2, 5, 8), &device).expect("xs");
+        let text = Tensor::randn(0f32, 1.0, (2, 3, 6), &device).expect("text");
+        let other_text = Tensor::randn(0f32, 1.0, (2, 3, 6), &device).expect("other text");
+        let largest = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.flatten_all())
+                .and_then(|d| d.max(0))
+                .and_then(|d| d.to_scalar::<f32>())
+                .expect("difference")
+        };
+        let fresh = |context: &Tensor| {
+            let (q, k, v) = (
+                attention.to_q.forward(&xs).expect("q"),
+                attention.to_k.forward(context).expect("k"),
+                attention.to_v.forward(context).expect("v"),
+            );
+            attention_tokens(&q, &k, &v, 2, 0.5)
+                .and_then(|a| attention.to_out.forward(&a))
+                .and_then(|a| a + &xs)
+                .expect("fresh")
+        };
+        let first = attention.forward_plus(&xs, &text, &xs).expect("first");
+        let kept = attention
+            .context_keys
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|keys| keys.of);
+        assert_eq!(kept, Some(text.id()));
+        let again = attention.forward_plus(&xs, &text, &xs).expect("again");
+        assert!(largest(&first, &fresh(&text)) < 1e-5);
+        assert!(largest(&again, &first) == 0.0);
+        // Another context tensor is projected, not taken for the kept one.
+        let other = attention
+            .forward_plus(&xs, &other_text, &xs)
+            .expect("other");
+        assert!(largest(&other, &fresh(&other_text)) < 1e-5);
+        assert!(largest(&other, &first) > 1e-3);
+        // Self-attention keeps nothing.
+        let self_attention = Attention::new(
+            VarBuilder::from_varmap(&vars, DType::F32, &device).pp("self"),
+            8,
+            8,
+            2,
+        )
+        .expect("self-attention");
+        let normed = xs.clone();
+        let _ = self_attention
+            .forward_plus(&normed, &normed, &xs)
+            .expect("self");
+        assert!(self_attention.context_keys.lock().expect("lock").is_none());
     }
 }
