@@ -382,6 +382,11 @@ fn gather_head(tokens: &[f32], sizes: &Sizes, column: usize, into: &mut Vec<f32>
 /// `KEY_BLOCK` whose scores stay in the core's cache: each block's exponentials are taken
 /// against the running maximum of their row, the rows' sums and the output so far carried over
 /// when the maximum rises (the online softmax), and the output divided by the sums at the end.
+///
+/// Scores and the output so far are kept query-major (`[key][row]`, `[column][row]`): the
+/// products' kernels then run along the query rows (64 at a time) rather than along a head's
+/// 40 values (a third of their lanes idle), and the softmax's maxima and sums are taken down
+/// columns of rows, lane by lane.
 fn attend_block(
     q: HeadRows,
     k: HeadRows,
@@ -393,11 +398,13 @@ fn attend_block(
     let (width, keys) = (sizes.width, sizes.keys);
     let rows = (q.data.len() - q.column).div_ceil(q.stride.max(1));
     let key_block = KEY_BLOCK.min(keys.max(1));
-    SCORES.with(|scores| {
-        let mut scores = scores.borrow_mut();
-        if scores.len() < rows * key_block {
-            scores.resize(rows * key_block, 0.0);
+    SCORES.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        if scratch.len() < rows * (key_block + width) {
+            scratch.resize(rows * (key_block + width), 0.0);
         }
+        let (scores, sum_so_far) = scratch.split_at_mut(rows * key_block);
+        let sum_so_far = &mut sum_so_far[..rows * width];
         let mut state = RowsState::new(rows);
         let mut first_key = 0;
         while first_key < keys {
@@ -405,11 +412,10 @@ fn attend_block(
             let scores = &mut scores[..rows * block];
             let (k_at, v_at) = (k.row_ptr(first_key), v.row_ptr(first_key));
             // gemm takes raw pointers and strides.
-            // SAFETY: `scores` is `[rows, block]`; `q` holds `rows` rows and `k` and `v` at
-            // least `first_key + block` rows of `width` values at their strides (`row_ptr`
-            // points at row `first_key`), and `out` `rows` rows that this task alone writes
-            // (see `OutRows`), all in bounds; `k` is read transposed (row stride 1, column
-            // stride its row stride).
+            // SAFETY: `scores` is `[block][rows]` and `sum_so_far` `[width][rows]` (row stride
+            // 1); `q` holds `rows` rows and `k` and `v` at least `first_key + block` rows of
+            // `width` values at their strides (`row_ptr` points at row `first_key`), all in
+            // bounds; `k` is read transposed (row stride 1, column stride its row stride).
             #[allow(unsafe_code)]
             unsafe {
                 gemm::gemm(
@@ -417,8 +423,8 @@ fn attend_block(
                     block,
                     width,
                     scores.as_mut_ptr(),
+                    rows as isize,
                     1,
-                    block as isize,
                     false,
                     q.as_ptr(),
                     1,
@@ -434,31 +440,27 @@ fn attend_block(
                     gemm::Parallelism::None,
                 );
             }
-            exp_rows(scores, block, &mut state);
-            let read_output = first_key > 0;
-            if read_output {
+            exp_columns(scores, rows, &mut state);
+            let read_so_far = first_key > 0;
+            if read_so_far {
                 // The output so far carried to the rows' new maxima.
-                for (row, &factor) in state.carries[..rows].iter().enumerate() {
-                    if factor != 1.0 {
-                        scale_row(out.row(row, width), factor);
-                    }
-                }
+                carry_columns(sum_so_far, &state.carries[..rows]);
             }
             #[allow(unsafe_code)]
-            // SAFETY: as above; the output is read (and added to) only after the first block
-            // wrote it.
+            // SAFETY: as above; the output so far is read (and added to) only after the first
+            // block wrote it.
             unsafe {
                 gemm::gemm(
                     rows,
                     width,
                     block,
-                    out.at as *mut f32,
+                    sum_so_far.as_mut_ptr(),
+                    rows as isize,
                     1,
-                    out.stride as isize,
-                    read_output,
+                    read_so_far,
                     scores.as_ptr(),
+                    rows as isize,
                     1,
-                    block as isize,
                     v_at,
                     1,
                     v.stride as isize,
@@ -473,7 +475,14 @@ fn attend_block(
             first_key += block;
         }
         for (row, &sum) in state.sums[..rows].iter().enumerate() {
-            scale_row(out.row(row, width), 1.0 / sum);
+            let inverse = 1.0 / sum;
+            for (value, column) in out
+                .row(row, width)
+                .iter_mut()
+                .zip(sum_so_far.chunks_exact(rows))
+            {
+                *value = column[row] * inverse;
+            }
         }
     });
 }
@@ -491,6 +500,8 @@ struct RowsState {
     /// What each row's output so far must be multiplied by after the latest block raised its
     /// maximum (1 where it did not).
     carries: [f32; BLOCK_ROWS],
+    /// The latest block's sum of exponentials of each row.
+    block_sums: [f32; BLOCK_ROWS],
 }
 
 impl RowsState {
@@ -500,92 +511,71 @@ impl RowsState {
             maxima: [f32::NEG_INFINITY; BLOCK_ROWS],
             sums: [0.0; BLOCK_ROWS],
             carries: [1.0; BLOCK_ROWS],
+            block_sums: [0.0; BLOCK_ROWS],
         }
     }
 }
 
 crate::vectorized! {
-    /// Every `keys`-long row of `scores` (in base 2: scaled by `log2 e`) replaced by
-    /// `2^(x - max)` for `max` its row's maximum so far (this block's included), the row's sum
-    /// carried to that maximum and added to: the softmax without its division, which is
-    /// applied to the output's rows at the end (`width` values a row rather than `keys`).
-    fn exp_rows(scores: &mut [f32], keys: usize, state: &mut RowsState) = exp_rows_generic
+    /// Every score of `scores` (`[key][row]`, `rows` a key; in base 2: scaled by `log2 e`)
+    /// replaced by `2^(x - max)` for `max` its row's maximum so far (this block's included),
+    /// each row's sum carried to that maximum and added to: the softmax without its division,
+    /// which is applied to the output's rows at the end (`width` values a row rather than
+    /// `keys`).
+    fn exp_columns(scores: &mut [f32], rows: usize, state: &mut RowsState) = exp_columns_generic
 }
 
 #[inline(always)]
-fn exp_rows_generic(scores: &mut [f32], keys: usize, state: &mut RowsState) {
+fn exp_columns_generic(scores: &mut [f32], rows: usize, state: &mut RowsState) {
     let RowsState {
         maxima,
         sums,
         carries,
+        block_sums,
     } = state;
-    for (((row, max), sum), carry) in scores
-        .chunks_mut(keys)
-        .zip(maxima.iter_mut())
-        .zip(sums.iter_mut())
-        .zip(carries.iter_mut())
-    {
-        let new_max = row_max(row).max(*max);
+    let (maxima, sums, carries, block_sums) = (
+        &mut maxima[..rows],
+        &mut sums[..rows],
+        &mut carries[..rows],
+        &mut block_sums[..rows],
+    );
+    // The new maxima, kept in `block_sums` until the carries are taken.
+    block_sums.copy_from_slice(maxima);
+    for key in scores.chunks_exact(rows) {
+        for (max, &score) in block_sums.iter_mut().zip(key) {
+            *max = if score > *max { score } else { *max };
+        }
+    }
+    for ((carry, max), new_max) in carries.iter_mut().zip(maxima.iter_mut()).zip(&*block_sums) {
         // 2^-inf is taken as 2^-126 (about 1e-38): times a sum of 0 it is still 0.
         *carry = exp2(*max - new_max);
-        *sum = *sum * *carry + exp2_in_place(row, new_max);
-        *max = new_max;
+        *max = *new_max;
+    }
+    block_sums.fill(0.0);
+    for key in scores.chunks_exact_mut(rows) {
+        for ((score, sum), &max) in key.iter_mut().zip(block_sums.iter_mut()).zip(&*maxima) {
+            *score = exp2(*score - max);
+            *sum += *score;
+        }
+    }
+    for ((sum, carry), block_sum) in sums.iter_mut().zip(&*carries).zip(&*block_sums) {
+        *sum = *sum * carry + block_sum;
     }
 }
 
 crate::vectorized! {
-    /// `row` multiplied by `factor`.
-    fn scale_row(row: &mut [f32], factor: f32) = scale_row_generic
+    /// Each column of `columns` (`carries.len()` values, one a row) multiplied by the rows'
+    /// carries.
+    fn carry_columns(columns: &mut [f32], carries: &[f32]) = carry_columns_generic
 }
 
 #[inline(always)]
-fn scale_row_generic(row: &mut [f32], factor: f32) {
-    for value in row {
-        *value *= factor;
-    }
-}
-
-/// Lanes of the partial maxima and sums: reductions kept in this many independent
-/// accumulators vectorise (a single running sum must be added in order).
-const LANES: usize = 16;
-
-/// The largest of `row` (lanes of partial maxima, so that the loop vectorises).
-#[inline(always)]
-fn row_max(row: &[f32]) -> f32 {
-    let mut maxima = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (max, &value) in maxima.iter_mut().zip(chunk) {
-            *max = if value > *max { value } else { *max };
+fn carry_columns_generic(columns: &mut [f32], carries: &[f32]) {
+    for column in columns.chunks_exact_mut(carries.len()) {
+        for (value, carry) in column.iter_mut().zip(carries) {
+            *value *= carry;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .chain(&maxima)
-        .fold(
-            f32::NEG_INFINITY,
-            |max, &value| if value > max { value } else { max },
-        )
-}
-
-/// `row` replaced by `2^(x - max)`, returning the sum.
-#[inline(always)]
-fn exp2_in_place(row: &mut [f32], max: f32) -> f32 {
-    let mut sums = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        for (sum, value) in sums.iter_mut().zip(chunk) {
-            *value = exp2(*value - max);
-            *sum += *value;
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for value in chunks.into_remainder() {
-        *value = exp2(*value - max);
-        sum += *value;
-    }
-    sum
 }
 
 #[cfg(test)]
