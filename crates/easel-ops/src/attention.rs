@@ -1,8 +1,8 @@
 //! Attention without its score matrix: `softmax(q kᵀ · scale) v` computed a block of query
-//! rows at a time, on the CPU in f32. Each block's scores (`rows x keys`) live in a small
-//! reused buffer, the softmax takes them in base 2 (the scale times `log2 e` folded into the
-//! first product, a vectorisable `2^x`), and both products are `gemm` calls,
-//! one head of one block a task, the tasks spread over the threads. Heads are read where they
+//! rows at a time, on the CPU in f32. Each block's scores (`keys x rows`, query-major) live in
+//! a small reused buffer, the softmax takes them in base 2 (the scale times `log2 e` folded
+//! into the first product, a vectorisable `2^x`), and both products are `gemm` calls, one head
+//! of one block a task, the tasks spread over the threads. Heads are read where they
 //! lie, `[B, H, L, D]` or the linear layers' `[B, L, H * D]` tokens (`attention_tokens`), so
 //! a transformer needs no transposed copies around it. The materialised form holds
 //! `heads x queries x keys` scores and again as many probabilities (two 3 GB matrices for
@@ -403,8 +403,8 @@ fn attend_block(
         if scratch.len() < rows * (key_block + width) {
             scratch.resize(rows * (key_block + width), 0.0);
         }
-        let (scores, sum_so_far) = scratch.split_at_mut(rows * key_block);
-        let sum_so_far = &mut sum_so_far[..rows * width];
+        let (scores, out_so_far) = scratch.split_at_mut(rows * key_block);
+        let out_so_far = &mut out_so_far[..rows * width];
         let mut state = RowsState::new(rows);
         let mut first_key = 0;
         while first_key < keys {
@@ -412,7 +412,7 @@ fn attend_block(
             let scores = &mut scores[..rows * block];
             let (k_at, v_at) = (k.row_ptr(first_key), v.row_ptr(first_key));
             // gemm takes raw pointers and strides.
-            // SAFETY: `scores` is `[block][rows]` and `sum_so_far` `[width][rows]` (row stride
+            // SAFETY: `scores` is `[block][rows]` and `out_so_far` `[width][rows]` (row stride
             // 1); `q` holds `rows` rows and `k` and `v` at least `first_key + block` rows of
             // `width` values at their strides (`row_ptr` points at row `first_key`), all in
             // bounds; `k` is read transposed (row stride 1, column stride its row stride).
@@ -444,7 +444,7 @@ fn attend_block(
             let read_so_far = first_key > 0;
             if read_so_far {
                 // The output so far carried to the rows' new maxima.
-                carry_columns(sum_so_far, &state.carries[..rows]);
+                carry_columns(out_so_far, &state.carries[..rows]);
             }
             #[allow(unsafe_code)]
             // SAFETY: as above; the output so far is read (and added to) only after the first
@@ -454,7 +454,7 @@ fn attend_block(
                     rows,
                     width,
                     block,
-                    sum_so_far.as_mut_ptr(),
+                    out_so_far.as_mut_ptr(),
                     rows as isize,
                     1,
                     read_so_far,
@@ -479,7 +479,7 @@ fn attend_block(
             for (value, column) in out
                 .row(row, width)
                 .iter_mut()
-                .zip(sum_so_far.chunks_exact(rows))
+                .zip(out_so_far.chunks_exact(rows))
             {
                 *value = column[row] * inverse;
             }
