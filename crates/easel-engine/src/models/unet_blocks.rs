@@ -601,6 +601,16 @@ mod tests {
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
+    /// The largest absolute difference between `a` and `b`.
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("difference")
+    }
+
     #[test]
     fn the_feed_forward_in_row_chunks_equals_it_in_one_pass() {
         let device = Device::Cpu;
@@ -614,12 +624,7 @@ mod tests {
         let chunked = ff.forward_plus(&xs, &residual).expect("chunked");
         let whole = ff.forward_chunk(&xs, &residual).expect("whole");
         assert_eq!(chunked.dims(), &[2, tokens, 8]);
-        let difference = (chunked - whole)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(0))
-            .and_then(|d| d.to_scalar::<f32>())
-            .expect("difference");
+        let difference = largest_difference(&chunked, &whole);
         assert!(difference < 1e-5, "{difference}");
     }
 
@@ -633,14 +638,6 @@ mod tests {
         let xs = Tensor::randn(0f32, 1.0, (2, 5, 8), &device).expect("xs");
         let text = Tensor::randn(0f32, 1.0, (2, 3, 6), &device).expect("text");
         let other_text = Tensor::randn(0f32, 1.0, (2, 3, 6), &device).expect("other text");
-        let largest = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .and_then(|d| d.abs())
-                .and_then(|d| d.flatten_all())
-                .and_then(|d| d.max(0))
-                .and_then(|d| d.to_scalar::<f32>())
-                .expect("difference")
-        };
         let fresh = |context: &Tensor| {
             let (q, k, v) = (
                 attention.to_q.forward(&xs).expect("q"),
@@ -661,14 +658,14 @@ mod tests {
             .map(|keys| keys.of);
         assert_eq!(kept, Some(text.id()));
         let again = attention.forward_plus(&xs, &text, &xs).expect("again");
-        assert!(largest(&first, &fresh(&text)) < 1e-5);
-        assert!(largest(&again, &first) == 0.0);
+        assert!(largest_difference(&first, &fresh(&text)) < 1e-5);
+        assert!(largest_difference(&again, &first) == 0.0);
         // Another context tensor is projected, not taken for the kept one.
         let other = attention
             .forward_plus(&xs, &other_text, &xs)
             .expect("other");
-        assert!(largest(&other, &fresh(&other_text)) < 1e-5);
-        assert!(largest(&other, &first) > 1e-3);
+        assert!(largest_difference(&other, &fresh(&other_text)) < 1e-5);
+        assert!(largest_difference(&other, &first) > 1e-3);
         // Self-attention keeps nothing.
         let self_attention = Attention::new(
             VarBuilder::from_varmap(&vars, DType::F32, &device).pp("self"),
