@@ -106,15 +106,16 @@ impl Linear {
         if !own_kernel {
             let weight = self.weight.to_dtype(x.dtype())?;
             let layer = candle_nn::Linear::new(weight, self.bias.clone());
-            let planes_to_tokens = |t: &Tensor| t.transpose(1, 2)?.contiguous();
+            // Planes and tokens are each other's transpose.
+            let rearranged = |t: &Tensor| t.transpose(1, 2)?.contiguous();
             let tokens = match op.from {
                 Arrangement::Tokens => x.clone(),
-                Arrangement::Planes => planes_to_tokens(x)?,
+                Arrangement::Planes => rearranged(x)?,
             };
             let out = layer.forward(&tokens)?;
             return match op.to {
                 Arrangement::Tokens => Ok(out),
-                Arrangement::Planes => planes_to_tokens(&out),
+                Arrangement::Planes => rearranged(&out),
             };
         }
         let x = x.contiguous()?;
