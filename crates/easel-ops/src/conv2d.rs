@@ -406,12 +406,14 @@ fn gather_columns(dims: &Dims, image: &[f32], first_row: usize, rows: usize, col
             for kj in 0..dims.kernel_w {
                 let row = (c * dims.kernel_h + ki) * dims.kernel_w + kj;
                 let target = &mut columns[row * tile_n..(row + 1) * tile_n];
-                // Output columns whose input column `ox * stride + kj - padding` is inside.
+                // Output columns whose input column `ox * stride + kj - padding` is inside
+                // (none when the tap lies past the padded map's right edge: a 1-wide map).
                 let first_ox = dims.padding.saturating_sub(kj).div_ceil(dims.stride);
-                let last_ox = ((dims.width + dims.padding).saturating_sub(kj + 1) / dims.stride
-                    + 1)
-                .min(out_w)
-                .max(first_ox);
+                let last_ox = (dims.width + dims.padding)
+                    .checked_sub(kj + 1)
+                    .map_or(0, |span| span / dims.stride + 1)
+                    .min(out_w)
+                    .max(first_ox);
                 for r in 0..rows {
                     let segment = &mut target[r * out_w..(r + 1) * out_w];
                     let iy = ((first_row + r) * dims.stride + ki) as isize - dims.padding as isize;
@@ -497,6 +499,10 @@ mod tests {
             ((2, 3, 11, 6), 5, 2, 1),
             ((1, 2, 5, 5), 3, 1, 0),
             ((1, 6, 3, 3), 2, 1, 2),
+            // A UNet's deepest level at 64 px: 1x1 maps, every tap but the centre padding.
+            ((2, 4, 1, 1), 3, 1, 1),
+            ((1, 3, 1, 4), 2, 1, 1),
+            ((1, 3, 4, 1), 2, 2, 1),
         ] {
             let difference = largest_relative_difference(shape, out_channels, 3, stride, padding);
             assert!(
