@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::console::{note, out};
 use crate::progress::{Progress, Unit};
 
-use easel_engine::device;
+use easel_engine::device::{self, Precision};
 use easel_engine::engine::memory::system_memory_bytes;
 use easel_engine::hub::catalog::{self, CatalogEntry};
 use easel_engine::hub::fit::{self, format_gb, Verdict};
@@ -28,7 +28,9 @@ struct RunTarget {
     name: String,
     /// Memory a model can use there now, where known.
     free_bytes: Option<u64>,
-    /// Whether weights run in 16 bits (so downloads take fp16 files).
+    /// What each residency mode holds weights in there.
+    precision: Precision,
+    /// Whether weights load in 16 bits in the configured mode (so downloads take fp16 files).
     half_precision: bool,
 }
 
@@ -37,14 +39,15 @@ impl RunTarget {
     /// setting on it the way the engine does.
     fn of(settings: &Settings) -> Self {
         let device = device::open(settings.device).unwrap_or(candle_core::Device::Cpu);
-        let (dtype, _) = device::usable_dtype(&device, settings::dtype_of(settings.dtype));
+        let precision = Precision::on(&device, settings::dtype_of(settings.dtype));
         Self {
             name: device::describe(&device),
             free_bytes: fit::free_bytes(
                 device::device_memory_bytes(&device),
                 system_memory_bytes(),
             ),
-            half_precision: dtype != candle_core::DType::F32,
+            precision,
+            half_precision: precision.in_mode(settings.low_memory) != candle_core::DType::F32,
         }
     }
 }
@@ -105,37 +108,28 @@ pub fn download(name: &str, settings: &Settings) -> anyhow::Result<ExitCode> {
 pub fn list(settings: &Settings) -> anyhow::Result<ExitCode> {
     let roots = cache_roots(settings);
     let target = RunTarget::of(settings);
-    let fp16 = target.half_precision;
-    let bytes_per_weight = if fp16 { 2 } else { 4 };
-    let (device_name, available) = (target.name, target.free_bytes);
+    let name = |dtype: candle_core::DType| format!("{dtype:?}").to_lowercase();
     out!(
-        "# {device_name}, {} free; sizes at each model's default size in {}",
-        available.map_or("unknown".to_string(), format_gb),
-        if fp16 { "16-bit" } else { "f32" }
+        "# {}, {} free; sizes at each model's default size, weights in {} (low-memory {})",
+        target.name,
+        target.free_bytes.map_or("unknown".to_string(), format_gb),
+        name(target.precision.full),
+        name(target.precision.staged),
     )?;
     for entry in catalog::entries() {
-        out!(
-            "{}",
-            describe_entry(entry, &roots, fp16, bytes_per_weight, available)
-        )?;
+        out!("{}", describe_entry(entry, &roots, &target))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn describe_entry(
-    entry: &'static CatalogEntry,
-    roots: &CacheRoots,
-    fp16: bool,
-    bytes_per_weight: u64,
-    available: Option<u64>,
-) -> String {
+fn describe_entry(entry: &'static CatalogEntry, roots: &CacheRoots, target: &RunTarget) -> String {
     let estimate = fit::estimate(
         entry,
-        bytes_per_weight,
+        target.precision,
         entry.defaults.width_px,
         entry.defaults.height_px,
     );
-    let verdict = Verdict::of(&estimate, available);
+    let verdict = Verdict::of(&estimate, target.free_bytes);
     let place = match hub::locate(ModelRef::Catalog(entry), roots) {
         Some(found) if found.in_user_cache => {
             format!("in your Hugging Face cache ({})", found.snapshot.display())
@@ -149,7 +143,7 @@ fn describe_entry(
         entry.name,
         entry.capabilities.describe(),
         place,
-        format_gb(entry.approx_download_bytes(fp16)),
+        format_gb(entry.approx_download_bytes(target.half_precision)),
         format_gb(estimate.full_bytes),
         format_gb(estimate.staged_bytes),
         verdict.describe(),

@@ -2,6 +2,7 @@
 //! and offering a downloaded model in the prompt panel.
 
 use super::*;
+use easel_engine::device::Precision;
 use easel_engine::engine::DownloadRequest;
 use easel_engine::hub::fit;
 use models_panel::{ModelsAction, ModelsContext};
@@ -19,10 +20,14 @@ impl EaselApp {
         let free_bytes = memory.and_then(|m| fit::free_bytes(m.device_bytes, m.system_bytes));
         ModelsContext {
             free_bytes,
-            bytes_per_weight: self
+            precision: self
                 .engine
                 .engine()
-                .map_or(4, |engine| engine.bytes_per_weight()),
+                .map_or(Precision::CPU_DEFAULT, |engine| engine.precision()),
+            fp16_files: self
+                .engine
+                .engine()
+                .is_ok_and(|engine| engine.half_precision()),
         }
     }
 
@@ -32,10 +37,7 @@ impl EaselApp {
                 let request = DownloadRequest {
                     model: entry.id.to_string(),
                     roots: self.cache_roots(),
-                    prefer_fp16: self
-                        .engine
-                        .engine()
-                        .is_ok_and(|engine| engine.bytes_per_weight() < 4),
+                    prefer_fp16: self.models_context().fp16_files,
                     endpoint: self.hub_endpoint.clone(),
                     token,
                 };

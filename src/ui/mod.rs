@@ -288,7 +288,7 @@ impl EaselApp {
                         init_size_px: self.references.init().map(|r| r.image.dimensions()),
                         reference_sizes_px: &reference_sizes_px,
                         free_bytes: models_context.free_bytes,
-                        bytes_per_weight: models_context.bytes_per_weight,
+                        precision: models_context.precision,
                     };
                     prompt_action = self.prompt.ui(ui, &context);
                 });

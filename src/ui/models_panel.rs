@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use easel_engine::device::Precision;
 use easel_engine::engine::{DownloadId, Event};
 use easel_engine::hub::catalog::{self, CatalogEntry};
 use easel_engine::hub::fit::{self, format_gb, Verdict};
@@ -42,8 +43,10 @@ pub enum ModelsAction {
 pub struct ModelsContext {
     /// The memory a model can use now, where known.
     pub free_bytes: Option<u64>,
-    /// 2 for 16-bit runs, 4 for f32.
-    pub bytes_per_weight: u64,
+    /// What the engine holds weights in, in each residency mode.
+    pub precision: Precision,
+    /// Whether downloads take fp16 files (the engine runs in 16 bits).
+    pub fp16_files: bool,
 }
 
 /// The window's state.
@@ -174,7 +177,7 @@ impl ModelsPanel {
         let mut action = None;
         let estimate = fit::estimate(
             entry,
-            context.bytes_per_weight,
+            context.precision,
             entry.defaults.width_px,
             entry.defaults.height_px,
         );
@@ -185,7 +188,7 @@ impl ModelsPanel {
         });
         let fit_text = format!(
             "Download {} · needs {} ({} in low-memory mode): {}",
-            format_gb(entry.approx_download_bytes(context.bytes_per_weight == 2)),
+            format_gb(entry.approx_download_bytes(context.fp16_files)),
             format_gb(estimate.full_bytes),
             format_gb(estimate.staged_bytes),
             verdict.describe()

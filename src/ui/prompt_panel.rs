@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use easel_engine::device::Precision;
 use easel_engine::hub::fit::{format_gb, Verdict};
 use easel_engine::output::RecalledParameters;
 use easel_engine::pipeline::request::Mode;
@@ -136,8 +137,8 @@ pub struct PromptContext<'a> {
     pub reference_sizes_px: &'a [(u32, u32)],
     /// The memory a model can use now, where known (for the will-it-fit line).
     pub free_bytes: Option<u64>,
-    /// 2 when the engine runs in 16 bits, 4 in f32.
-    pub bytes_per_weight: u64,
+    /// What the engine holds weights in, in each residency mode.
+    pub precision: Precision,
 }
 
 /// The prompt panel.
@@ -320,7 +321,7 @@ impl PromptPanel {
                 let estimate = entry.memory_estimate_with_references(
                     size_px,
                     context.reference_sizes_px,
-                    context.bytes_per_weight,
+                    context.precision,
                 );
                 let verdict = Verdict::of(&estimate, context.free_bytes);
                 ui.label("Memory");

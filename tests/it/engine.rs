@@ -467,12 +467,39 @@ fn half_precision_on_the_cpu_holds_the_weights_without_a_fallback() {
         )
         .expect("engine");
         assert_eq!(engine.dtype(), asked);
-        assert_eq!(engine.bytes_per_weight(), 2);
+        assert!(engine.half_precision());
         assert!(
             engine.dtype_warning().is_none(),
             "{:?}",
             engine.dtype_warning()
         );
+    }
+}
+
+#[test]
+fn the_estimates_precision_is_what_the_engine_loads_in_each_mode() {
+    use candle_core::DType;
+    // Unasked, low-memory mode holds f16 on the CPU and full mode f32; an asked dtype holds
+    // in both.
+    for (asked, staged, loads) in [
+        (None, false, DType::F32),
+        (None, true, DType::F16),
+        (Some(DType::BF16), false, DType::BF16),
+        (Some(DType::F32), true, DType::F32),
+    ] {
+        let engine = Engine::spawn(
+            EngineConfig {
+                device: DeviceChoice::Cpu,
+                dtype: asked,
+                staged,
+                ..Default::default()
+            },
+            Arc::new(|| {}),
+        )
+        .expect("engine");
+        assert_eq!(engine.dtype(), loads, "{asked:?}, staged {staged}");
+        assert_eq!(engine.precision().in_mode(staged), loads);
+        assert_eq!(engine.half_precision(), loads != DType::F32);
     }
 }
 

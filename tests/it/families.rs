@@ -47,7 +47,8 @@ fn memory_follows_the_heads_the_config_states_not_the_sd15_guess() {
         return;
     }
     // The same UNet with SD 2.x's layout of heads (fewer at the first level than SD 1.5's
-    // 8) needs less for its attention at the same size.
+    // 8) needs less for its attention at the same size where the scores are materialised
+    // (on CUDA; the CPU's and Metal's attention hold none).
     let (_keep, sd2) = common::copy_model("sd15-tiny");
     let config_path = sd2.join("unet/config.json");
     let mut config: serde_json::Value =
@@ -57,12 +58,53 @@ fn memory_follows_the_heads_the_config_states_not_the_sd15_guess() {
     let sd15 = ModelInfo::read(&common::model("sd15-tiny")).expect("sd15");
     let sd2 = ModelInfo::read(&sd2).expect("sd2 layout");
     assert_eq!((sd15.footprint.heads, sd2.footprint.heads), (8, 2));
-    let at_512 = |info: &ModelInfo| info.memory_estimate((512, 512), 4).activations_bytes;
+    let cuda = easel_engine::device::Precision {
+        backend: easel_engine::device::Backend::Cuda,
+        full: candle_core::DType::F16,
+        staged: candle_core::DType::F16,
+    };
+    let at_512 = |info: &ModelInfo| info.memory_estimate((512, 512), cuda).activations_bytes;
     assert!(
         at_512(&sd2) < at_512(&sd15),
         "{} vs {}",
         at_512(&sd2),
         at_512(&sd15)
+    );
+}
+
+#[test]
+fn memory_counts_the_values_a_folder_holds_not_the_bytes_of_its_files() {
+    use easel_engine::device::Precision;
+    if common::parity_missing() {
+        return;
+    }
+    // The same UNet saved in f16: half the bytes on disk, the same values, and the same
+    // estimate where the engine holds them in f32 (the CPU with everything loaded).
+    let (_keep, half) = common::copy_model("sd15-tiny");
+    let unet_file = half.join("unet/diffusion_pytorch_model.safetensors");
+    let tensors = candle_core::safetensors::load(&unet_file, &candle_core::Device::Cpu)
+        .expect("the UNet's tensors");
+    let halved: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(name, t)| (name, t.to_dtype(candle_core::DType::F16).expect("f16")))
+        .collect();
+    candle_core::safetensors::save(&halved, &unet_file).expect("saved in f16");
+    let full = ModelInfo::read(&common::model("sd15-tiny")).expect("f32 folder");
+    let half = ModelInfo::read(&half).expect("f16 folder");
+    assert!(full.weights.denoiser.float_values > 0);
+    assert_eq!(
+        full.weights.denoiser.float_values,
+        half.weights.denoiser.float_values
+    );
+    let cpu = Precision::CPU_DEFAULT;
+    let (from_f32, from_f16) = (
+        full.memory_estimate((512, 512), cpu),
+        half.memory_estimate((512, 512), cpu),
+    );
+    let unet_header_bytes = |info: &ModelInfo| info.weights.denoiser.stored_bytes;
+    assert_eq!(
+        from_f32.weights_bytes - unet_header_bytes(&full),
+        from_f16.weights_bytes - unet_header_bytes(&half)
     );
 }
 

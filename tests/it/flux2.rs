@@ -622,14 +622,20 @@ fn klein_states_its_facts_and_counts_reference_tokens_in_its_memory() {
     assert_eq!(info.guidance, GuidanceKind::None);
     assert!(!info.negative_prompt && !info.sampler_choice && info.wants_its_defaults);
     assert_eq!(info.defaults.steps, 4);
-    // At klein 4B's widths (24 heads of 128), where attention outweighs the VAE's decode.
-    info.footprint = easel_engine::families::DenoiserFootprint::joint_transformer(24, 512, 3072);
-    let plain = info.memory_estimate((1024, 1024), 2);
-    let with_two =
-        info.memory_estimate_with_references((1024, 1024), &[(1024, 1024), (768, 512)], 2);
+    // At klein 4B's widths (24 heads of 128): on CUDA, where its scores are materialised and
+    // outweigh the VAE's decode, every reference's tokens add to the activations.
+    info.footprint = easel_engine::families::DenoiserFootprint::FLUX2_KLEIN_4B;
+    let references = [(1024, 1024), (768, 512)];
+    let cuda = easel_engine::device::Precision {
+        backend: easel_engine::device::Backend::Cuda,
+        full: candle_core::DType::BF16,
+        staged: candle_core::DType::BF16,
+    };
+    let plain = info.memory_estimate((1024, 1024), cuda);
+    let with_two = info.memory_estimate_with_references((1024, 1024), &references, cuda);
     assert!(with_two.activations_bytes > plain.activations_bytes);
     assert_eq!(
-        info.memory_estimate_with_references((1024, 1024), &[], 2),
+        info.memory_estimate_with_references((1024, 1024), &[], cuda),
         plain
     );
 }

@@ -152,6 +152,78 @@ pub fn usable_dtype(device: &Device, asked: Option<DType>) -> (DType, Option<Str
     }
 }
 
+/// The kind of device a run computes on, for what its kernels hold and compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The CPU: Easel's layers compute in f32 and its attention holds no score matrix.
+    Cpu,
+    /// An NVIDIA GPU: layers compute at their weights' precision, attention is materialised.
+    Cuda,
+    /// A Mac's GPU: layers compute at their weights' precision; Easel's attention is fused.
+    Metal,
+}
+
+impl Backend {
+    /// The backend of `device`.
+    pub fn of(device: &Device) -> Self {
+        match device.location() {
+            candle_core::DeviceLocation::Cpu => Backend::Cpu,
+            candle_core::DeviceLocation::Cuda { .. } => Backend::Cuda,
+            candle_core::DeviceLocation::Metal { .. } => Backend::Metal,
+        }
+    }
+}
+
+/// The precisions a run holds weights in, in each residency mode, where it runs: what the
+/// will-it-fit estimate multiplies a model's values by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    /// Where the run computes.
+    pub backend: Backend,
+    /// The dtype weights are held in with everything loaded.
+    pub full: DType,
+    /// The dtype low-memory mode holds them in.
+    pub staged: DType,
+}
+
+impl Precision {
+    /// The CPU's defaults: f32 with everything loaded, f16 in low-memory mode.
+    pub const CPU_DEFAULT: Self = Self {
+        backend: Backend::Cpu,
+        full: DType::F32,
+        staged: DType::F16,
+    };
+
+    /// The precisions the engine resolves on `device` for the dtype setting `asked` (`None`
+    /// for the default): low-memory mode holds f16 on the CPU unless a dtype was asked.
+    pub fn on(device: &Device, asked: Option<DType>) -> Self {
+        let staged_asked = asked.or(Some(low_memory_dtype(device)));
+        Self {
+            backend: Backend::of(device),
+            full: usable_dtype(device, asked).0,
+            staged: usable_dtype(device, staged_asked).0,
+        }
+    }
+
+    /// The dtype the engine loads weights in: low-memory mode's when `staged`.
+    pub fn in_mode(&self, staged: bool) -> DType {
+        if staged {
+            self.staged
+        } else {
+            self.full
+        }
+    }
+
+    /// Bytes of an activation of a layer holding weights of `weights`: f32 on the CPU,
+    /// where Easel's layers widen 16-bit weights, else the weights' own.
+    pub fn activation_bytes(&self, weights: DType) -> u64 {
+        match self.backend {
+            Backend::Cpu => 4,
+            Backend::Cuda | Backend::Metal => weights.size_in_bytes() as u64,
+        }
+    }
+}
+
 /// A short description for the status bar and logs: "cpu", "cuda:0", "metal".
 pub fn describe(device: &Device) -> String {
     match device.location() {

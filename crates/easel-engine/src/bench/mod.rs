@@ -24,6 +24,7 @@ use crate::engine::memory::{
 };
 use crate::engine::{Engine, EngineConfig, EngineError, Event, JobOutput, ResidencyPolicy};
 use crate::families::{GuidanceKind, ModelInfo};
+use crate::hub::fit::held_dtype;
 use crate::models::error::ModelError;
 use crate::pipeline::request::{GenerateRequest, InpaintOptions};
 use crate::schedulers::SamplerKind;
@@ -135,8 +136,11 @@ pub fn run(
     let weight_files = page_cache::weight_files(&folder);
     let mut cold_loads_from_disk = true;
 
+    // What the window and `easel models` would have said before the run.
+    let precision = full_engine.precision();
+    let estimate = info.memory_estimate((options.size_px, options.size_px), precision);
     progress("full mode: cold job");
-    let full = measure_mode(
+    let mut full = measure_mode(
         full_engine,
         &request,
         &weight_files,
@@ -144,13 +148,22 @@ pub fn run(
         progress,
     )?;
     progress("staged mode: cold job");
-    let staged = measure_mode(
+    let mut staged = measure_mode(
         spawn(options, true)?,
         &request,
         &weight_files,
         &mut cold_loads_from_disk,
         progress,
     )?;
+    for (mode, staged_mode, estimated) in [
+        (&mut full, false, estimate.full_bytes),
+        (&mut staged, true, estimate.staged_bytes),
+    ] {
+        mode.estimated_peak_bytes = Some(estimated);
+        // The family's layers may hold another precision than the engine loads in.
+        let held = held_dtype(info.footprint, precision, staged_mode);
+        mode.weights = format!("{held:?}").to_lowercase();
+    }
 
     // Both engines have unloaded and ended: what the process keeps now is not weights.
     let after_unload_anon_rss_bytes = process_anon_rss_bytes();
@@ -328,6 +341,7 @@ fn measure_mode(
         vae_decode_secs: median(&mut decodes),
         cold_job_secs,
         peak_rss_bytes,
+        estimated_peak_bytes: None,
         after_unload_rss_bytes,
     })
 }

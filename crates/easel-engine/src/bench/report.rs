@@ -87,6 +87,9 @@ pub struct ModeReport {
     pub cold_job_secs: f64,
     /// Peak process RSS over both jobs.
     pub peak_rss_bytes: Option<u64>,
+    /// What the will-it-fit estimate (`hub::fit`) says the mode needs at this size, the
+    /// runtime's allowance for the window included.
+    pub estimated_peak_bytes: Option<u64>,
     /// Process RSS after the mode's models were unloaded.
     pub after_unload_rss_bytes: Option<u64>,
 }
@@ -139,7 +142,7 @@ impl BenchReport {
         );
         let _ = writeln!(
             out,
-            "{:<8} {:>7} {:>10} {:>10} {:>11} {:>12} {:>11} {:>10} {:>13}",
+            "{:<8} {:>7} {:>10} {:>10} {:>11} {:>12} {:>11} {:>10} {:>10} {:>13}",
             "mode",
             "weights",
             "load cold",
@@ -148,12 +151,13 @@ impl BenchReport {
             "step median",
             "VAE decode",
             "peak RSS",
+            "estimated",
             "after unload"
         );
         for (name, mode) in [("full", &self.modes.full), ("staged", &self.modes.staged)] {
             let _ = writeln!(
                 out,
-                "{:<8} {:>7} {:>9.2}s {:>9.2}s {:>10.3}s {:>11.3}s {:>10.2}s {:>10} {:>13}",
+                "{:<8} {:>7} {:>9.2}s {:>9.2}s {:>10.3}s {:>11.3}s {:>10.2}s {:>10} {:>10} {:>13}",
                 name,
                 mode.weights,
                 mode.load_secs,
@@ -162,6 +166,7 @@ impl BenchReport {
                 mode.step_secs_median,
                 mode.vae_decode_secs,
                 bytes(mode.peak_rss_bytes),
+                bytes(mode.estimated_peak_bytes),
                 bytes(mode.after_unload_rss_bytes)
             );
         }

@@ -100,6 +100,7 @@ pub struct Engine {
     next_download: AtomicU64,
     device_name: String,
     dtype: candle_core::DType,
+    precision: device::Precision,
     dtype_warning: Option<String>,
     thread: Option<JoinHandle<()>>,
 }
@@ -113,6 +114,7 @@ impl Engine {
             asked => asked,
         };
         let (dtype, dtype_warning) = device::usable_dtype(&device, asked);
+        let precision = device::Precision::on(&device, config.dtype);
         let device_name = device::describe(&device);
         tracing::info!(device = %device_name, dtype = ?dtype, "engine starting");
         if let Some(warning) = &dtype_warning {
@@ -140,6 +142,7 @@ impl Engine {
             next_download: AtomicU64::new(1),
             device_name,
             dtype,
+            precision,
             dtype_warning,
             thread: Some(thread),
         })
@@ -160,9 +163,15 @@ impl Engine {
         format!("{:?}", self.dtype).to_lowercase()
     }
 
-    /// Bytes per weight and activation element at this precision (4 in f32, 2 in 16 bits).
-    pub fn bytes_per_weight(&self) -> u64 {
-        self.dtype.size_in_bytes() as u64
+    /// Whether weights load in 16 bits (downloads then take fp16 files where there are).
+    pub fn half_precision(&self) -> bool {
+        self.dtype != candle_core::DType::F32
+    }
+
+    /// The precisions each residency mode holds weights in on this device, for the
+    /// will-it-fit estimate.
+    pub fn precision(&self) -> device::Precision {
+        self.precision
     }
 
     /// Why the precision asked for was replaced by `dtype()`, if it was.

@@ -156,12 +156,12 @@ impl ModelCache {
     }
 }
 
-/// The weights a job of `model` holds at most: every component's files.
+/// The weights a job of `model` holds at most: every component, as loaded.
 pub fn job_bytes(model: &dyn LoadedModel) -> u64 {
     model
         .components()
         .into_iter()
-        .map(|c| model.file_bytes(c))
+        .map(|c| model.held_bytes(c))
         .sum()
 }
 

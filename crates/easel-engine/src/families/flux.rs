@@ -9,11 +9,12 @@ use image::RgbImage;
 
 use super::{
     folder_name, time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, FamilyModel,
-    GuidanceKind, Loaded, LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
+    GuidanceKind, Loaded, LoadedModel, ModelDefaults, ModelInfo, PartWeights, Plan,
 };
 use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
 use crate::models::flux::{FluxModel, FluxVariant, FLUX_PATCH_PX};
+use crate::models::weights::WeightCount;
 use crate::pipeline::noise::NoiseSource;
 use crate::pipeline::preview::{latent_preview, FLUX_PREVIEW};
 use crate::pipeline::request::{GenerateRequest, RequestError};
@@ -48,9 +49,11 @@ fn info_of(model: &FluxModel) -> ModelInfo {
         json.num_attention_heads as u64,
         model.variant.max_sequence_length() as u64,
         (json.num_attention_heads * json.attention_head_dim) as u64,
-    );
-    let bytes_of =
-        |components: &[Component]| -> u64 { components.iter().map(|c| model.file_bytes(*c)).sum() };
+    )
+    .with_candle_layers();
+    let weights_of = |components: &[Component]| -> WeightCount {
+        components.iter().map(|c| model.file_weights(*c)).sum()
+    };
     ModelInfo {
         dir: model.dir().to_path_buf(),
         name: folder_name(model.dir()),
@@ -77,10 +80,10 @@ fn info_of(model: &FluxModel) -> ModelInfo {
         own_sampler: "flow-match Euler",
         guidance,
         footprint,
-        weights: PartBytes {
-            text_bytes: bytes_of(&[Component::TextEncoder, Component::TextEncoder2]),
-            denoiser_bytes: bytes_of(&[Component::Transformer]),
-            vae_bytes: bytes_of(&[Component::Vae]),
+        weights: PartWeights {
+            text: weights_of(&[Component::TextEncoder, Component::TextEncoder2]),
+            denoiser: weights_of(&[Component::Transformer]),
+            vae: weights_of(&[Component::Vae]),
         },
     }
 }

@@ -9,7 +9,7 @@ use image::RgbImage;
 
 use super::{
     folder_name, Capabilities, DenoiserFootprint, EncodedPrompt, FamilyModel, GuidanceKind, Loaded,
-    LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
+    LoadedModel, ModelDefaults, ModelInfo, PartWeights, Plan,
 };
 use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
@@ -94,10 +94,10 @@ fn info_of(model: &Flux2Model) -> ModelInfo {
         own_sampler: "flow-match Euler",
         guidance,
         footprint,
-        weights: PartBytes {
-            text_bytes: model.file_bytes(Component::TextEncoder),
-            denoiser_bytes: model.file_bytes(Component::Transformer),
-            vae_bytes: model.file_bytes(Component::Vae),
+        weights: PartWeights {
+            text: model.file_weights(Component::TextEncoder),
+            denoiser: model.file_weights(Component::Transformer),
+            vae: model.file_weights(Component::Vae),
         },
     }
 }

@@ -4,9 +4,10 @@
 
 use std::path::PathBuf;
 
+use crate::device::Precision;
 use crate::hub::catalog;
 pub use crate::hub::catalog::DenoiserFootprint;
-pub use crate::hub::fit::PartBytes;
+pub use crate::hub::fit::PartWeights;
 use crate::hub::fit::{estimate_parts, MemoryEstimate};
 use crate::schedulers::SamplerKind;
 
@@ -82,18 +83,17 @@ pub struct ModelInfo {
     pub guidance: GuidanceKind,
     /// How its activations grow, for the memory estimate.
     pub footprint: DenoiserFootprint,
-    /// Bytes of its weight files per stage.
-    pub weights: PartBytes,
+    /// What its weight files hold, per stage.
+    pub weights: PartWeights,
 }
 
 impl ModelInfo {
-    /// The will-it-fit estimate at `size_px` with weights and activations of
-    /// `bytes_per_weight`.
-    pub fn memory_estimate(&self, size_px: (u32, u32), bytes_per_weight: u64) -> MemoryEstimate {
+    /// The will-it-fit estimate at `size_px` and `precision`.
+    pub fn memory_estimate(&self, size_px: (u32, u32), precision: Precision) -> MemoryEstimate {
         estimate_parts(
             self.weights,
             self.footprint,
-            bytes_per_weight,
+            precision,
             size_px.0,
             size_px.1,
         )
@@ -105,10 +105,10 @@ impl ModelInfo {
         &self,
         size_px: (u32, u32),
         reference_sizes_px: &[(u32, u32)],
-        bytes_per_weight: u64,
+        precision: Precision,
     ) -> MemoryEstimate {
         if self.capabilities.edit_references == 0 {
-            return self.memory_estimate(size_px, bytes_per_weight);
+            return self.memory_estimate(size_px, precision);
         }
         let side = u64::from(self.size_multiple_px.max(1));
         let tokens: u64 = reference_sizes_px
@@ -117,13 +117,7 @@ impl ModelInfo {
             .sum();
         let mut footprint = self.footprint;
         footprint.joint_text_tokens += tokens;
-        estimate_parts(
-            self.weights,
-            footprint,
-            bytes_per_weight,
-            size_px.0,
-            size_px.1,
-        )
+        estimate_parts(self.weights, footprint, precision, size_px.0, size_px.1)
     }
 
     /// `px` rounded down to a side this model takes (never below one multiple).

@@ -17,12 +17,13 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 pub use info::{
-    Capabilities, DenoiserFootprint, GuidanceKind, ModelDefaults, ModelInfo, PartBytes,
+    Capabilities, DenoiserFootprint, GuidanceKind, ModelDefaults, ModelInfo, PartWeights,
 };
 
 pub use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
 use crate::models::vae::VaeTiling;
+use crate::models::weights::WeightCount;
 use crate::pipeline::masked_area::MaskedArea;
 use crate::pipeline::noise::NoiseSource;
 pub use crate::pipeline::plan::Plan;
@@ -256,8 +257,12 @@ impl<M: ModelWeights> ModelWeights for Loaded<M> {
         self.model.unload_all();
     }
 
-    fn file_bytes(&self, component: Component) -> u64 {
-        self.model.file_bytes(component)
+    fn file_weights(&self, component: Component) -> WeightCount {
+        self.model.file_weights(component)
+    }
+
+    fn held_bytes(&self, component: Component) -> u64 {
+        self.model.held_bytes(component)
     }
 
     fn loaded_bytes(&self) -> &[(Component, u64)] {

@@ -8,13 +8,14 @@ use image::RgbImage;
 
 use super::{
     folder_name, time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, FamilyModel,
-    GuidanceKind, Loaded, LoadedModel, ModelDefaults, ModelInfo, PartBytes, Plan,
+    GuidanceKind, Loaded, LoadedModel, ModelDefaults, ModelInfo, PartWeights, Plan,
 };
 use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
 use crate::models::sd::{Family as Variant, SdModel};
 use crate::models::unet::TextTimeConditioning;
 use crate::models::vae::VaeTiling;
+use crate::models::weights::WeightCount;
 use crate::pipeline::noise::NoiseSource;
 use crate::pipeline::preview::{latent_preview, SDXL_PREVIEW, SD_PREVIEW};
 use crate::pipeline::request::{GenerateRequest, RequestError};
@@ -60,8 +61,9 @@ fn info_of(model: &SdModel) -> ModelInfo {
         Some((level, heads)) => DenoiserFootprint::unet(heads as u64, 1 << (2 * level)),
         None => DenoiserFootprint::unet(0, 1),
     };
-    let bytes_of =
-        |components: &[Component]| -> u64 { components.iter().map(|c| model.file_bytes(*c)).sum() };
+    let weights_of = |components: &[Component]| -> WeightCount {
+        components.iter().map(|c| model.file_weights(*c)).sum()
+    };
     let text_encoders: Vec<Component> = model
         .components()
         .into_iter()
@@ -89,10 +91,10 @@ fn info_of(model: &SdModel) -> ModelInfo {
         own_sampler: "",
         guidance: GuidanceKind::ClassifierFree,
         footprint,
-        weights: PartBytes {
-            text_bytes: bytes_of(&text_encoders),
-            denoiser_bytes: bytes_of(&[Component::Unet]),
-            vae_bytes: bytes_of(&[Component::Vae]),
+        weights: PartWeights {
+            text: weights_of(&text_encoders),
+            denoiser: weights_of(&[Component::Unet]),
+            vae: weights_of(&[Component::Vae]),
         },
     }
 }

@@ -56,6 +56,21 @@ pub struct DenoiserFootprint {
     /// Whether the feature maps have one entry per token (a transformer) rather than per
     /// latent pixel (a UNet).
     pub features_per_token: bool,
+    /// Which attention its layers (denoiser and VAE) run.
+    pub attention: AttentionKernel,
+    /// Whether its layers hold 16-bit weights on the CPU, widening them as they compute
+    /// (Easel's UNet, text encoder and VAE); otherwise it holds every weight in f32 there.
+    pub half_weights_on_cpu: bool,
+}
+
+/// Which attention a model's layers run, for what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// Easel's: fused on the CPU and on Metal (one block of scores at a time), materialised
+    /// on CUDA; the VAE's, off the CPU, a chunk of queries at a time.
+    Easel,
+    /// candle-transformers' blocks: every score matrix and its softmax materialised.
+    Materialised,
 }
 
 impl DenoiserFootprint {
@@ -65,8 +80,13 @@ impl DenoiserFootprint {
     pub const SD21: Self = Self::unet(5, 1);
     /// SDXL: no attention at the first level; 10 heads at the second.
     pub const SDXL: Self = Self::unet(10, 4);
-    /// FLUX.1: 24 heads over 2x2 patches and up to 512 T5 tokens, 3072 wide, no CFG batch.
-    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072);
+    /// FLUX.1: 24 heads over 2x2 patches and up to 512 T5 tokens, 3072 wide, no CFG batch;
+    /// candle-transformers' layers, f32 on the CPU.
+    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072).with_candle_layers();
+    /// FLUX.2 [klein] 4B: 24 heads over 2x2 patches, 512 prompt tokens, 3072 wide.
+    pub const FLUX2_KLEIN_4B: Self = Self::joint_transformer(24, 512, 3072);
+    /// FLUX.2 [klein] 9B: 32 heads, 4096 wide.
+    pub const FLUX2_KLEIN_9B: Self = Self::joint_transformer(32, 512, 4096);
 
     /// A UNet with `heads` at its first attention level, `latent_px_per_token` there.
     pub const fn unet(heads: u64, latent_px_per_token: u64) -> Self {
@@ -76,8 +96,13 @@ impl DenoiserFootprint {
             joint_text_tokens: 0,
             batch: 2,
             feature_channels: 320,
-            feature_maps: 12,
+            // Measured: SD 1.5's forward on the CPU holds about 22 maps of its first level
+            // beyond its weights (skips, the up path's concatenations, the transformer's
+            // norms and projections, the feed-forward's chunk).
+            feature_maps: 22,
             features_per_token: false,
+            attention: AttentionKernel::Easel,
+            half_weights_on_cpu: true,
         }
     }
 
@@ -91,6 +116,19 @@ impl DenoiserFootprint {
             feature_channels: width,
             feature_maps: 8,
             features_per_token: true,
+            attention: AttentionKernel::Easel,
+            // Its layers compute at their weights' precision: f32 on the CPU.
+            half_weights_on_cpu: false,
+        }
+    }
+
+    /// The same footprint for a model on candle-transformers' layers (materialised
+    /// attention, f32 weights on the CPU).
+    pub const fn with_candle_layers(self) -> Self {
+        Self {
+            attention: AttentionKernel::Materialised,
+            half_weights_on_cpu: false,
+            ..self
         }
     }
 }
@@ -768,7 +806,7 @@ static CATALOG: [CatalogEntry; 15] = [
         name: "FLUX.2 [klein] 4B (edits with up to 4 references)",
         repo: "black-forest-labs/FLUX.2-klein-4B",
         revision: "main",
-        footprint: DenoiserFootprint::joint_transformer(24, 512, 3072),
+        footprint: DenoiserFootprint::FLUX2_KLEIN_4B,
         capabilities: EDIT_MODES,
         defaults: defaults(1024, 4, 1.0, SamplerKind::Euler),
         licence: "Apache-2.0 (huggingface.co/black-forest-labs/FLUX.2-klein-4B)",
@@ -781,7 +819,7 @@ static CATALOG: [CatalogEntry; 15] = [
         name: "FLUX.2 [klein] 4B, 8-bit GGUF transformer",
         repo: "black-forest-labs/FLUX.2-klein-4B",
         revision: "main",
-        footprint: DenoiserFootprint::joint_transformer(24, 512, 3072),
+        footprint: DenoiserFootprint::FLUX2_KLEIN_4B,
         capabilities: EDIT_MODES,
         defaults: defaults(1024, 4, 1.0, SamplerKind::Euler),
         licence: "Apache-2.0 (huggingface.co/black-forest-labs/FLUX.2-klein-4B)",
@@ -794,7 +832,7 @@ static CATALOG: [CatalogEntry; 15] = [
         name: "FLUX.2 [klein] 4B, 4-bit GGUF transformer (least memory)",
         repo: "black-forest-labs/FLUX.2-klein-4B",
         revision: "main",
-        footprint: DenoiserFootprint::joint_transformer(24, 512, 3072),
+        footprint: DenoiserFootprint::FLUX2_KLEIN_4B,
         capabilities: EDIT_MODES,
         defaults: defaults(1024, 4, 1.0, SamplerKind::Euler),
         licence: "Apache-2.0 (huggingface.co/black-forest-labs/FLUX.2-klein-4B)",
@@ -807,7 +845,7 @@ static CATALOG: [CatalogEntry; 15] = [
         name: "FLUX.2 [klein] 9B (edits with up to 4 references)",
         repo: "black-forest-labs/FLUX.2-klein-9B",
         revision: "main",
-        footprint: DenoiserFootprint::joint_transformer(32, 512, 4096),
+        footprint: DenoiserFootprint::FLUX2_KLEIN_9B,
         capabilities: EDIT_MODES,
         defaults: defaults(1024, 4, 1.0, SamplerKind::Euler),
         licence: "FLUX Non-Commercial License: no commercial use (huggingface.co/black-forest-labs/FLUX.2-klein-9B)",

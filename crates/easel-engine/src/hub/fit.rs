@@ -3,7 +3,12 @@
 //! has free. An estimate to decide before a download or a load, not a measurement (the
 //! benchmark measures).
 
-use super::catalog::{CatalogEntry, DenoiserFootprint, Part, Stored};
+use candle_core::DType;
+
+use super::catalog::{AttentionKernel, CatalogEntry, DenoiserFootprint, Part, Stored};
+use crate::device::{Backend, Precision};
+use crate::models::vae_blocks::ATTENTION_CHUNK_ELEMENTS;
+use crate::models::weights::WeightCount;
 
 /// Room for the runtime itself: kernels, allocator slack, the window's textures.
 const OVERHEAD_BYTES: u64 = 512 << 20;
@@ -11,7 +16,7 @@ const OVERHEAD_BYTES: u64 = 512 << 20;
 /// Peak memory a model is estimated to need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryEstimate {
-    /// Every weight, in the run's precision (GGUF weights as stored).
+    /// Every weight as held with everything loaded (GGUF weights as stored).
     pub weights_bytes: u64,
     /// The largest activations of one stage (denoiser or VAE) at the size.
     pub activations_bytes: u64,
@@ -56,87 +61,144 @@ impl Verdict {
     }
 }
 
-/// Bytes of weights per pipeline stage.
+/// What each pipeline stage's weight files hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PartBytes {
+pub struct PartWeights {
     /// Text encoders together.
-    pub text_bytes: u64,
+    pub text: WeightCount,
     /// UNet or transformer.
-    pub denoiser_bytes: u64,
+    pub denoiser: WeightCount,
     /// VAE or autoencoder.
-    pub vae_bytes: u64,
+    pub vae: WeightCount,
 }
 
-/// The peak memory of `entry` generating `width_px` x `height_px` with weights of
-/// `bytes_per_weight` (4 for f32, 2 for f16/bf16).
+/// The peak memory of `entry` generating `width_px` x `height_px` at `precision`.
 pub fn estimate(
     entry: &CatalogEntry,
-    bytes_per_weight: u64,
+    precision: Precision,
     width_px: u32,
     height_px: u32,
 ) -> MemoryEstimate {
-    let part_bytes = |part: Part| -> u64 {
+    let count = |part: Part| -> WeightCount {
         entry
             .weights()
             .filter(|w| w.part == part)
             .map(|w| match w.stored {
-                Stored::Quantized(_) => (w.params as f64 * w.stored.bytes_per_param()) as u64,
-                Stored::F32 | Stored::Half => w.params * bytes_per_weight,
+                Stored::Quantized(_) => WeightCount {
+                    float_values: 0,
+                    stored_bytes: (w.params as f64 * w.stored.bytes_per_param()) as u64,
+                },
+                Stored::F32 | Stored::Half => WeightCount {
+                    float_values: w.params,
+                    stored_bytes: 0,
+                },
             })
             .sum()
     };
-    let parts = PartBytes {
-        text_bytes: part_bytes(Part::TextEncoder),
-        denoiser_bytes: part_bytes(Part::Denoiser),
-        vae_bytes: part_bytes(Part::Vae),
+    let parts = PartWeights {
+        text: count(Part::TextEncoder),
+        denoiser: count(Part::Denoiser),
+        vae: count(Part::Vae),
     };
-    estimate_parts(
-        parts,
-        entry.footprint,
-        bytes_per_weight,
-        width_px,
-        height_px,
-    )
+    estimate_parts(parts, entry.footprint, precision, width_px, height_px)
 }
 
-/// The peak memory of weights `parts` of a denoiser of `footprint` at `width_px` x
-/// `height_px`, with activations of `bytes_per_weight` (4 for f32, 2 for f16/bf16).
+/// What one residency mode holds: each stage's weights and the largest activations of the
+/// denoiser and of the VAE.
+struct ModeBytes {
+    text: u64,
+    denoiser: u64,
+    vae: u64,
+    denoiser_activations: u64,
+    vae_activations: u64,
+}
+
+/// The peak memory of a model whose stages hold `parts`, with a denoiser of `footprint`, at
+/// `width_px` x `height_px` and `precision`.
 pub fn estimate_parts(
-    parts: PartBytes,
+    parts: PartWeights,
     footprint: DenoiserFootprint,
-    bytes_per_weight: u64,
+    precision: Precision,
     width_px: u32,
     height_px: u32,
 ) -> MemoryEstimate {
-    let PartBytes {
-        text_bytes,
-        denoiser_bytes,
-        vae_bytes,
-    } = parts;
-    let b = bytes_per_weight;
     let (w, h) = (u64::from(width_px), u64::from(height_px));
-    let denoiser_act = denoiser_activations(footprint, w, h, b);
-    let vae_act = vae_decode_activations(w, h, b);
-    let weights_bytes = text_bytes + denoiser_bytes + vae_bytes;
-    let activations_bytes = denoiser_act.max(vae_act);
+    let mode = |staged: bool| -> ModeBytes {
+        let held = held_dtype(footprint, precision, staged);
+        let weight_bytes = held.size_in_bytes() as u64;
+        let activation_bytes = precision.activation_bytes(held);
+        ModeBytes {
+            text: parts.text.held_bytes(weight_bytes),
+            denoiser: parts.denoiser.held_bytes(weight_bytes),
+            vae: parts.vae.held_bytes(weight_bytes),
+            denoiser_activations: denoiser_activations(
+                footprint,
+                precision.backend,
+                w,
+                h,
+                activation_bytes,
+            ),
+            vae_activations: vae_decode_activations(
+                footprint.attention,
+                precision.backend,
+                w,
+                h,
+                activation_bytes,
+            ),
+        }
+    };
+    let full = mode(false);
+    let staged = mode(true);
+    let weights_bytes = full.text + full.denoiser + full.vae;
+    let activations_bytes = full.denoiser_activations.max(full.vae_activations);
     MemoryEstimate {
         weights_bytes,
         activations_bytes,
         full_bytes: weights_bytes + activations_bytes + OVERHEAD_BYTES,
-        staged_bytes: text_bytes
-            .max(denoiser_bytes + denoiser_act)
-            .max(vae_bytes + vae_act)
+        staged_bytes: staged
+            .text
+            .max(staged.denoiser + staged.denoiser_activations)
+            .max(staged.vae + staged.vae_activations)
             + OVERHEAD_BYTES,
     }
 }
 
-/// The denoiser's largest live tensors: the attention scores and their softmax at the
-/// level with the most tokens (classifier-free guidance doubles the batch), plus the feature
-/// maps it keeps.
-fn denoiser_activations(footprint: DenoiserFootprint, w: u64, h: u64, b: u64) -> u64 {
+/// The dtype a model of `footprint` holds its floating-point weights in at `precision`, in
+/// low-memory mode when `staged`: layers that compute at their weights' precision hold f32
+/// on the CPU whatever was asked.
+pub fn held_dtype(footprint: DenoiserFootprint, precision: Precision, staged: bool) -> DType {
+    if precision.backend == Backend::Cpu && !footprint.half_weights_on_cpu {
+        DType::F32
+    } else {
+        precision.in_mode(staged)
+    }
+}
+
+/// Whether `attention` holds whole score matrices on `backend`.
+fn scores_materialised(attention: AttentionKernel, backend: Backend) -> bool {
+    match attention {
+        AttentionKernel::Materialised => true,
+        AttentionKernel::Easel => backend == Backend::Cuda,
+    }
+}
+
+/// The denoiser's largest live tensors, in elements of `b` bytes: the feature maps it keeps
+/// and, where its attention is materialised, the scores and their softmax at the level with
+/// the most tokens (classifier-free guidance doubles the batch).
+fn denoiser_activations(
+    footprint: DenoiserFootprint,
+    backend: Backend,
+    w: u64,
+    h: u64,
+    b: u64,
+) -> u64 {
     let latent_px = (w / 8) * (h / 8);
     let tokens = latent_px / footprint.latent_px_per_token.max(1) + footprint.joint_text_tokens;
-    let scores = footprint.batch * footprint.heads * tokens * tokens * b * 2;
+    let scores = if scores_materialised(footprint.attention, backend) {
+        footprint.batch * footprint.heads * tokens * tokens * b * 2
+    } else {
+        0
+    };
     let feature_entries = if footprint.features_per_token {
         tokens
     } else {
@@ -147,11 +209,24 @@ fn denoiser_activations(footprint: DenoiserFootprint, w: u64, h: u64, b: u64) ->
     scores + features
 }
 
-/// The VAE decoder untiled: its single-head mid-block attention over the latent pixels and
-/// a few full-resolution feature maps of 128 and 256 channels.
-fn vae_decode_activations(w: u64, h: u64, b: u64) -> u64 {
+/// The VAE decoder untiled: a few full-resolution feature maps of 128 and 256 channels and
+/// its single-head mid-block attention over the latent pixels (no scores held on the CPU by
+/// Easel's; a chunk of queries' at a time elsewhere; all of them in candle-transformers').
+fn vae_decode_activations(
+    attention: AttentionKernel,
+    backend: Backend,
+    w: u64,
+    h: u64,
+    b: u64,
+) -> u64 {
     let latent_tokens = (w / 8) * (h / 8);
-    latent_tokens * latent_tokens * b * 2 + w * h * b * (128 * 4 + 256)
+    let all_scores = latent_tokens * latent_tokens;
+    let scores = match (attention, backend) {
+        (AttentionKernel::Materialised, _) => all_scores,
+        (AttentionKernel::Easel, Backend::Cpu) => 0,
+        (AttentionKernel::Easel, _) => all_scores.min(ATTENTION_CHUNK_ELEMENTS as u64),
+    };
+    scores * b * 2 + w * h * b * (128 * 4 + 256)
 }
 
 /// The memory a model can use: the GPU's free memory (`(used, limit)`) where there is a
@@ -173,21 +248,27 @@ mod tests {
     use super::*;
     use crate::hub::catalog::find;
 
-    fn estimate_of(id: &str, bytes: u64, side: u32) -> MemoryEstimate {
-        let entry = find(id).map(|e| estimate(e, bytes, side, side));
-        entry.unwrap_or(MemoryEstimate {
-            weights_bytes: 0,
-            activations_bytes: 0,
-            full_bytes: 0,
-            staged_bytes: 0,
-        })
+    const GB: f64 = 1e9;
+
+    /// A GPU run holding `dtype` in both modes.
+    fn cuda(dtype: DType) -> Precision {
+        Precision {
+            backend: Backend::Cuda,
+            full: dtype,
+            staged: dtype,
+        }
+    }
+
+    fn estimate_of(id: &str, precision: Precision, side: u32) -> MemoryEstimate {
+        let entry = find(id).expect("in the catalog");
+        estimate(entry, precision, side, side)
     }
 
     #[test]
     fn estimates_grow_with_size_and_precision_and_staging_saves() {
-        let small = estimate_of("sd15", 2, 512);
-        let large = estimate_of("sd15", 2, 1024);
-        let f32 = estimate_of("sd15", 4, 512);
+        let small = estimate_of("sd15", cuda(DType::F16), 512);
+        let large = estimate_of("sd15", cuda(DType::F16), 1024);
+        let f32 = estimate_of("sd15", cuda(DType::F32), 512);
         assert!(small.full_bytes > 0);
         assert!(large.activations_bytes > 4 * small.activations_bytes);
         assert_eq!(f32.weights_bytes, 2 * small.weights_bytes);
@@ -195,22 +276,81 @@ mod tests {
     }
 
     #[test]
+    fn sd15_on_the_cpu_is_estimated_near_what_the_benchmark_measures() {
+        // `easel bench --model sd15 --size 512` on a 2-core Xeon (random weights, f32 with
+        // everything loaded, f16 in low-memory mode) peaked at 5.62 GB full and 2.43 GB staged;
+        // at 256 px 4.84 and 2.24 GB. The estimate may be a little high, never far off.
+        for (side, measured_full, measured_staged) in [(512, 5.62, 2.43), (256, 4.84, 2.24)] {
+            let estimate = estimate_of("sd15", Precision::CPU_DEFAULT, side);
+            let (full, staged) = (
+                estimate.full_bytes as f64 / GB,
+                estimate.staged_bytes as f64 / GB,
+            );
+            assert!(
+                (0.95..1.15).contains(&(full / measured_full)),
+                "{side} px full: {full:.2} GB against {measured_full}"
+            );
+            assert!(
+                (0.95..1.2).contains(&(staged / measured_staged)),
+                "{side} px staged: {staged:.2} GB against {measured_staged}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cpu_holds_no_attention_scores_where_easels_attention_runs() {
+        // At 1024 px SD 1.5's 8 heads over 16384 tokens would hold 2 x 8.6 GB of scores.
+        let cpu = estimate_of("sd15", Precision::CPU_DEFAULT, 1024);
+        let gpu = estimate_of("sd15", cuda(DType::F32), 1024);
+        assert!(gpu.activations_bytes > cpu.activations_bytes + 10_000_000_000);
+        assert!(cpu.activations_bytes < 4_000_000_000, "{cpu:?}");
+        // FLUX.1 runs candle-transformers' attention, materialised on the CPU too: its
+        // autoencoder alone holds 2 x 1.07 GB of scores at 1024 px, FLUX.2's none.
+        let flux_cpu = estimate_of("flux-dev", Precision::CPU_DEFAULT, 1024);
+        let klein_cpu = estimate_of("flux2-klein-4b", Precision::CPU_DEFAULT, 1024);
+        assert!(flux_cpu.activations_bytes > klein_cpu.activations_bytes + 2_000_000_000);
+    }
+
+    #[test]
+    fn flux_holds_f32_on_the_cpu_whatever_the_dtype_and_sd_what_it_is_asked() {
+        let half_on_cpu = Precision {
+            backend: Backend::Cpu,
+            full: DType::F16,
+            staged: DType::F16,
+        };
+        let klein_cpu = estimate_of("flux2-klein-4b", half_on_cpu, 1024);
+        let klein_gpu = estimate_of("flux2-klein-4b", cuda(DType::F16), 1024);
+        assert_eq!(klein_cpu.weights_bytes, 2 * klein_gpu.weights_bytes);
+        let sd_cpu = estimate_of("sd15", half_on_cpu, 512);
+        let sd_gpu = estimate_of("sd15", cuda(DType::F16), 512);
+        assert_eq!(sd_cpu.weights_bytes, sd_gpu.weights_bytes);
+        // Low-memory mode on the CPU holds SD in f16 by default, FLUX.2 in f32.
+        let sd_default = estimate_of("sd15", Precision::CPU_DEFAULT, 512);
+        assert!(sd_default.staged_bytes < sd_default.full_bytes / 2);
+        // A GGUF transformer stays as stored: 4-bit klein holds less than 8-bit.
+        let q4 = estimate_of("flux2-klein-4b-q4", Precision::CPU_DEFAULT, 1024);
+        let q8 = estimate_of("flux2-klein-4b-q8", Precision::CPU_DEFAULT, 1024);
+        assert!(q4.weights_bytes < q8.weights_bytes);
+    }
+
+    #[test]
     fn verdicts_match_what_artists_see_on_common_cards() {
         let gb = |n: u64| Some(n * 1_000_000_000);
+        let half = cuda(DType::F16);
         // SD 1.5 in fp16 at 512 runs on an 8 GB card; SDXL in fp16 at 1024 does not fit in 8 GB
         // with everything loaded.
-        let sd15 = estimate_of("sd15", 2, 512);
+        let sd15 = estimate_of("sd15", half, 512);
         assert_eq!(Verdict::of(&sd15, gb(8)), Verdict::Fits);
-        let sdxl = estimate_of("sdxl", 2, 1024);
+        let sdxl = estimate_of("sdxl", half, 1024);
         assert_ne!(Verdict::of(&sdxl, gb(8)), Verdict::Fits);
         assert_eq!(Verdict::of(&sdxl, gb(16)), Verdict::Fits);
         // FLUX.1 in bf16 is ~34 GB of weights: not on a 24 GB card whole, and its 24 GB
         // transformer alone does not fit in 16; the 4-bit transformer does.
-        let flux = estimate_of("flux-dev", 2, 1024);
+        let flux = estimate_of("flux-dev", half, 1024);
         assert!(flux.weights_bytes > 33_000_000_000);
         assert_ne!(Verdict::of(&flux, gb(24)), Verdict::Fits);
         assert_eq!(Verdict::of(&flux, gb(16)), Verdict::TooBig);
-        let gguf = estimate_of("flux-dev-gguf", 2, 1024);
+        let gguf = estimate_of("flux-dev-gguf", half, 1024);
         assert_eq!(Verdict::of(&gguf, gb(16)), Verdict::FitsLowMemory);
         assert_eq!(Verdict::of(&gguf, None), Verdict::Unknown);
     }

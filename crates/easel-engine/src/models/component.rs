@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::error::ModelError;
+use super::weights::WeightCount;
 
 /// A loadable part of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,8 +52,11 @@ pub trait ModelWeights: Send + std::fmt::Debug {
     fn unload(&mut self, component: Component);
     /// Drops every component.
     fn unload_all(&mut self);
-    /// Bytes of `component`'s weight files, loaded or not.
-    fn file_bytes(&self, component: Component) -> u64;
+    /// What `component`'s weight files hold, loaded or not.
+    fn file_weights(&self, component: Component) -> WeightCount;
+    /// Bytes `component` holds once loaded (its floating-point weights at the precision the
+    /// model loads them in).
+    fn held_bytes(&self, component: Component) -> u64;
     /// Bytes of weight files behind each loaded component.
     fn loaded_bytes(&self) -> &[(Component, u64)];
 }

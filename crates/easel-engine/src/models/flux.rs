@@ -22,7 +22,9 @@ use super::config::{read_json, ClipTextConfig, ModelIndex, SchedulerConfig, VaeC
 use super::error::ModelError;
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::PromptTokenizer;
-use super::weights::{component_files, files_bytes, weights_error, weights_var_builder};
+use super::weights::{
+    component_files, files_weights, weights_error, weights_var_builder, WeightCount,
+};
 use super::weights::{files_with_extension, find_gguf};
 
 /// Pixels per latent of the FLUX autoencoder.
@@ -334,6 +336,15 @@ impl FluxModel {
         self.vae_config.sample_size.unwrap_or(1024)
     }
 
+    /// The precision `component` holds its floating-point weights in (a GGUF transformer's
+    /// blocks stay as stored).
+    fn held_dtype(&self, component: Component) -> DType {
+        match component {
+            Component::Vae if self.vae_config.force_upcast => DType::F32,
+            _ => self.dtype,
+        }
+    }
+
     /// The weight files behind `component`.
     fn files_of(&self, component: Component) -> Result<Vec<PathBuf>, ModelError> {
         match component {
@@ -475,12 +486,8 @@ impl ModelWeights for FluxModel {
             }
             Component::Vae => {
                 let config = self.autoencoder_config();
-                let vae_dtype = if self.vae_config.force_upcast {
-                    DType::F32
-                } else {
-                    self.dtype
-                };
-                let vb = weights_var_builder(&files, vae_dtype, &self.device)?;
+                let vb =
+                    weights_var_builder(&files, self.held_dtype(Component::Vae), &self.device)?;
                 let config_path = self.dir.join("vae/config.json");
                 let build = || -> candle_core::Result<FluxAutoencoder> {
                     Ok(FluxAutoencoder {
@@ -495,7 +502,8 @@ impl ModelWeights for FluxModel {
             }
             Component::Unet => return Ok(Duration::ZERO),
         }
-        let bytes = files_bytes(&files);
+        let bytes =
+            files_weights(&files).held_bytes(self.held_dtype(component).size_in_bytes() as u64);
         self.loaded_bytes.retain(|(c, _)| *c != component);
         self.loaded_bytes.push((component, bytes));
         Ok(started.elapsed())
@@ -520,11 +528,17 @@ impl ModelWeights for FluxModel {
         }
     }
 
-    /// Bytes of `component`'s weight files, loaded or not (0 when they can't be found).
-    fn file_bytes(&self, component: Component) -> u64 {
+    /// What `component`'s weight files hold, loaded or not (nothing when they can't be
+    /// found).
+    fn file_weights(&self, component: Component) -> WeightCount {
         self.files_of(component)
-            .map(|files| files_bytes(&files))
-            .unwrap_or(0)
+            .map(|files| files_weights(&files))
+            .unwrap_or_default()
+    }
+
+    fn held_bytes(&self, component: Component) -> u64 {
+        self.file_weights(component)
+            .held_bytes(self.held_dtype(component).size_in_bytes() as u64)
     }
 
     /// Bytes of weight files behind each loaded component.

@@ -19,7 +19,9 @@ use super::flux2_weights::Flux2Weights;
 use super::qwen3::{Qwen3Config, Qwen3Encoder};
 use super::qwen_prompt::QwenPromptTokenizer;
 use super::vae::Vae;
-use super::weights::{component_files, files_bytes, find_gguf, weights_error, weights_var_builder};
+use super::weights::{
+    component_files, files_weights, find_gguf, weights_error, weights_var_builder, WeightCount,
+};
 
 /// The text encoder's layers whose hidden states make the prompt embeddings (diffusers'
 /// `text_encoder_out_layers` default).
@@ -211,6 +213,16 @@ impl Flux2Model {
     }
 
     /// The weight files of `component`; the transformer's are those of `transformer_source`.
+    /// The precision `component` holds its floating-point weights in: the autoencoder f32
+    /// (its BatchNorm statistics and decoder want it), the rest the model's (a GGUF
+    /// transformer's blocks stay as stored).
+    fn held_dtype(&self, component: Component) -> DType {
+        match component {
+            Component::Vae => DType::F32,
+            _ => self.dtype,
+        }
+    }
+
     fn files_of(&self, component: Component) -> Result<Vec<PathBuf>, ModelError> {
         match component {
             Component::Transformer => self.transformer_source().map(|source| source.files()),
@@ -360,8 +372,8 @@ impl ModelWeights for Flux2Model {
                 self.transformer = Some(model);
             }
             Component::Vae => {
-                // The autoencoder runs in f32 (its BatchNorm statistics and decoder want it).
-                let vb = weights_var_builder(&files, DType::F32, &self.device)?;
+                let vb =
+                    weights_var_builder(&files, self.held_dtype(Component::Vae), &self.device)?;
                 let vae = Vae::new(vb.clone(), &self.vae_config)
                     .map_err(|e| weights_error(&files, &config_path, e))?;
                 let norm = Flux2LatentNorm::new(&vb, LATENT_TOKEN_CHANNELS, self.batch_norm_eps)
@@ -375,7 +387,9 @@ impl ModelWeights for Flux2Model {
                 })
             }
         }
-        self.loaded_bytes.push((component, files_bytes(&files)));
+        let bytes =
+            files_weights(&files).held_bytes(self.held_dtype(component).size_in_bytes() as u64);
+        self.loaded_bytes.push((component, bytes));
         Ok(started.elapsed())
     }
 
@@ -395,10 +409,15 @@ impl ModelWeights for Flux2Model {
         }
     }
 
-    fn file_bytes(&self, component: Component) -> u64 {
+    fn file_weights(&self, component: Component) -> WeightCount {
         self.files_of(component)
-            .map(|files| files_bytes(&files))
-            .unwrap_or(0)
+            .map(|files| files_weights(&files))
+            .unwrap_or_default()
+    }
+
+    fn held_bytes(&self, component: Component) -> u64 {
+        self.file_weights(component)
+            .held_bytes(self.held_dtype(component).size_in_bytes() as u64)
     }
 
     fn loaded_bytes(&self) -> &[(Component, u64)] {

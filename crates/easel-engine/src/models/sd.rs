@@ -16,7 +16,7 @@ use super::tokenizer::PromptTokenizer;
 use super::unet::{Unet, UnetShape};
 use super::vae::{Vae, VaeTiling};
 use super::weights::{
-    component_files, files_bytes, held_bytes, weights_error, weights_var_builder,
+    component_files, files_weights, held_bytes, weights_error, weights_var_builder, WeightCount,
 };
 
 /// Which Stable Diffusion family a folder is.
@@ -72,6 +72,15 @@ pub struct SdModel {
 }
 
 impl SdModel {
+    /// The precision `component` holds its weights in: the run's, the VAE f32 where its
+    /// config asks for it (`force_upcast`).
+    fn held_dtype(&self, component: Component) -> DType {
+        match component {
+            Component::Vae if self.vae_config.force_upcast => DType::F32,
+            _ => self.dtype,
+        }
+    }
+
     /// Reads the configs of the model in `dir` (nothing is loaded yet).
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         if !dir.is_dir() {
@@ -227,11 +236,7 @@ impl ModelWeights for SdModel {
             Component::Vae => {
                 let dir = self.dir.join("vae");
                 let files = component_files(&dir)?;
-                let vae_dtype = if self.vae_config.force_upcast {
-                    DType::F32
-                } else {
-                    dtype
-                };
+                let vae_dtype = self.held_dtype(Component::Vae);
                 let vb = weights_var_builder(&files, vae_dtype, &self.device)?;
                 let mut vae = Vae::new(vb, &self.vae_config)
                     .map_err(|e| weights_error(&files, &dir.join("config.json"), e))?;
@@ -287,10 +292,15 @@ impl ModelWeights for SdModel {
     }
 
     /// Bytes of `component`'s weight files, loaded or not (0 when they can't be found).
-    fn file_bytes(&self, component: Component) -> u64 {
+    fn file_weights(&self, component: Component) -> WeightCount {
         component_files(&self.dir.join(component.name()))
-            .map(|files| files_bytes(&files))
-            .unwrap_or(0)
+            .map(|files| files_weights(&files))
+            .unwrap_or_default()
+    }
+
+    fn held_bytes(&self, component: Component) -> u64 {
+        self.file_weights(component)
+            .held_bytes(self.held_dtype(component).size_in_bytes() as u64)
     }
 
     /// Bytes of weight files behind each loaded component.

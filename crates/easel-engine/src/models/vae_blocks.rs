@@ -14,7 +14,7 @@ pub(super) const VAE_NORM_EPS: f64 = 1e-6;
 
 /// Attention score elements computed at once in the mid block (64 Mi f32 = 256 MB); longer
 /// maps are attended in chunks of queries, so memory stays flat as images grow.
-const ATTENTION_CHUNK_ELEMENTS: usize = 64 << 20;
+pub const ATTENTION_CHUNK_ELEMENTS: usize = 64 << 20;
 
 /// `ResnetBlock2D` with no time embedding.
 #[derive(Debug)]

@@ -126,17 +126,64 @@ pub fn weights_error(files: &[PathBuf], config: &Path, error: candle_core::Error
     }
 }
 
-/// Bytes `files` take once loaded with their floating-point tensors held at `dtype` (headers
-/// and other tensors as on disk): their size on disk when that is the files' own dtype.
-pub fn held_bytes(files: &[PathBuf], dtype: DType) -> u64 {
+/// What weight files hold, for memory estimates: floating-point values, held at whatever
+/// precision a model loads them in, and bytes held as they are stored (quantized blocks,
+/// integer tensors, headers, files that are not safetensors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WeightCount {
+    /// Floating-point values.
+    pub float_values: u64,
+    /// Bytes held as stored.
+    pub stored_bytes: u64,
+}
+
+impl WeightCount {
+    /// Bytes once loaded with floating-point values of `bytes_per_value`.
+    pub fn held_bytes(&self, bytes_per_value: u64) -> u64 {
+        self.float_values * bytes_per_value + self.stored_bytes
+    }
+}
+
+impl std::ops::Add for WeightCount {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            float_values: self.float_values + other.float_values,
+            stored_bytes: self.stored_bytes + other.stored_bytes,
+        }
+    }
+}
+
+impl std::iter::Sum for WeightCount {
+    fn sum<I: Iterator<Item = Self>>(counts: I) -> Self {
+        counts.fold(Self::default(), |total, count| total + count)
+    }
+}
+
+/// What `files` hold, read from their headers (a file whose header can't be read, a GGUF
+/// for one, counts as stored bytes).
+pub fn files_weights(files: &[PathBuf]) -> WeightCount {
     let on_disk = files_bytes(files);
     match TensorReader::open(files) {
         Ok(reader) => {
             let (float_on_disk, float_values) = reader.float_extent();
-            on_disk.saturating_sub(float_on_disk) + float_values * dtype.size_in_bytes() as u64
+            WeightCount {
+                float_values,
+                stored_bytes: on_disk.saturating_sub(float_on_disk),
+            }
         }
-        Err(_) => on_disk,
+        Err(_) => WeightCount {
+            float_values: 0,
+            stored_bytes: on_disk,
+        },
     }
+}
+
+/// Bytes `files` take once loaded with their floating-point tensors held at `dtype` (headers
+/// and other tensors as on disk): their size on disk when that is the files' own dtype.
+pub fn held_bytes(files: &[PathBuf], dtype: DType) -> u64 {
+    files_weights(files).held_bytes(dtype.size_in_bytes() as u64)
 }
 
 /// The total size of `files` in bytes (files that can't be read count 0).
