@@ -170,10 +170,41 @@ fn flux_is_deterministic_and_staged_gives_the_same_bytes() {
         }
     }
     assert!(reports_with_transformer > 0, "a report during denoising");
+    // With no precision asked, low-memory mode holds the transformer in f16 on the CPU (half
+    // its f32 bytes; Easel's layers widen them): the image is the f32 one within the
+    // rounding of the weights.
+    let staged_transformer = transformer_bytes(&end.events);
+    let staged_output = finished(end);
+    let largest_difference = staged_output
+        .image
+        .as_raw()
+        .iter()
+        .zip(first.image.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .expect("pixels");
+    assert!(largest_difference <= 2, "{largest_difference}");
+    // Staging itself changes nothing: in f32 it gives the very bytes.
+    let staged_f32 = crate::common::jobs::engine_with(easel_engine::engine::EngineConfig {
+        device: easel_engine::device::DeviceChoice::Cpu,
+        staged: true,
+        dtype: Some(candle_core::DType::F32),
+        ..Default::default()
+    });
+    let end = wait_for(
+        &staged_f32,
+        staged_f32.generate(flux_request(&model)).expect("send"),
+    );
+    let f32_transformer = transformer_bytes(&end.events);
     assert_eq!(
         finished(end).image,
         first.image,
         "staged gives the same bytes"
+    );
+    let (half, whole) = (staged_transformer[0], f32_transformer[0]);
+    assert!(
+        half < whole * 51 / 100 + 64 * 1024 && half > whole * 49 / 100,
+        "{half} of {whole}"
     );
 }
 

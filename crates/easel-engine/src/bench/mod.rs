@@ -24,6 +24,7 @@ use crate::engine::memory::{
 };
 use crate::engine::{Engine, EngineConfig, EngineError, Event, JobOutput, ResidencyPolicy};
 use crate::families::{GuidanceKind, ModelInfo};
+use crate::hub::catalog::Part;
 use crate::hub::fit::held_dtype;
 use crate::models::error::ModelError;
 use crate::pipeline::request::{GenerateRequest, InpaintOptions};
@@ -161,7 +162,7 @@ pub fn run(
     ] {
         mode.estimated_peak_bytes = Some(estimated);
         // The family's layers may hold another precision than the engine loads in.
-        let held = held_dtype(info.footprint, precision, staged_mode);
+        let held = held_dtype(info.footprint, precision, staged_mode, Part::Denoiser);
         mode.weights = format!("{held:?}").to_lowercase();
     }
 

@@ -50,7 +50,7 @@ fn info_of(model: &FluxModel) -> ModelInfo {
         model.variant.max_sequence_length() as u64,
         (json.num_attention_heads * json.attention_head_dim) as u64,
     )
-    .with_candle_layers();
+    .flux1();
     let weights_of = |components: &[Component]| -> WeightCount {
         components.iter().map(|c| model.file_weights(*c)).sum()
     };

@@ -56,11 +56,25 @@ pub struct DenoiserFootprint {
     /// Whether the feature maps have one entry per token (a transformer) rather than per
     /// latent pixel (a UNet).
     pub features_per_token: bool,
-    /// Which attention its layers (denoiser and VAE) run.
+    /// Which attention its denoiser runs.
     pub attention: AttentionKernel,
-    /// Whether its layers hold 16-bit weights on the CPU, widening them as they compute
-    /// (Easel's UNet, text encoder and VAE); otherwise it holds every weight in f32 there.
-    pub half_weights_on_cpu: bool,
+    /// Which attention its VAE's mid block runs.
+    pub vae_attention: AttentionKernel,
+    /// Which of its stages hold 16-bit weights on the CPU.
+    pub half_on_cpu: HalfOnCpu,
+}
+
+/// Which stages of a model hold 16-bit weights on the CPU when asked to (Easel's layers widen
+/// them as they compute); the others' layers compute at their weights' precision, so they
+/// hold f32 there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfOnCpu {
+    /// Text encoders, denoiser and VAE (Stable Diffusion).
+    AllStages,
+    /// The denoiser only (FLUX.1: its text encoders and autoencoder are candle's).
+    Denoiser,
+    /// None (FLUX.2).
+    NoStage,
 }
 
 /// Which attention a model's layers run, for what it holds.
@@ -80,9 +94,8 @@ impl DenoiserFootprint {
     pub const SD21: Self = Self::unet(5, 1);
     /// SDXL: no attention at the first level; 10 heads at the second.
     pub const SDXL: Self = Self::unet(10, 4);
-    /// FLUX.1: 24 heads over 2x2 patches and up to 512 T5 tokens, 3072 wide, no CFG batch;
-    /// candle-transformers' layers, f32 on the CPU.
-    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072).with_candle_layers();
+    /// FLUX.1: 24 heads over 2x2 patches and up to 512 T5 tokens, 3072 wide, no CFG batch.
+    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072).flux1();
     /// FLUX.2 [klein] 4B: 24 heads over 2x2 patches, 512 prompt tokens, 3072 wide.
     pub const FLUX2_KLEIN_4B: Self = Self::joint_transformer(24, 512, 3072);
     /// FLUX.2 [klein] 9B: 32 heads, 4096 wide.
@@ -102,7 +115,8 @@ impl DenoiserFootprint {
             feature_maps: 22,
             features_per_token: false,
             attention: AttentionKernel::Easel,
-            half_weights_on_cpu: true,
+            vae_attention: AttentionKernel::Easel,
+            half_on_cpu: HalfOnCpu::AllStages,
         }
     }
 
@@ -117,17 +131,19 @@ impl DenoiserFootprint {
             feature_maps: 8,
             features_per_token: true,
             attention: AttentionKernel::Easel,
-            // Its layers compute at their weights' precision: f32 on the CPU.
-            half_weights_on_cpu: false,
+            vae_attention: AttentionKernel::Easel,
+            // FLUX.2's layers compute at their weights' precision: f32 on the CPU.
+            half_on_cpu: HalfOnCpu::NoStage,
         }
     }
 
-    /// The same footprint for a model on candle-transformers' layers (materialised
-    /// attention, f32 weights on the CPU).
-    pub const fn with_candle_layers(self) -> Self {
+    /// The same footprint with FLUX.1's stages: Easel's transformer (16-bit weights held on
+    /// the CPU), candle-transformers' text encoders and autoencoder (materialised attention,
+    /// f32 on the CPU).
+    pub const fn flux1(self) -> Self {
         Self {
-            attention: AttentionKernel::Materialised,
-            half_weights_on_cpu: false,
+            vae_attention: AttentionKernel::Materialised,
+            half_on_cpu: HalfOnCpu::Denoiser,
             ..self
         }
     }

@@ -5,7 +5,7 @@
 
 use candle_core::DType;
 
-use super::catalog::{AttentionKernel, CatalogEntry, DenoiserFootprint, Part, Stored};
+use super::catalog::{AttentionKernel, CatalogEntry, DenoiserFootprint, HalfOnCpu, Part, Stored};
 use crate::device::{Backend, Precision};
 use crate::models::vae_blocks::ATTENTION_CHUNK_ELEMENTS;
 use crate::models::weights::WeightCount;
@@ -124,26 +124,26 @@ pub fn estimate_parts(
 ) -> MemoryEstimate {
     let (w, h) = (u64::from(width_px), u64::from(height_px));
     let mode = |staged: bool| -> ModeBytes {
-        let held = held_dtype(footprint, precision, staged);
-        let weight_bytes = held.size_in_bytes() as u64;
-        let activation_bytes = precision.activation_bytes(held);
+        let denoiser = held_dtype(footprint, precision, staged, Part::Denoiser);
+        let others = held_dtype(footprint, precision, staged, Part::Vae);
+        let bytes = |dtype: DType| dtype.size_in_bytes() as u64;
         ModeBytes {
-            text: parts.text.held_bytes(weight_bytes),
-            denoiser: parts.denoiser.held_bytes(weight_bytes),
-            vae: parts.vae.held_bytes(weight_bytes),
+            text: parts.text.held_bytes(bytes(others)),
+            denoiser: parts.denoiser.held_bytes(bytes(denoiser)),
+            vae: parts.vae.held_bytes(bytes(others)),
             denoiser_activations: denoiser_activations(
                 footprint,
                 precision.backend,
                 w,
                 h,
-                activation_bytes,
+                precision.activation_bytes(denoiser),
             ),
             vae_activations: vae_decode_activations(
-                footprint.attention,
+                footprint.vae_attention,
                 precision.backend,
                 w,
                 h,
-                activation_bytes,
+                precision.activation_bytes(others),
             ),
         }
     };
@@ -163,11 +163,21 @@ pub fn estimate_parts(
     }
 }
 
-/// The dtype a model of `footprint` holds its floating-point weights in at `precision`, in
-/// low-memory mode when `staged`: layers that compute at their weights' precision hold f32
-/// on the CPU whatever was asked.
-pub fn held_dtype(footprint: DenoiserFootprint, precision: Precision, staged: bool) -> DType {
-    if precision.backend == Backend::Cpu && !footprint.half_weights_on_cpu {
+/// The dtype `part` of a model of `footprint` holds its floating-point weights in at
+/// `precision`, in low-memory mode when `staged`: layers that compute at their weights'
+/// precision hold f32 on the CPU whatever was asked.
+pub fn held_dtype(
+    footprint: DenoiserFootprint,
+    precision: Precision,
+    staged: bool,
+    part: Part,
+) -> DType {
+    let half_on_cpu = match footprint.half_on_cpu {
+        HalfOnCpu::AllStages => true,
+        HalfOnCpu::Denoiser => part == Part::Denoiser,
+        HalfOnCpu::NoStage => false,
+    };
+    if precision.backend == Backend::Cpu && !half_on_cpu {
         DType::F32
     } else {
         precision.in_mode(staged)
@@ -312,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn flux_holds_f32_on_the_cpu_whatever_the_dtype_and_sd_what_it_is_asked() {
+    fn on_the_cpu_candles_layers_and_flux2s_hold_f32_and_easels_what_is_asked() {
         let half_on_cpu = Precision {
             backend: Backend::Cpu,
             full: DType::F16,
@@ -321,6 +331,11 @@ mod tests {
         let klein_cpu = estimate_of("flux2-klein-4b", half_on_cpu, 1024);
         let klein_gpu = estimate_of("flux2-klein-4b", cuda(DType::F16), 1024);
         assert_eq!(klein_cpu.weights_bytes, 2 * klein_gpu.weights_bytes);
+        // FLUX.1's transformer holds f16 there, its candle text encoders and autoencoder f32.
+        let flux_cpu = estimate_of("flux-dev", half_on_cpu, 1024);
+        let flux_gpu = estimate_of("flux-dev", cuda(DType::F16), 1024);
+        assert!(flux_cpu.weights_bytes > flux_gpu.weights_bytes + 9_000_000_000);
+        assert!(flux_cpu.weights_bytes < flux_gpu.weights_bytes * 3 / 2);
         let sd_cpu = estimate_of("sd15", half_on_cpu, 512);
         let sd_gpu = estimate_of("sd15", cuda(DType::F16), 512);
         assert_eq!(sd_cpu.weights_bytes, sd_gpu.weights_bytes);

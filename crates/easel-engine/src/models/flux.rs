@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_transformers::models::flux::autoencoder::{
     Config as AutoencoderConfig, Decoder as FluxDecoder, Encoder as FluxEncoder,
 };
-use candle_transformers::models::flux::model::{Config as TransformerConfig, Flux};
+use candle_transformers::models::flux::model::Config as TransformerConfig;
 use candle_transformers::models::flux::quantized_model::Flux as QuantizedFlux;
 use candle_transformers::models::flux::WithForward;
 use candle_transformers::models::t5;
@@ -20,6 +20,7 @@ use super::clip::ClipTextModel;
 use super::component::{Component, ModelWeights};
 use super::config::{read_json, ClipTextConfig, ModelIndex, SchedulerConfig, VaeConfig};
 use super::error::ModelError;
+use super::flux_transformer::Flux1Transformer;
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::PromptTokenizer;
 use super::weights::{
@@ -124,8 +125,8 @@ impl TransformerFile {
 /// The loaded transformer, full precision or quantized.
 #[derive(Debug)]
 pub enum FluxTransformer {
-    /// From safetensors at the model's dtype.
-    Full(Box<Flux>),
+    /// From safetensors at the model's dtype, on Easel's layers.
+    Full(Box<Flux1Transformer>),
     /// From GGUF.
     Quantized(Box<QuantizedFlux>),
 }
@@ -225,7 +226,11 @@ pub struct FluxModel {
     transformer: Option<FluxTransformer>,
     autoencoder: Option<FluxAutoencoder>,
     device: Device,
+    /// What its layers compute in (f32 on the CPU), and the text encoders and autoencoder
+    /// hold.
     dtype: DType,
+    /// What the full-precision transformer's weights are held in.
+    transformer_dtype: DType,
     loaded_bytes: Vec<(Component, u64)>,
 }
 
@@ -240,7 +245,10 @@ impl FluxModel {
     /// Reads the configs of the FLUX model in `dir` and finds its transformer file: the
     /// full-precision single file when there is one, else a GGUF.
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
-        // Its layers compute at their weights' dtype: on the CPU that is f32.
+        // Easel's transformer holds the asked precision (on the CPU its layers widen 16-bit
+        // weights); candle's text encoders and autoencoder compute at their weights' dtype,
+        // which on the CPU is f32.
+        let transformer_dtype = dtype;
         let dtype = crate::ops::compute_dtype(device, dtype);
         if !dir.is_dir() {
             return Err(ModelError::FolderNotFound {
@@ -281,6 +289,7 @@ impl FluxModel {
             autoencoder: None,
             device: device.clone(),
             dtype,
+            transformer_dtype,
             loaded_bytes: Vec::new(),
         })
     }
@@ -340,6 +349,7 @@ impl FluxModel {
     /// blocks stay as stored).
     fn held_dtype(&self, component: Component) -> DType {
         match component {
+            Component::Transformer => self.transformer_dtype,
             Component::Vae if self.vae_config.force_upcast => DType::F32,
             _ => self.dtype,
         }
@@ -460,9 +470,10 @@ impl ModelWeights for FluxModel {
                 let config_path = self.dir.join("transformer/config.json");
                 let transformer = match &self.transformer_file {
                     TransformerFile::Full(_) => {
-                        let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                        let held = self.held_dtype(Component::Transformer);
+                        let vb = weights_var_builder(&files, held, &self.device)?;
                         FluxTransformer::Full(Box::new(
-                            Flux::new(&config, vb)
+                            Flux1Transformer::new(&config, vb)
                                 .map_err(|e| weights_error(&files, &config_path, e))?,
                         ))
                     }
