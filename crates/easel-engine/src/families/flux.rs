@@ -11,9 +11,11 @@ use super::{
     folder_name, time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, FamilyModel,
     GuidanceKind, Loaded, LoadedModel, ModelDefaults, ModelInfo, PartWeights, Plan,
 };
+use crate::hub::catalog::AttentionKernel;
 use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
-use crate::models::flux::{FluxModel, FluxVariant, FLUX_PATCH_PX};
+use crate::models::flux::{FluxModel, FluxVariant, TransformerFile, FLUX_PATCH_PX};
+use crate::models::vae::VaeTiling;
 use crate::models::weights::WeightCount;
 use crate::pipeline::noise::NoiseSource;
 use crate::pipeline::preview::{latent_preview, FLUX_PREVIEW};
@@ -51,6 +53,14 @@ fn info_of(model: &FluxModel) -> ModelInfo {
         (json.num_attention_heads * json.attention_head_dim) as u64,
     )
     .flux1();
+    // candle's quantized transformer materialises its attention.
+    let footprint = match model.transformer_file() {
+        TransformerFile::Full(_) => footprint,
+        TransformerFile::Quantized(_) => DenoiserFootprint {
+            attention: AttentionKernel::Materialised,
+            ..footprint
+        },
+    };
     let weights_of = |components: &[Component]| -> WeightCount {
         components.iter().map(|c| model.file_weights(*c)).sum()
     };
@@ -91,6 +101,10 @@ fn info_of(model: &FluxModel) -> ModelInfo {
 impl LoadedModel for Loaded<FluxModel> {
     fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    fn set_vae_tiling(&mut self, tiling: VaeTiling) {
+        self.model.set_vae_tiling(tiling);
     }
 
     fn denoiser(&self) -> Component {

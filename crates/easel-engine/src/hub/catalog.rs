@@ -71,7 +71,7 @@ pub struct DenoiserFootprint {
 pub enum HalfOnCpu {
     /// Text encoders, denoiser and VAE (Stable Diffusion).
     AllStages,
-    /// The denoiser only (FLUX.1: its text encoders and autoencoder are candle's).
+    /// The denoiser only (FLUX.1: its T5 is candle's, its autoencoder runs in f32).
     Denoiser,
     /// None (FLUX.2).
     NoStage,
@@ -96,6 +96,12 @@ impl DenoiserFootprint {
     pub const SDXL: Self = Self::unet(10, 4);
     /// FLUX.1: 24 heads over 2x2 patches and up to 512 T5 tokens, 3072 wide, no CFG batch.
     pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072).flux1();
+    /// FLUX.1 with candle-transformers' quantized (GGUF) transformer: its attention is
+    /// materialised.
+    pub const FLUX1_GGUF: Self = Self {
+        attention: AttentionKernel::Materialised,
+        ..Self::FLUX1
+    };
     /// FLUX.2 [klein] 4B: 24 heads over 2x2 patches, 512 prompt tokens, 3072 wide.
     pub const FLUX2_KLEIN_4B: Self = Self::joint_transformer(24, 512, 3072);
     /// FLUX.2 [klein] 9B: 32 heads, 4096 wide.
@@ -137,12 +143,10 @@ impl DenoiserFootprint {
         }
     }
 
-    /// The same footprint with FLUX.1's stages: Easel's transformer (16-bit weights held on
-    /// the CPU), candle-transformers' text encoders and autoencoder (materialised attention,
-    /// f32 on the CPU).
+    /// The same footprint with FLUX.1's stages: its transformer holds 16-bit weights on the
+    /// CPU, its text encoders (T5 is candle-transformers') and autoencoder f32.
     pub const fn flux1(self) -> Self {
         Self {
-            vae_attention: AttentionKernel::Materialised,
             half_on_cpu: HalfOnCpu::Denoiser,
             ..self
         }
@@ -773,7 +777,7 @@ static CATALOG: [CatalogEntry; 15] = [
         name: "FLUX.1 [schnell], 4-bit GGUF transformer",
         repo: "black-forest-labs/FLUX.1-schnell",
         revision: "main",
-        footprint: DenoiserFootprint::FLUX1,
+        footprint: DenoiserFootprint::FLUX1_GGUF,
         capabilities: ALL_MODES,
         defaults: defaults(1024, 4, 0.0, SamplerKind::Euler),
         licence: "Apache-2.0",
@@ -804,7 +808,7 @@ static CATALOG: [CatalogEntry; 15] = [
         name: "FLUX.1 [dev], 4-bit GGUF transformer",
         repo: "black-forest-labs/FLUX.1-dev",
         revision: "main",
-        footprint: DenoiserFootprint::FLUX1,
+        footprint: DenoiserFootprint::FLUX1_GGUF,
         capabilities: ALL_MODES,
         defaults: defaults(1024, 28, 3.5, SamplerKind::Euler),
         licence:

@@ -6,10 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_transformers::models::flux::autoencoder::{
-    Config as AutoencoderConfig, Decoder as FluxDecoder, Encoder as FluxEncoder,
-};
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::flux::autoencoder::Config as AutoencoderConfig;
 use candle_transformers::models::flux::model::Config as TransformerConfig;
 use candle_transformers::models::flux::quantized_model::Flux as QuantizedFlux;
 use candle_transformers::models::flux::WithForward;
@@ -20,9 +18,11 @@ use super::clip::ClipTextModel;
 use super::component::{Component, ModelWeights};
 use super::config::{read_json, ClipTextConfig, ModelIndex, SchedulerConfig, VaeConfig};
 use super::error::ModelError;
+use super::flux_ae::bfl_autoencoder_var_builder;
 use super::flux_transformer::Flux1Transformer;
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::PromptTokenizer;
+use super::vae::{Vae, VaeTiling};
 use super::weights::{
     component_files, files_weights, weights_error, weights_var_builder, WeightCount,
 };
@@ -155,36 +155,28 @@ impl FluxTransformer {
     }
 }
 
-/// The 16-channel autoencoder: encoder and decoder, with the latent shift and scale.
+/// The 16-channel autoencoder: Easel's VAE with FLUX's latent shift and scale (from
+/// `vae/config.json`), its weights read from BFL's `ae.safetensors`.
 #[derive(Debug)]
 pub struct FluxAutoencoder {
-    encoder: FluxEncoder,
-    decoder: FluxDecoder,
-    /// Latents are `(z - shift) * scale`.
-    pub scale_factor: f64,
-    /// See `scale_factor`.
-    pub shift_factor: f64,
+    vae: Vae,
 }
 
 impl FluxAutoencoder {
     /// The posterior of `pixels` (`[1, 3, h, w]` in -1..1): mean and standard deviation.
     pub fn encode(&self, pixels: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let moments = self.encoder.forward(pixels)?;
-        let halves = moments.chunk(2, 1)?;
-        // diffusers clamps the log-variance before taking the deviation.
-        let std = (halves[1].clamp(-30f32, 20f32)? * 0.5)?.exp()?;
-        Ok((halves[0].clone(), std))
+        let posterior = self.vae.encode(pixels)?;
+        Ok((posterior.mean, posterior.std))
     }
 
-    /// Model latents from an autoencoder sample.
+    /// Model latents from an autoencoder sample: `(z - shift) * scale`.
     pub fn to_model_latents(&self, sample: &Tensor) -> candle_core::Result<Tensor> {
-        (sample - self.shift_factor)? * self.scale_factor
+        self.vae.to_model_latents(sample)
     }
 
     /// Pixels (`[1, 3, h, w]`, about -1..1) from model latents `[1, 16, h/8, w/8]`.
     pub fn decode(&self, latents: &Tensor) -> candle_core::Result<Tensor> {
-        let z = ((latents / self.scale_factor)? + self.shift_factor)?;
-        self.decoder.forward(&z)
+        self.vae.decode(latents)
     }
 }
 
@@ -231,6 +223,7 @@ pub struct FluxModel {
     dtype: DType,
     /// What the full-precision transformer's weights are held in.
     transformer_dtype: DType,
+    vae_tiling: VaeTiling,
     loaded_bytes: Vec<(Component, u64)>,
 }
 
@@ -290,6 +283,7 @@ impl FluxModel {
             device: device.clone(),
             dtype,
             transformer_dtype,
+            vae_tiling: VaeTiling::Auto,
             loaded_bytes: Vec::new(),
         })
     }
@@ -377,7 +371,16 @@ impl FluxModel {
         }
     }
 
-    /// candle's autoencoder config from `vae/config.json`.
+    /// How the autoencoder tiles from now on (now, if it is loaded, and after reloads).
+    pub fn set_vae_tiling(&mut self, tiling: VaeTiling) {
+        self.vae_tiling = tiling;
+        if let Some(autoencoder) = &mut self.autoencoder {
+            autoencoder.vae.set_tiling(tiling);
+        }
+    }
+
+    /// candle's autoencoder config from `vae/config.json` (for building random weights in
+    /// BFL's layout).
     pub fn autoencoder_config(&self) -> AutoencoderConfig {
         let vae = &self.vae_config;
         let ch = vae.block_out_channels.first().copied().unwrap_or(128);
@@ -496,20 +499,17 @@ impl ModelWeights for FluxModel {
                 self.transformer = Some(transformer);
             }
             Component::Vae => {
-                let config = self.autoencoder_config();
-                let vb =
-                    weights_var_builder(&files, self.held_dtype(Component::Vae), &self.device)?;
+                let vb = bfl_autoencoder_var_builder(
+                    &files[0],
+                    self.vae_config.block_out_channels.len(),
+                    self.held_dtype(Component::Vae),
+                    &self.device,
+                )?;
                 let config_path = self.dir.join("vae/config.json");
-                let build = || -> candle_core::Result<FluxAutoencoder> {
-                    Ok(FluxAutoencoder {
-                        encoder: FluxEncoder::new(&config, vb.pp("encoder"))?,
-                        decoder: FluxDecoder::new(&config, vb.pp("decoder"))?,
-                        scale_factor: config.scale_factor,
-                        shift_factor: config.shift_factor,
-                    })
-                };
-                self.autoencoder =
-                    Some(build().map_err(|e| weights_error(&files, &config_path, e))?);
+                let mut vae = Vae::new(vb, &self.vae_config)
+                    .map_err(|e| weights_error(&files, &config_path, e))?;
+                vae.set_tiling(self.vae_tiling);
+                self.autoencoder = Some(FluxAutoencoder { vae });
             }
             Component::Unet => return Ok(Duration::ZERO),
         }

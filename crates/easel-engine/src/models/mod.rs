@@ -13,6 +13,7 @@ pub mod flux2_gguf;
 pub mod flux2_latents;
 pub mod flux2_transformer;
 pub mod flux2_weights;
+pub mod flux_ae;
 pub mod flux_transformer;
 mod gguf_check;
 pub mod qwen3;
