@@ -673,15 +673,9 @@ fn staged_mode_holds_one_stage_at_a_time_in_f16_and_staging_changes_no_pixel() {
     // is the f32 one within the rounding of the weights.
     assert_eq!(staged.dtype(), candle_core::DType::F16);
     assert_eq!(full.dtype(), candle_core::DType::F32);
-    let largest_difference = staged_output
-        .image
-        .as_raw()
-        .iter()
-        .zip(full_output.image.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .expect("pixels");
-    assert!(largest_difference <= 2, "{largest_difference}");
+    let difference =
+        crate::common::jobs::largest_pixel_difference(&staged_output.image, &full_output.image);
+    assert!(difference <= 2, "{difference}");
     // Staging itself changes nothing: in f32 it gives the very image.
     let staged_f32 = engine_with(EngineConfig {
         device: DeviceChoice::Cpu,

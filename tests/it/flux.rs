@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 
 use crate::common::jobs::{
     cancel_after_second_step, engine, engine_out_of_memory_at_first_step, engine_with_slow_steps,
-    failure, finished, staged_engine, transformer_bytes, wait_for, Outcome,
+    failure, finished, largest_pixel_difference, staged_engine, staged_f32_engine,
+    transformer_bytes, wait_for, Outcome,
 };
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
@@ -175,22 +176,10 @@ fn flux_is_deterministic_and_staged_gives_the_same_bytes() {
     // rounding of the weights.
     let staged_transformer = transformer_bytes(&end.events);
     let staged_output = finished(end);
-    let largest_difference = staged_output
-        .image
-        .as_raw()
-        .iter()
-        .zip(first.image.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .expect("pixels");
-    assert!(largest_difference <= 2, "{largest_difference}");
+    let difference = largest_pixel_difference(&staged_output.image, &first.image);
+    assert!(difference <= 2, "{difference}");
     // Staging itself changes nothing: in f32 it gives the very bytes.
-    let staged_f32 = crate::common::jobs::engine_with(easel_engine::engine::EngineConfig {
-        device: easel_engine::device::DeviceChoice::Cpu,
-        staged: true,
-        dtype: Some(candle_core::DType::F32),
-        ..Default::default()
-    });
+    let staged_f32 = staged_f32_engine();
     let end = wait_for(
         &staged_f32,
         staged_f32.generate(flux_request(&model)).expect("send"),

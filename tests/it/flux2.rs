@@ -357,8 +357,32 @@ fn klein_generates_deterministically_and_staged_gives_the_same_bytes() {
     assert_eq!(first.image.dimensions(), (96, 64));
     assert_eq!(first.image, again.image, "same seed, same bytes");
     assert_eq!(first.parameters.negative_prompt, None);
-    let staged = run(&jobs::staged_engine());
+    let staged = run(&jobs::staged_f32_engine());
     assert_eq!(first.image, staged.image, "staged runs give the same bytes");
+    // With no precision asked, low-memory mode holds the transformer in f16 on the CPU (half
+    // its bytes): the image is the f32 one within the rounding of the weights.
+    let half = jobs::staged_engine();
+    let end = jobs::wait_for(
+        &half,
+        half.generate(klein_request("a red fox"))
+            .expect("engine running"),
+    );
+    let half_bytes = jobs::transformer_bytes(&end.events)[0];
+    let half_image = jobs::finished(end).image;
+    let difference = jobs::largest_pixel_difference(&first.image, &half_image);
+    assert!(difference <= 2, "{difference}");
+    let f32_engine = jobs::staged_f32_engine();
+    let end = jobs::wait_for(
+        &f32_engine,
+        f32_engine
+            .generate(klein_request("a red fox"))
+            .expect("engine running"),
+    );
+    let whole_bytes = jobs::transformer_bytes(&end.events)[0];
+    assert!(
+        half_bytes < whole_bytes * 51 / 100 + 64 * 1024 && half_bytes > whole_bytes * 49 / 100,
+        "{half_bytes} of {whole_bytes}"
+    );
     let other = engine
         .generate(klein_request("a blue whale"))
         .expect("engine running");
@@ -390,7 +414,7 @@ fn klein_edits_with_references_named_in_order_and_sized_from_the_first() {
         "{text}"
     );
     // Low-memory runs load the autoencoder beside the transformer to encode the references.
-    let staged = jobs::staged_engine();
+    let staged = jobs::staged_f32_engine();
     let job = staged.generate(request.clone()).expect("engine running");
     let staged_output = jobs::finished(jobs::wait_for(&staged, job));
     assert_eq!(

@@ -207,6 +207,26 @@ pub fn staged_engine() -> Engine {
     })
 }
 
+/// A low-memory engine on the CPU holding f32 weights: staging alone, no rounding of them.
+pub fn staged_f32_engine() -> Engine {
+    engine_with(EngineConfig {
+        device: DeviceChoice::Cpu,
+        staged: true,
+        dtype: Some(candle_core::DType::F32),
+        ..Default::default()
+    })
+}
+
+/// The largest difference between two images' channel values.
+pub fn largest_pixel_difference(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0)
+}
+
 /// An engine on the CPU whose steps each wait a little, so that a cancel lands mid-run.
 pub fn engine_with_slow_steps() -> Engine {
     let hook = Arc::new(|point: FaultPoint| {

@@ -71,10 +71,9 @@ pub struct DenoiserFootprint {
 pub enum HalfOnCpu {
     /// Text encoders, denoiser and VAE (Stable Diffusion).
     AllStages,
-    /// The denoiser only (FLUX.1: its T5 is candle's, its autoencoder runs in f32).
+    /// The transformer only (FLUX.1 and FLUX.2: their text encoders and autoencoders hold
+    /// f32 there).
     Denoiser,
-    /// None (FLUX.2).
-    NoStage,
 }
 
 /// Which attention a model's layers run, for what it holds.
@@ -95,7 +94,7 @@ impl DenoiserFootprint {
     /// SDXL: no attention at the first level; 10 heads at the second.
     pub const SDXL: Self = Self::unet(10, 4);
     /// FLUX.1: 24 heads over 2x2 patches and up to 512 T5 tokens, 3072 wide, no CFG batch.
-    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072).flux1();
+    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072);
     /// FLUX.1 with candle-transformers' quantized (GGUF) transformer: its attention is
     /// materialised.
     pub const FLUX1_GGUF: Self = Self {
@@ -138,17 +137,8 @@ impl DenoiserFootprint {
             features_per_token: true,
             attention: AttentionKernel::Easel,
             vae_attention: AttentionKernel::Easel,
-            // FLUX.2's layers compute at their weights' precision: f32 on the CPU.
-            half_on_cpu: HalfOnCpu::NoStage,
-        }
-    }
-
-    /// The same footprint with FLUX.1's stages: its transformer holds 16-bit weights on the
-    /// CPU, its text encoders (T5 is candle-transformers') and autoencoder f32.
-    pub const fn flux1(self) -> Self {
-        Self {
+            // FLUX's text encoders (candle's T5, Qwen3) and autoencoders hold f32 on the CPU.
             half_on_cpu: HalfOnCpu::Denoiser,
-            ..self
         }
     }
 }

@@ -101,7 +101,10 @@ pub struct Flux2Model {
     /// Whether the transformer comes from the folder's GGUF even when full weights are there.
     prefer_gguf: bool,
     device: Device,
+    /// What its layers compute in (f32 on the CPU), and the text encoder holds.
     dtype: DType,
+    /// What the full-precision transformer's weights are held in.
+    transformer_dtype: DType,
     loaded_bytes: Vec<(Component, u64)>,
 }
 
@@ -137,7 +140,10 @@ impl Flux2Model {
 
     /// Reads the configs in `dir` (nothing is loaded yet).
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
-        // Its layers compute at their weights' dtype: on the CPU that is f32.
+        // The transformer holds the asked precision (on the CPU Easel's linear layers widen
+        // 16-bit weights); the text encoder's layers compute at their weights' dtype, which
+        // on the CPU is f32.
+        let transformer_dtype = dtype;
         let dtype = crate::ops::compute_dtype(device, dtype);
         if !dir.is_dir() {
             return Err(ModelError::FolderNotFound {
@@ -172,6 +178,7 @@ impl Flux2Model {
             prefer_gguf: false,
             device: device.clone(),
             dtype,
+            transformer_dtype,
             loaded_bytes: Vec::new(),
         })
     }
@@ -212,17 +219,19 @@ impl Flux2Model {
         self.autoencoder.as_ref()
     }
 
-    /// The weight files of `component`; the transformer's are those of `transformer_source`.
     /// The precision `component` holds its floating-point weights in: the autoencoder f32
-    /// (its BatchNorm statistics and decoder want it), the rest the model's (a GGUF
-    /// transformer's blocks stay as stored).
+    /// (its BatchNorm statistics and decoder want it), the full-precision transformer the
+    /// asked one (Easel's linear layers widen 16-bit weights on the CPU), the text encoder
+    /// the compute dtype (a GGUF transformer's blocks stay as stored).
     fn held_dtype(&self, component: Component) -> DType {
         match component {
             Component::Vae => DType::F32,
+            Component::Transformer => self.transformer_dtype,
             _ => self.dtype,
         }
     }
 
+    /// The weight files of `component`; the transformer's are those of `transformer_source`.
     fn files_of(&self, component: Component) -> Result<Vec<PathBuf>, ModelError> {
         match component {
             Component::Transformer => self.transformer_source().map(|source| source.files()),
@@ -352,11 +361,13 @@ impl ModelWeights for Flux2Model {
                 let config = &self.transformer_config;
                 let built = match self.transformer_source()? {
                     TransformerSource::Folder(files) => {
-                        let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                        let held = self.held_dtype(Component::Transformer);
+                        let vb = weights_var_builder(&files, held, &self.device)?;
                         Flux2Transformer::new(config, &Flux2Weights::Full(vb))
                     }
                     TransformerSource::SingleFile(file) => {
-                        let vb = bfl_var_builder(&file, inner, self.dtype, &self.device)?;
+                        let held = self.held_dtype(Component::Transformer);
+                        let vb = bfl_var_builder(&file, inner, held, &self.device)?;
                         Flux2Transformer::new(config, &Flux2Weights::Full(vb))
                     }
                     TransformerSource::Gguf(file) => {

@@ -4,13 +4,16 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, RmsNorm, VarBuilder};
+use candle_nn::{RmsNorm, VarBuilder};
+
+use crate::ops::{compute_dtype, linear_no_bias, Linear};
 
 use super::flux2_gguf::GgufTransformer;
 
 /// The transformer's weights, asked for by their diffusers names.
 pub enum Flux2Weights<'a> {
-    /// Full-precision tensors in the job's dtype.
+    /// Full-precision tensors in the dtype they are held in (16-bit weights on the CPU are
+    /// widened by Easel's linear layers as they multiply).
     Full(VarBuilder<'a>),
     /// A GGUF file; its unquantized tensors are converted to `dtype`.
     Gguf {
@@ -25,7 +28,7 @@ impl Flux2Weights<'_> {
     /// The bias-free linear layer `name` (a `[out_dim, in_dim]` weight).
     pub fn linear(&self, in_dim: usize, out_dim: usize, name: &str) -> Result<Flux2Linear> {
         match self {
-            Flux2Weights::Full(vb) => Ok(Flux2Linear::Full(candle_nn::linear_no_bias(
+            Flux2Weights::Full(vb) => Ok(Flux2Linear::Full(linear_no_bias(
                 in_dim,
                 out_dim,
                 vb.pp(name),
@@ -51,7 +54,13 @@ impl Flux2Weights<'_> {
     /// The RMS norm `name` over `dim` values.
     pub fn rms_norm(&self, dim: usize, eps: f64, name: &str) -> Result<RmsNorm> {
         match self {
-            Flux2Weights::Full(vb) => candle_nn::rms_norm(dim, eps, vb.pp(name)),
+            Flux2Weights::Full(vb) => {
+                // At the compute dtype: the heads it scales are f32 on the CPU whatever the
+                // weights are held in.
+                let dtype = compute_dtype(vb.device(), vb.dtype());
+                let weight = vb.pp(name).get(dim, "weight")?.to_dtype(dtype)?;
+                Ok(RmsNorm::new(weight, eps))
+            }
             Flux2Weights::Gguf { file, dtype } => {
                 let weight = file.tensor(&format!("{name}.weight"))?;
                 let weight = weight.dequantize(&weight.device())?.to_dtype(*dtype)?;
