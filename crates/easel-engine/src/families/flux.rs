@@ -51,7 +51,8 @@ fn info_of(model: &FluxModel) -> ModelInfo {
         json.num_attention_heads as u64,
         model.variant.max_sequence_length() as u64,
         (json.num_attention_heads * json.attention_head_dim) as u64,
-    );
+    )
+    .with_t5();
     // candle's quantized transformer materialises its attention.
     let footprint = match model.transformer_file() {
         TransformerFile::Full(_) => footprint,

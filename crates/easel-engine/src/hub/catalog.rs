@@ -60,20 +60,10 @@ pub struct DenoiserFootprint {
     pub attention: AttentionKernel,
     /// Which attention its VAE's mid block runs.
     pub vae_attention: AttentionKernel,
-    /// Which of its stages hold 16-bit weights on the CPU.
-    pub half_on_cpu: HalfOnCpu,
-}
-
-/// Which stages of a model hold 16-bit weights on the CPU when asked to (Easel's layers widen
-/// them as they compute); the others' layers compute at their weights' precision, so they
-/// hold f32 there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HalfOnCpu {
-    /// Text encoders, denoiser and VAE (Stable Diffusion).
-    AllStages,
-    /// The transformer only (FLUX.1 and FLUX.2: their text encoders and autoencoders hold
-    /// f32 there).
-    Denoiser,
+    /// Whether its text encoders hold 16-bit weights on the CPU when asked to (Easel's CLIP
+    /// and Qwen3, which widen them as they compute; candle's T5 holds f32 there). Every
+    /// denoiser does; VAEs hold f32 there.
+    pub half_text_on_cpu: bool,
 }
 
 /// Which attention a model's layers run, for what it holds.
@@ -94,7 +84,7 @@ impl DenoiserFootprint {
     /// SDXL: no attention at the first level; 10 heads at the second.
     pub const SDXL: Self = Self::unet(10, 4);
     /// FLUX.1: 24 heads over 2x2 patches and up to 512 T5 tokens, 3072 wide, no CFG batch.
-    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072);
+    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072).with_t5();
     /// FLUX.1 with candle-transformers' quantized (GGUF) transformer: its attention is
     /// materialised.
     pub const FLUX1_GGUF: Self = Self {
@@ -121,7 +111,16 @@ impl DenoiserFootprint {
             features_per_token: false,
             attention: AttentionKernel::Easel,
             vae_attention: AttentionKernel::Easel,
-            half_on_cpu: HalfOnCpu::AllStages,
+            half_text_on_cpu: true,
+        }
+    }
+
+    /// The same footprint for a model whose text encoder is candle's T5 (FLUX.1), which
+    /// holds f32 on the CPU.
+    pub const fn with_t5(self) -> Self {
+        Self {
+            half_text_on_cpu: false,
+            ..self
         }
     }
 
@@ -137,8 +136,8 @@ impl DenoiserFootprint {
             features_per_token: true,
             attention: AttentionKernel::Easel,
             vae_attention: AttentionKernel::Easel,
-            // FLUX's text encoders (candle's T5, Qwen3) and autoencoders hold f32 on the CPU.
-            half_on_cpu: HalfOnCpu::Denoiser,
+            // FLUX.2's Qwen3 does; FLUX.1 (`FLUX1`) says its T5 does not.
+            half_text_on_cpu: true,
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use candle_core::DType;
 
-use super::catalog::{AttentionKernel, CatalogEntry, DenoiserFootprint, HalfOnCpu, Part, Stored};
+use super::catalog::{AttentionKernel, CatalogEntry, DenoiserFootprint, Part, Stored};
 use crate::device::{Backend, Precision};
 use crate::models::vae_blocks::ATTENTION_CHUNK_ELEMENTS;
 use crate::models::weights::WeightCount;
@@ -124,13 +124,17 @@ pub fn estimate_parts(
 ) -> MemoryEstimate {
     let (w, h) = (u64::from(width_px), u64::from(height_px));
     let mode = |staged: bool| -> ModeBytes {
-        let denoiser = held_dtype(footprint, precision, staged, Part::Denoiser);
-        let others = held_dtype(footprint, precision, staged, Part::Vae);
+        let held = |part: Part| held_dtype(footprint, precision, staged, part);
+        let (text, denoiser, vae) = (
+            held(Part::TextEncoder),
+            held(Part::Denoiser),
+            held(Part::Vae),
+        );
         let bytes = |dtype: DType| dtype.size_in_bytes() as u64;
         ModeBytes {
-            text: parts.text.held_bytes(bytes(others)),
+            text: parts.text.held_bytes(bytes(text)),
             denoiser: parts.denoiser.held_bytes(bytes(denoiser)),
-            vae: parts.vae.held_bytes(bytes(others)),
+            vae: parts.vae.held_bytes(bytes(vae)),
             denoiser_activations: denoiser_activations(
                 footprint,
                 precision.backend,
@@ -143,7 +147,7 @@ pub fn estimate_parts(
                 precision.backend,
                 w,
                 h,
-                precision.activation_bytes(others),
+                precision.activation_bytes(vae),
             ),
         }
     };
@@ -172,9 +176,10 @@ pub fn held_dtype(
     staged: bool,
     part: Part,
 ) -> DType {
-    let half_on_cpu = match footprint.half_on_cpu {
-        HalfOnCpu::AllStages => true,
-        HalfOnCpu::Denoiser => part == Part::Denoiser,
+    let half_on_cpu = match part {
+        Part::Denoiser => true,
+        Part::TextEncoder => footprint.half_text_on_cpu,
+        Part::Vae => false,
     };
     if precision.backend == Backend::Cpu && !half_on_cpu {
         DType::F32
@@ -333,17 +338,28 @@ mod tests {
             full: DType::F16,
             staged: DType::F16,
         };
-        // FLUX's transformers hold f16 there, their text encoders and autoencoders f32: T5
-        // XXL's 4.8 and Qwen3 4B's 4 billion values take twice their GPU bytes.
-        for (id, text_values) in [("flux-dev", 4.7e9), ("flux2-klein-4b", 4.0e9)] {
-            let cpu = estimate_of(id, half_on_cpu, 1024).weights_bytes as f64;
-            let gpu = estimate_of(id, cuda(DType::F16), 1024).weights_bytes as f64;
-            assert!(cpu > gpu + 2.0 * text_values && cpu < 2.0 * gpu, "{id}");
-        }
+        // FLUX.1's transformer holds f16 there, its T5 f32 (4.7 billion values at twice
+        // their GPU bytes); FLUX.2's Qwen3 and transformer f16. Autoencoders hold f32.
+        let weights =
+            |id: &str, precision: Precision| estimate_of(id, precision, 1024).weights_bytes as f64;
+        let flux = (
+            weights("flux-dev", half_on_cpu),
+            weights("flux-dev", cuda(DType::F16)),
+        );
+        assert!(
+            flux.0 > flux.1 + 2.0 * 4.7e9 && flux.0 < 2.0 * flux.1,
+            "{flux:?}"
+        );
+        let klein = (
+            weights("flux2-klein-4b", half_on_cpu),
+            weights("flux2-klein-4b", cuda(DType::F16)),
+        );
+        assert!(klein.0 > klein.1 && klein.0 < klein.1 + 0.5e9, "{klein:?}");
+        // SD's text encoder and UNet hold f16 there, its VAE (83.7 million values) f32.
         let sd_cpu = estimate_of("sd15", half_on_cpu, 512);
         let sd_gpu = estimate_of("sd15", cuda(DType::F16), 512);
-        assert_eq!(sd_cpu.weights_bytes, sd_gpu.weights_bytes);
-        // Low-memory mode on the CPU holds SD in f16 by default, FLUX.2 in f32.
+        assert_eq!(sd_cpu.weights_bytes - sd_gpu.weights_bytes, 2 * 83_653_863);
+        // Low-memory mode on the CPU holds SD in f16 by default.
         let sd_default = estimate_of("sd15", Precision::CPU_DEFAULT, 512);
         assert!(sd_default.staged_bytes < sd_default.full_bytes / 2);
         // A GGUF transformer stays as stored: 4-bit klein holds less than 8-bit.

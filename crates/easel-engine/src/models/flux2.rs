@@ -101,10 +101,10 @@ pub struct Flux2Model {
     /// Whether the transformer comes from the folder's GGUF even when full weights are there.
     prefer_gguf: bool,
     device: Device,
-    /// What its layers compute in (f32 on the CPU), and the text encoder holds.
+    /// What its layers compute in (f32 on the CPU).
     dtype: DType,
-    /// What the full-precision transformer's weights are held in.
-    transformer_dtype: DType,
+    /// What the text encoder's and the full-precision transformer's weights are held in.
+    held: DType,
     loaded_bytes: Vec<(Component, u64)>,
 }
 
@@ -140,10 +140,9 @@ impl Flux2Model {
 
     /// Reads the configs in `dir` (nothing is loaded yet).
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
-        // The transformer holds the asked precision (on the CPU Easel's linear layers widen
-        // 16-bit weights); the text encoder's layers compute at their weights' dtype, which
-        // on the CPU is f32.
-        let transformer_dtype = dtype;
+        // The text encoder and the transformer hold the asked precision; on the CPU Easel's
+        // linear layers widen 16-bit weights and compute in f32.
+        let held = dtype;
         let dtype = crate::ops::compute_dtype(device, dtype);
         if !dir.is_dir() {
             return Err(ModelError::FolderNotFound {
@@ -178,7 +177,7 @@ impl Flux2Model {
             prefer_gguf: false,
             device: device.clone(),
             dtype,
-            transformer_dtype,
+            held,
             loaded_bytes: Vec::new(),
         })
     }
@@ -220,14 +219,13 @@ impl Flux2Model {
     }
 
     /// The precision `component` holds its floating-point weights in: the autoencoder f32
-    /// (its BatchNorm statistics and decoder want it), the full-precision transformer the
-    /// asked one (Easel's linear layers widen 16-bit weights on the CPU), the text encoder
-    /// the compute dtype (a GGUF transformer's blocks stay as stored).
+    /// (its BatchNorm statistics and decoder want it), the text encoder and the
+    /// full-precision transformer the asked one (Easel's linear layers widen 16-bit weights
+    /// on the CPU; a GGUF transformer's blocks stay as stored).
     fn held_dtype(&self, component: Component) -> DType {
         match component {
             Component::Vae => DType::F32,
-            Component::Transformer => self.transformer_dtype,
-            _ => self.dtype,
+            _ => self.held,
         }
     }
 
@@ -343,7 +341,8 @@ impl ModelWeights for Flux2Model {
             Component::TextEncoder => {
                 let tokenizer =
                     QwenPromptTokenizer::load(&self.dir.join("tokenizer"), MAX_SEQUENCE_LENGTH)?;
-                let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                let held = self.held_dtype(Component::TextEncoder);
+                let vb = weights_var_builder(&files, held, &self.device)?;
                 let layers = self
                     .index
                     .text_encoder_out_layers

@@ -9,7 +9,9 @@
 //! every real token and no padding.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{embedding, linear_b, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, RmsNorm, VarBuilder};
+
+use crate::ops::{compute_dtype, linear, linear_no_bias, Linear};
 use serde::Deserialize;
 
 /// `text_encoder/config.json` of a `Qwen3ForCausalLM` (the fields an encoder needs).
@@ -45,6 +47,23 @@ impl Qwen3Config {
     }
 }
 
+/// A linear layer on Easel's kernels (16-bit weights widened on the CPU), with or without
+/// its bias.
+fn linear_b(inputs: usize, outputs: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    if bias {
+        linear(inputs, outputs, vb)
+    } else {
+        linear_no_bias(inputs, outputs, vb)
+    }
+}
+
+/// An RMS norm whose weights are at the compute dtype (f32 on the CPU, whatever the weights
+/// are held in).
+fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
+    let dtype = compute_dtype(vb.device(), vb.dtype());
+    Ok(RmsNorm::new(vb.get(dim, "weight")?.to_dtype(dtype)?, eps))
+}
+
 /// One decoder layer.
 struct Layer {
     input_norm: RmsNorm,
@@ -65,6 +84,8 @@ pub struct Qwen3Encoder {
     config: Qwen3Config,
     embed_tokens: Embedding,
     layers: Vec<Layer>,
+    /// What its layers compute in (f32 on the CPU).
+    compute: DType,
 }
 
 impl std::fmt::Debug for Qwen3Encoder {
@@ -123,6 +144,7 @@ impl Qwen3Encoder {
             config: config.clone(),
             embed_tokens,
             layers,
+            compute: compute_dtype(vb.device(), vb.dtype()),
         })
     }
 
@@ -148,7 +170,7 @@ impl Qwen3Encoder {
         }
         let (_, seq_len) = ids.dims2()?;
         let device = ids.device();
-        let mut h = self.embed_tokens.forward(ids)?;
+        let mut h = self.embed_tokens.forward(ids)?.to_dtype(self.compute)?;
         let dtype = h.dtype();
         let (cos, sin) = self.rope(seq_len, device, dtype)?;
         let mask = attention_bias(attention_mask, seq_len, device)?.to_dtype(dtype)?;
