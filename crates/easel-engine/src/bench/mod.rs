@@ -24,8 +24,6 @@ use crate::engine::memory::{
 };
 use crate::engine::{Engine, EngineConfig, EngineError, Event, JobOutput, ResidencyPolicy};
 use crate::families::{GuidanceKind, ModelInfo};
-use crate::hub::catalog::Part;
-use crate::hub::fit::held_dtype;
 use crate::models::error::ModelError;
 use crate::pipeline::request::{GenerateRequest, InpaintOptions};
 use crate::schedulers::SamplerKind;
@@ -138,8 +136,8 @@ pub fn run(
     let mut cold_loads_from_disk = true;
 
     // What the window and `easel models` would have said before the run.
-    let precision = full_engine.precision();
-    let estimate = info.memory_estimate((options.size_px, options.size_px), precision);
+    let estimate =
+        info.memory_estimate((options.size_px, options.size_px), full_engine.precision());
     progress("full mode: cold job");
     let mut full = measure_mode(
         full_engine,
@@ -156,15 +154,8 @@ pub fn run(
         &mut cold_loads_from_disk,
         progress,
     )?;
-    for (mode, staged_mode, estimated) in [
-        (&mut full, false, estimate.full_bytes),
-        (&mut staged, true, estimate.staged_bytes),
-    ] {
-        mode.estimated_peak_bytes = Some(estimated);
-        // The family's layers may hold another precision than the engine loads in.
-        let held = held_dtype(info.footprint, precision, staged_mode, Part::Denoiser);
-        mode.weights = format!("{held:?}").to_lowercase();
-    }
+    full.estimated_peak_bytes = Some(estimate.full_bytes);
+    staged.estimated_peak_bytes = Some(estimate.staged_bytes);
 
     // Both engines have unloaded and ended: what the process keeps now is not weights.
     let after_unload_anon_rss_bytes = process_anon_rss_bytes();

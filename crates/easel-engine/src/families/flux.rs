@@ -11,10 +11,9 @@ use super::{
     folder_name, time_forwards, Capabilities, DenoiserFootprint, EncodedPrompt, FamilyModel,
     GuidanceKind, Loaded, LoadedModel, ModelDefaults, ModelInfo, PartWeights, Plan,
 };
-use crate::hub::catalog::AttentionKernel;
 use crate::models::component::{Component, ModelWeights};
 use crate::models::error::ModelError;
-use crate::models::flux::{FluxModel, FluxVariant, TransformerFile, FLUX_PATCH_PX};
+use crate::models::flux::{FluxModel, FluxVariant, FLUX_PATCH_PX};
 use crate::models::vae::VaeTiling;
 use crate::models::weights::WeightCount;
 use crate::pipeline::noise::NoiseSource;
@@ -51,16 +50,7 @@ fn info_of(model: &FluxModel) -> ModelInfo {
         json.num_attention_heads as u64,
         model.variant.max_sequence_length() as u64,
         (json.num_attention_heads * json.attention_head_dim) as u64,
-    )
-    .with_t5();
-    // candle's quantized transformer materialises its attention.
-    let footprint = match model.transformer_file() {
-        TransformerFile::Full(_) => footprint,
-        TransformerFile::Quantized(_) => DenoiserFootprint {
-            attention: AttentionKernel::Materialised,
-            ..footprint
-        },
-    };
+    );
     let weights_of = |components: &[Component]| -> WeightCount {
         components.iter().map(|c| model.file_weights(*c)).sum()
     };

@@ -56,24 +56,6 @@ pub struct DenoiserFootprint {
     /// Whether the feature maps have one entry per token (a transformer) rather than per
     /// latent pixel (a UNet).
     pub features_per_token: bool,
-    /// Which attention its denoiser runs.
-    pub attention: AttentionKernel,
-    /// Which attention its VAE's mid block runs.
-    pub vae_attention: AttentionKernel,
-    /// Whether its text encoders hold 16-bit weights on the CPU when asked to (Easel's CLIP
-    /// and Qwen3, which widen them as they compute; candle's T5 holds f32 there). Every
-    /// denoiser does; VAEs hold f32 there.
-    pub half_text_on_cpu: bool,
-}
-
-/// Which attention a model's layers run, for what it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionKernel {
-    /// Easel's: fused on the CPU and on Metal (one block of scores at a time), materialised
-    /// on CUDA; the VAE's, off the CPU, a chunk of queries at a time.
-    Easel,
-    /// candle-transformers' blocks: every score matrix and its softmax materialised.
-    Materialised,
 }
 
 impl DenoiserFootprint {
@@ -84,13 +66,7 @@ impl DenoiserFootprint {
     /// SDXL: no attention at the first level; 10 heads at the second.
     pub const SDXL: Self = Self::unet(10, 4);
     /// FLUX.1: 24 heads over 2x2 patches and up to 512 T5 tokens, 3072 wide, no CFG batch.
-    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072).with_t5();
-    /// FLUX.1 with candle-transformers' quantized (GGUF) transformer: its attention is
-    /// materialised.
-    pub const FLUX1_GGUF: Self = Self {
-        attention: AttentionKernel::Materialised,
-        ..Self::FLUX1
-    };
+    pub const FLUX1: Self = Self::joint_transformer(24, 512, 3072);
     /// FLUX.2 [klein] 4B: 24 heads over 2x2 patches, 512 prompt tokens, 3072 wide.
     pub const FLUX2_KLEIN_4B: Self = Self::joint_transformer(24, 512, 3072);
     /// FLUX.2 [klein] 9B: 32 heads, 4096 wide.
@@ -109,18 +85,6 @@ impl DenoiserFootprint {
             // norms and projections, the feed-forward's chunk).
             feature_maps: 22,
             features_per_token: false,
-            attention: AttentionKernel::Easel,
-            vae_attention: AttentionKernel::Easel,
-            half_text_on_cpu: true,
-        }
-    }
-
-    /// The same footprint for a model whose text encoder is candle's T5 (FLUX.1), which
-    /// holds f32 on the CPU.
-    pub const fn with_t5(self) -> Self {
-        Self {
-            half_text_on_cpu: false,
-            ..self
         }
     }
 
@@ -134,10 +98,6 @@ impl DenoiserFootprint {
             feature_channels: width,
             feature_maps: 8,
             features_per_token: true,
-            attention: AttentionKernel::Easel,
-            vae_attention: AttentionKernel::Easel,
-            // FLUX.2's Qwen3 does; FLUX.1 (`FLUX1`) says its T5 does not.
-            half_text_on_cpu: true,
         }
     }
 }
@@ -766,7 +726,7 @@ static CATALOG: [CatalogEntry; 15] = [
         name: "FLUX.1 [schnell], 4-bit GGUF transformer",
         repo: "black-forest-labs/FLUX.1-schnell",
         revision: "main",
-        footprint: DenoiserFootprint::FLUX1_GGUF,
+        footprint: DenoiserFootprint::FLUX1,
         capabilities: ALL_MODES,
         defaults: defaults(1024, 4, 0.0, SamplerKind::Euler),
         licence: "Apache-2.0",
@@ -797,7 +757,7 @@ static CATALOG: [CatalogEntry; 15] = [
         name: "FLUX.1 [dev], 4-bit GGUF transformer",
         repo: "black-forest-labs/FLUX.1-dev",
         revision: "main",
-        footprint: DenoiserFootprint::FLUX1_GGUF,
+        footprint: DenoiserFootprint::FLUX1,
         capabilities: ALL_MODES,
         defaults: defaults(1024, 28, 3.5, SamplerKind::Euler),
         licence:

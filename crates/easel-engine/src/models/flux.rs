@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::flux::autoencoder::Config as AutoencoderConfig;
 use candle_transformers::models::flux::model::Config as TransformerConfig;
-use candle_transformers::models::flux::quantized_model::Flux as QuantizedFlux;
 use candle_transformers::models::flux::WithForward;
-use candle_transformers::models::t5;
+use candle_transformers::models::t5::Config as T5Config;
 use serde::Deserialize;
 
 use super::clip::ClipTextModel;
@@ -20,6 +19,8 @@ use super::config::{read_json, ClipTextConfig, ModelIndex, SchedulerConfig, VaeC
 use super::error::ModelError;
 use super::flux_ae::bfl_autoencoder_var_builder;
 use super::flux_transformer::Flux1Transformer;
+use super::flux_weights::FluxWeights;
+use super::t5::T5TextModel;
 use super::t5_tokenizer::T5Tokenizer;
 use super::tokenizer::PromptTokenizer;
 use super::vae::{Vae, VaeTiling};
@@ -122,14 +123,10 @@ impl TransformerFile {
     }
 }
 
-/// The loaded transformer, full precision or quantized.
+/// The loaded transformer: Easel's, its weights from BFL's safetensors (held at the asked
+/// precision) or from a GGUF (its matrices quantized as stored).
 #[derive(Debug)]
-pub enum FluxTransformer {
-    /// From safetensors at the model's dtype, on Easel's layers.
-    Full(Box<Flux1Transformer>),
-    /// From GGUF.
-    Quantized(Box<QuantizedFlux>),
-}
+pub struct FluxTransformer(Box<Flux1Transformer>);
 
 impl FluxTransformer {
     /// One velocity prediction for packed latents `img` at `timestep` (a sigma).
@@ -144,14 +141,8 @@ impl FluxTransformer {
         pooled: &Tensor,
         guidance: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        match self {
-            FluxTransformer::Full(model) => {
-                model.forward(img, img_ids, txt, txt_ids, timestep, pooled, guidance)
-            }
-            FluxTransformer::Quantized(model) => {
-                model.forward(img, img_ids, txt, txt_ids, timestep, pooled, guidance)
-            }
-        }
+        self.0
+            .forward(img, img_ids, txt, txt_ids, timestep, pooled, guidance)
     }
 }
 
@@ -194,8 +185,8 @@ pub struct ClipEncoder {
 pub struct T5Encoder {
     /// SentencePiece tokenizer.
     pub tokenizer: T5Tokenizer,
-    /// The encoder (cloned per use: candle's forward takes `&mut`; weights are shared).
-    pub model: t5::T5EncoderModel,
+    /// The encoder.
+    pub model: T5TextModel,
 }
 
 /// An opened FLUX folder.
@@ -211,18 +202,17 @@ pub struct FluxModel {
     /// `scheduler/scheduler_config.json`.
     pub scheduler_config: SchedulerConfig,
     clip_config: ClipTextConfig,
-    t5_config: t5::Config,
+    t5_config: T5Config,
     transformer_file: TransformerFile,
     clip: Option<ClipEncoder>,
     t5: Option<T5Encoder>,
     transformer: Option<FluxTransformer>,
     autoencoder: Option<FluxAutoencoder>,
     device: Device,
-    /// What its layers compute in (f32 on the CPU), and the text encoders and autoencoder
-    /// hold.
+    /// What its layers compute in (f32 on the CPU).
     dtype: DType,
-    /// What the full-precision transformer's weights are held in.
-    transformer_dtype: DType,
+    /// What the text encoders' and the full-precision transformer's weights are held in.
+    held: DType,
     vae_tiling: VaeTiling,
     loaded_bytes: Vec<(Component, u64)>,
 }
@@ -238,10 +228,9 @@ impl FluxModel {
     /// Reads the configs of the FLUX model in `dir` and finds its transformer file: the
     /// full-precision single file when there is one, else a GGUF.
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
-        // Easel's transformer holds the asked precision (on the CPU its layers widen 16-bit
-        // weights); candle's text encoders and autoencoder compute at their weights' dtype,
-        // which on the CPU is f32.
-        let transformer_dtype = dtype;
+        // The text encoders and the transformer hold the asked precision: on the CPU Easel's
+        // linear layers widen 16-bit weights and compute in f32.
+        let held = dtype;
         let dtype = crate::ops::compute_dtype(device, dtype);
         if !dir.is_dir() {
             return Err(ModelError::FolderNotFound {
@@ -282,7 +271,7 @@ impl FluxModel {
             autoencoder: None,
             device: device.clone(),
             dtype,
-            transformer_dtype,
+            held,
             vae_tiling: VaeTiling::Auto,
             loaded_bytes: Vec::new(),
         })
@@ -339,13 +328,14 @@ impl FluxModel {
         self.vae_config.sample_size.unwrap_or(1024)
     }
 
-    /// The precision `component` holds its floating-point weights in (a GGUF transformer's
-    /// blocks stay as stored).
+    /// The precision `component` holds its floating-point weights in: the asked one but for
+    /// the autoencoder (f32 where its config asks for it, else the compute dtype); a GGUF
+    /// transformer's blocks stay as stored.
     fn held_dtype(&self, component: Component) -> DType {
         match component {
-            Component::Transformer => self.transformer_dtype,
             Component::Vae if self.vae_config.force_upcast => DType::F32,
-            _ => self.dtype,
+            Component::Vae => self.dtype,
+            _ => self.held,
         }
     }
 
@@ -454,7 +444,8 @@ impl ModelWeights for FluxModel {
         match component {
             Component::TextEncoder => {
                 let tokenizer = PromptTokenizer::load(&self.dir.join("tokenizer"))?;
-                let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                let held = self.held_dtype(Component::TextEncoder);
+                let vb = weights_var_builder(&files, held, &self.device)?;
                 let config = self.dir.join("text_encoder/config.json");
                 let model = ClipTextModel::new(vb, &self.clip_config)
                     .map_err(|e| weights_error(&files, &config, e))?;
@@ -462,23 +453,20 @@ impl ModelWeights for FluxModel {
             }
             Component::TextEncoder2 => {
                 let tokenizer = T5Tokenizer::load(&self.dir.join("tokenizer_2"))?;
-                let vb = weights_var_builder(&files, self.dtype, &self.device)?;
+                let held = self.held_dtype(Component::TextEncoder2);
+                let vb = weights_var_builder(&files, held, &self.device)?;
                 let config = self.dir.join("text_encoder_2/config.json");
-                let model = t5::T5EncoderModel::load(vb, &self.t5_config)
+                let model = T5TextModel::new(&self.t5_config, vb)
                     .map_err(|e| weights_error(&files, &config, e))?;
                 self.t5 = Some(T5Encoder { tokenizer, model });
             }
             Component::Transformer => {
                 let config = self.transformer_json.candle_config();
                 let config_path = self.dir.join("transformer/config.json");
-                let transformer = match &self.transformer_file {
+                let weights = match &self.transformer_file {
                     TransformerFile::Full(_) => {
                         let held = self.held_dtype(Component::Transformer);
-                        let vb = weights_var_builder(&files, held, &self.device)?;
-                        FluxTransformer::Full(Box::new(
-                            Flux1Transformer::new(&config, vb)
-                                .map_err(|e| weights_error(&files, &config_path, e))?,
-                        ))
+                        FluxWeights::Full(weights_var_builder(&files, held, &self.device)?)
                     }
                     TransformerFile::Quantized(path) => {
                         super::gguf_check::check_gguf(path)?;
@@ -490,12 +478,16 @@ impl ModelWeights for FluxModel {
                             path: path.clone(),
                             message: e.to_string(),
                         })?;
-                        FluxTransformer::Quantized(Box::new(
-                            QuantizedFlux::new(&config, vb)
-                                .map_err(|e| weights_error(&files, &config_path, e))?,
-                        ))
+                        FluxWeights::Quantized {
+                            vb,
+                            dtype: self.dtype,
+                        }
                     }
                 };
+                let transformer = FluxTransformer(Box::new(
+                    Flux1Transformer::new(&config, weights)
+                        .map_err(|e| weights_error(&files, &config_path, e))?,
+                ));
                 self.transformer = Some(transformer);
             }
             Component::Vae => {

@@ -11,11 +11,11 @@
 //! joined sequence, and one projection out of the attention and the MLP's output together.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{RmsNorm, VarBuilder};
+use candle_nn::RmsNorm;
 use candle_transformers::models::flux::model::Config;
 use candle_transformers::models::flux::WithForward;
 
-use crate::ops::{compute_dtype, linear, Linear};
+use super::flux_weights::{FluxLinear as Linear, FluxWeights};
 
 /// LayerNorm's and the QK norms' epsilon in every FLUX.1 block.
 const NORM_EPS: f64 = 1e-6;
@@ -29,10 +29,10 @@ struct MlpEmbedder {
 }
 
 impl MlpEmbedder {
-    fn new(inputs: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(inputs: usize, hidden: usize, vb: FluxWeights) -> Result<Self> {
         Ok(Self {
-            in_layer: linear(inputs, hidden, vb.pp("in_layer"))?,
-            out_layer: linear(hidden, hidden, vb.pp("out_layer"))?,
+            in_layer: vb.pp("in_layer").linear(inputs, hidden)?,
+            out_layer: vb.pp("out_layer").linear(hidden, hidden)?,
         })
     }
 
@@ -49,13 +49,11 @@ struct QkNorm {
 }
 
 impl QkNorm {
-    fn new(head_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(head_dim: usize, vb: FluxWeights) -> Result<Self> {
         // At the compute dtype: the heads they scale are f32 on the CPU whatever the weights.
-        let dtype = compute_dtype(vb.device(), vb.dtype());
         let norm = |name: &str| -> Result<RmsNorm> {
             Ok(RmsNorm::new(
-                vb.get(head_dim, &format!("{name}.scale"))?
-                    .to_dtype(dtype)?,
+                vb.vector(head_dim, &format!("{name}.scale"))?,
                 NORM_EPS,
             ))
         };
@@ -117,16 +115,22 @@ impl Stream {
         hidden: usize,
         mlp: usize,
         head_dim: usize,
-        vb: &VarBuilder,
+        vb: &FluxWeights,
         prefix: &str,
     ) -> Result<Self> {
         Ok(Self {
-            modulation: linear(hidden, 6 * hidden, vb.pp(format!("{prefix}_mod.lin")))?,
-            qkv: linear(hidden, 3 * hidden, vb.pp(format!("{prefix}_attn.qkv")))?,
+            modulation: vb
+                .pp(format!("{prefix}_mod.lin"))
+                .linear(hidden, 6 * hidden)?,
+            qkv: vb
+                .pp(format!("{prefix}_attn.qkv"))
+                .linear(hidden, 3 * hidden)?,
             norm: QkNorm::new(head_dim, vb.pp(format!("{prefix}_attn.norm")))?,
-            proj: linear(hidden, hidden, vb.pp(format!("{prefix}_attn.proj")))?,
-            mlp_in: linear(hidden, mlp, vb.pp(format!("{prefix}_mlp.0")))?,
-            mlp_out: linear(mlp, hidden, vb.pp(format!("{prefix}_mlp.2")))?,
+            proj: vb
+                .pp(format!("{prefix}_attn.proj"))
+                .linear(hidden, hidden)?,
+            mlp_in: vb.pp(format!("{prefix}_mlp.0")).linear(hidden, mlp)?,
+            mlp_out: vb.pp(format!("{prefix}_mlp.2")).linear(mlp, hidden)?,
         })
     }
 }
@@ -174,8 +178,8 @@ impl std::fmt::Debug for Flux1Transformer {
 }
 
 impl Flux1Transformer {
-    /// Builds the transformer of `config` from `vb` (BFL's names).
-    pub fn new(config: &Config, vb: VarBuilder) -> Result<Self> {
+    /// Builds the transformer of `config` from `vb` (BFL's names), full or quantized.
+    pub fn new(config: &Config, vb: FluxWeights) -> Result<Self> {
         let hidden = config.hidden_size;
         let heads = config.num_heads;
         if heads == 0 || !hidden.is_multiple_of(heads) {
@@ -202,10 +206,10 @@ impl Flux1Transformer {
             .map(|i| {
                 let vb = vb.pp(format!("single_blocks.{i}"));
                 Ok(SingleBlock {
-                    modulation: linear(hidden, 3 * hidden, vb.pp("modulation.lin"))?,
-                    linear1: linear(hidden, 3 * hidden + mlp, vb.pp("linear1"))?,
+                    modulation: vb.pp("modulation.lin").linear(hidden, 3 * hidden)?,
+                    linear1: vb.pp("linear1").linear(hidden, 3 * hidden + mlp)?,
                     norm: QkNorm::new(head_dim, vb.pp("norm"))?,
-                    linear2: linear(hidden + mlp, hidden, vb.pp("linear2"))?,
+                    linear2: vb.pp("linear2").linear(hidden + mlp, hidden)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -224,15 +228,19 @@ impl Flux1Transformer {
             mlp,
             axes_dim: config.axes_dim.clone(),
             theta: config.theta as f64,
-            img_in: linear(config.in_channels, hidden, vb.pp("img_in"))?,
-            txt_in: linear(config.context_in_dim, hidden, vb.pp("txt_in"))?,
+            img_in: vb.pp("img_in").linear(config.in_channels, hidden)?,
+            txt_in: vb.pp("txt_in").linear(config.context_in_dim, hidden)?,
             time_in: MlpEmbedder::new(TIME_CHANNELS, hidden, vb.pp("time_in"))?,
             vector_in: MlpEmbedder::new(config.vec_in_dim, hidden, vb.pp("vector_in"))?,
             guidance_in,
             double_blocks,
             single_blocks,
-            final_modulation: linear(hidden, 2 * hidden, vb.pp("final_layer.adaLN_modulation.1"))?,
-            final_linear: linear(hidden, config.in_channels, vb.pp("final_layer.linear"))?,
+            final_modulation: vb
+                .pp("final_layer.adaLN_modulation.1")
+                .linear(hidden, 2 * hidden)?,
+            final_linear: vb
+                .pp("final_layer.linear")
+                .linear(hidden, config.in_channels)?,
         })
     }
 

@@ -15,11 +15,13 @@ pub mod flux2_transformer;
 pub mod flux2_weights;
 pub mod flux_ae;
 pub mod flux_transformer;
+pub mod flux_weights;
 mod gguf_check;
 pub mod qwen3;
 pub mod qwen_prompt;
 
 pub mod sd;
+pub mod t5;
 pub mod t5_tokenizer;
 pub mod tensor_reader;
 pub mod tiles;

@@ -85,8 +85,7 @@ pub fn encode(
         .tokenize(&request.prompt, sequence_length(model, request))
         .map_err(PipelineError::Prompt)?;
     let ids = Tensor::new(t5_tokens.ids.as_slice(), device)?.unsqueeze(0)?;
-    // candle's T5 forward takes `&mut self` for its cache; a clone shares the weights.
-    let hidden = t5.model.clone().forward(&ids)?.to_dtype(DType::F32)?;
+    let hidden = t5.model.forward(&ids)?.to_dtype(DType::F32)?;
     timings.push("encode prompt", started.elapsed());
     Ok(EncodedPrompt {
         t5: hidden,
