@@ -42,6 +42,18 @@ impl Module for LayerNorm {
     }
 }
 
+/// candle's RMS norm over `dim` values with its `weight` (ones when `vb` makes new weights)
+/// at the compute dtype: what it scales is f32 on the CPU whatever the weights are held in.
+pub fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<candle_nn::RmsNorm> {
+    let weight = vb.get_with_hints_dtype(
+        dim,
+        "weight",
+        candle_nn::Init::Const(1.0),
+        crate::weights::compute_dtype(vb.device(), vb.dtype()),
+    )?;
+    Ok(candle_nn::RmsNorm::new(weight, eps))
+}
+
 /// `(x - mean) / sqrt(variance + eps) * weight + bias` over `x`'s last dimension (`weight` and
 /// `bias` as long as it).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {

@@ -25,7 +25,7 @@ pub use conv2d::{conv2d, conv2d_strided, Conv2d};
 pub use geglu::geglu;
 pub use gelu::gelu_tanh;
 pub use group_norm::{group_norm, Activation, GroupNorm};
-pub use layer_norm::{layer_norm, layer_norm_plain, LayerNorm};
+pub use layer_norm::{layer_norm, layer_norm_plain, rms_norm, LayerNorm};
 pub use linear::{linear, linear_from_1x1_conv, linear_no_bias, Arrangement, Linear};
 pub use weights::{compute_dtype, release_buffers};
 

@@ -6,7 +6,7 @@ use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{RmsNorm, VarBuilder};
 
-use crate::ops::{compute_dtype, linear_no_bias, Linear};
+use crate::ops::{linear_no_bias, rms_norm, Linear};
 
 use super::flux2_gguf::GgufTransformer;
 
@@ -54,13 +54,7 @@ impl Flux2Weights<'_> {
     /// The RMS norm `name` over `dim` values.
     pub fn rms_norm(&self, dim: usize, eps: f64, name: &str) -> Result<RmsNorm> {
         match self {
-            Flux2Weights::Full(vb) => {
-                // At the compute dtype: the heads it scales are f32 on the CPU whatever the
-                // weights are held in.
-                let dtype = compute_dtype(vb.device(), vb.dtype());
-                let weight = vb.pp(name).get(dim, "weight")?.to_dtype(dtype)?;
-                Ok(RmsNorm::new(weight, eps))
-            }
+            Flux2Weights::Full(vb) => rms_norm(dim, eps, vb.pp(name)),
             Flux2Weights::Gguf { file, dtype } => {
                 let weight = file.tensor(&format!("{name}.weight"))?;
                 let weight = weight.dequantize(&weight.device())?.to_dtype(*dtype)?;

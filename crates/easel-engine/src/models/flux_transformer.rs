@@ -10,7 +10,9 @@
 //! single-stream blocks run one fused projection into q, k, v and the MLP's input over the
 //! joined sequence, and one projection out of the attention and the MLP's output together.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Module, Result, Tensor, TensorId, D};
 use candle_nn::RmsNorm;
 use candle_transformers::models::flux::model::Config;
 use candle_transformers::models::flux::WithForward;
@@ -165,6 +167,16 @@ pub struct Flux1Transformer {
     single_blocks: Vec<SingleBlock>,
     final_modulation: Linear,
     final_linear: Linear,
+    /// The rotary tables of the latest position ids, kept by the ids tensors' identities: a
+    /// job passes the same ids every step, so the tables are made once a job.
+    rope_tables: Mutex<Option<RopeTables>>,
+}
+
+/// cos and sin `[S, head_dim / 2]` for the text and image ids tensors `of`.
+struct RopeTables {
+    of: (TensorId, TensorId),
+    cos: Tensor,
+    sin: Tensor,
 }
 
 impl std::fmt::Debug for Flux1Transformer {
@@ -241,7 +253,37 @@ impl Flux1Transformer {
             final_linear: vb
                 .pp("final_layer.linear")
                 .linear(hidden, config.in_channels)?,
+            rope_tables: Mutex::new(None),
         })
+    }
+
+    /// The rotary tables of `[text ids; image ids]`: the kept ones when these are the ids
+    /// tensors they were made for.
+    fn rope_for(
+        &self,
+        txt_ids: &Tensor,
+        img_ids: &Tensor,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let of = (txt_ids.id(), img_ids.id());
+        let mut kept = self
+            .rope_tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tables) = kept
+            .as_ref()
+            .filter(|tables| tables.of == of && tables.cos.dtype() == dtype)
+        {
+            return Ok((tables.cos.clone(), tables.sin.clone()));
+        }
+        let (cos, sin) = self.rope(&Tensor::cat(&[txt_ids, img_ids], 1)?, dtype, device)?;
+        *kept = Some(RopeTables {
+            of,
+            cos: cos.clone(),
+            sin: sin.clone(),
+        });
+        Ok((cos, sin))
     }
 
     /// cos and sin `[S, head_dim / 2]` of each interleaved pair for the position ids
@@ -403,7 +445,7 @@ impl WithForward for Flux1Transformer {
         guidance: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (device, dtype) = (img.device(), img.dtype());
-        let rope = self.rope(&Tensor::cat(&[txt_ids, img_ids], 1)?, dtype, device)?;
+        let rope = self.rope_for(txt_ids, img_ids, dtype, device)?;
         let embed = |t: &Tensor| timestep_embedding(t, dtype)?.to_device(device);
         let mut vec = self.time_in.forward(&embed(timesteps)?)?;
         if let (Some(guidance_in), Some(guidance)) = (&self.guidance_in, guidance) {
@@ -430,5 +472,83 @@ impl WithForward for Flux1Transformer {
             .broadcast_mul(&(scale + 1.0)?)?
             .broadcast_add(&shift)?;
         self.final_linear.forward(&normed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    fn tiny() -> Flux1Transformer {
+        let config = Config {
+            in_channels: 8,
+            vec_in_dim: 6,
+            context_in_dim: 10,
+            hidden_size: 32,
+            mlp_ratio: 2.0,
+            num_heads: 2,
+            depth: 1,
+            depth_single_blocks: 1,
+            axes_dim: vec![4, 6, 6],
+            theta: 10_000,
+            qkv_bias: true,
+            guidance_embed: true,
+        };
+        let vars = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+        Flux1Transformer::new(&config, FluxWeights::Full(vb)).expect("tiny transformer")
+    }
+
+    /// Position ids `[1, n, 3]` of an `n`-token row.
+    fn ids(n: usize, row: f32) -> Tensor {
+        let values: Vec<f32> = (0..n).flat_map(|i| [0.0, row, i as f32]).collect();
+        Tensor::from_vec(values, (1, n, 3), &Device::Cpu).expect("ids")
+    }
+
+    #[test]
+    fn the_rotary_tables_are_made_once_for_a_jobs_ids_and_afresh_for_new_ones() {
+        let model = tiny();
+        let dev = Device::Cpu;
+        let run = |img_ids: &Tensor, txt_ids: &Tensor| {
+            let n = img_ids.dim(1).expect("n");
+            let img = Tensor::ones((1, n, 8), DType::F32, &dev).expect("img");
+            let txt = Tensor::ones((1, 3, 10), DType::F32, &dev).expect("txt");
+            let t = Tensor::new(&[0.5f32], &dev).expect("t");
+            let y = Tensor::ones((1, 6), DType::F32, &dev).expect("y");
+            model
+                .forward(&img, img_ids, &txt, txt_ids, &t, &y, Some(&t))
+                .expect("forward")
+        };
+        let (img_ids, txt_ids) = (
+            ids(4, 1.0),
+            Tensor::zeros((1, 3, 3), DType::F32, &dev).expect("ids"),
+        );
+        let first = run(&img_ids, &txt_ids);
+        let kept = |model: &Flux1Transformer| {
+            model
+                .rope_tables
+                .lock()
+                .expect("lock")
+                .as_ref()
+                .map(|tables| tables.of)
+        };
+        assert_eq!(kept(&model), Some((txt_ids.id(), img_ids.id())));
+        let again = run(&img_ids, &txt_ids);
+        let same: f32 = (&first - &again)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar())
+            .expect("difference");
+        assert_eq!(same, 0.0);
+        // Other ids (another row, another length) get their own tables.
+        let other_ids = ids(6, 2.0);
+        let other = run(&other_ids, &txt_ids);
+        assert_eq!(other.dims(), [1, 6, 8]);
+        assert_eq!(kept(&model), Some((txt_ids.id(), other_ids.id())));
+        // Equal ids in a new tensor give the same velocities as the kept tables did.
+        let fresh = run(&ids(4, 1.0), &txt_ids);
+        let difference: f32 = (&first - &fresh)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar())
+            .expect("difference");
+        assert!(difference < 1e-6, "{difference}");
     }
 }

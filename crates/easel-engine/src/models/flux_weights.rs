@@ -52,9 +52,12 @@ impl FluxWeights<'_> {
     /// are held in).
     pub fn vector(&self, dim: usize, name: &str) -> Result<Tensor> {
         match self {
-            FluxWeights::Full(vb) => vb
-                .get(dim, name)?
-                .to_dtype(compute_dtype(vb.device(), vb.dtype())),
+            FluxWeights::Full(vb) => vb.get_with_hints_dtype(
+                dim,
+                name,
+                candle_nn::Init::Const(1.0),
+                compute_dtype(vb.device(), vb.dtype()),
+            ),
             FluxWeights::Quantized { vb, dtype } => {
                 vb.get(dim, name)?.dequantize(vb.device())?.to_dtype(*dtype)
             }

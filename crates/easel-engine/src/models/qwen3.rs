@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{embedding, Embedding, RmsNorm, VarBuilder};
 
-use crate::ops::{compute_dtype, linear, linear_no_bias, Linear};
+use crate::ops::{compute_dtype, linear, linear_no_bias, rms_norm, Linear};
 use serde::Deserialize;
 
 /// `text_encoder/config.json` of a `Qwen3ForCausalLM` (the fields an encoder needs).
@@ -55,13 +55,6 @@ fn linear_b(inputs: usize, outputs: usize, bias: bool, vb: VarBuilder) -> Result
     } else {
         linear_no_bias(inputs, outputs, vb)
     }
-}
-
-/// An RMS norm whose weights are at the compute dtype (f32 on the CPU, whatever the weights
-/// are held in).
-fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
-    let dtype = compute_dtype(vb.device(), vb.dtype());
-    Ok(RmsNorm::new(vb.get(dim, "weight")?.to_dtype(dtype)?, eps))
 }
 
 /// One decoder layer.

@@ -9,13 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, Activation, Embedding, RmsNorm, VarBuilder};
 use candle_transformers::models::t5::Config;
 
-use crate::ops::{compute_dtype, gelu_tanh, linear_no_bias, Linear};
-
-/// An RMS norm whose weight is at the compute dtype.
-fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
-    let dtype = compute_dtype(vb.device(), vb.dtype());
-    Ok(RmsNorm::new(vb.get(dim, "weight")?.to_dtype(dtype)?, eps))
-}
+use crate::ops::{compute_dtype, gelu_tanh, linear_no_bias, rms_norm, Linear};
 
 /// The feed-forward: `wo(act(wi x))`, or `wo(act(wi_0 x) * wi_1 x)` when gated.
 struct FeedForward {
