@@ -9,6 +9,7 @@ use candle_nn::RmsNorm;
 use serde::Deserialize;
 
 use super::flux2_weights::{Flux2Linear as Linear, Flux2Weights};
+use super::joint_attention::{rope_attention, split_heads};
 
 /// `transformer/config.json` of a `Flux2Transformer2DModel`.
 #[derive(Debug, Clone, Deserialize)]
@@ -379,20 +380,7 @@ impl Flux2Transformer {
 
     /// `[B, S, inner]` as heads `[B, H, S, D]`, RMSNorm'd when `norm` is given.
     fn heads(&self, x: &Tensor, norm: Option<&RmsNorm>) -> Result<Tensor> {
-        let (batch, seq, _) = x.dims3()?;
-        let heads = x
-            .reshape((
-                batch,
-                seq,
-                self.config.num_attention_heads,
-                self.config.attention_head_dim,
-            ))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        match norm {
-            Some(norm) => norm.forward(&heads),
-            None => Ok(heads),
-        }
+        split_heads(x, self.config.num_attention_heads, norm)
     }
 
     /// Attention over all of `q`, `k`, `v` `[B, H, S, D]` with RoPE on q and k; `[B, S, inner]`.
@@ -404,13 +392,7 @@ impl Flux2Transformer {
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
-        let q = candle_nn::rotary_emb::rope_i(q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope_i(k, cos, sin)?;
-        let scale = 1.0 / (self.config.attention_head_dim as f64).sqrt();
-        let (batch, heads, seq, head) = q.dims4()?;
-        crate::ops::attention(&q, &k, v, scale)?
-            .transpose(1, 2)?
-            .reshape((batch, seq, heads * head))
+        rope_attention(q, k, v, cos, sin)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -9,6 +9,7 @@ use candle_nn::{RmsNorm, VarBuilder};
 use crate::ops::{linear_no_bias, rms_norm, Linear};
 
 use super::flux2_gguf::GgufTransformer;
+use super::joint_attention::quantized_forward;
 
 /// The transformer's weights, asked for by their diffusers names.
 pub enum Flux2Weights<'a> {
@@ -88,16 +89,7 @@ impl Module for Flux2Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Flux2Linear::Full(linear) => linear.forward(xs),
-            Flux2Linear::Quantized(matmul) => {
-                let dtype = xs.dtype();
-                if xs.device().is_cpu() || dtype == DType::F32 {
-                    matmul.forward(&xs.contiguous()?)
-                } else {
-                    matmul
-                        .forward(&xs.to_dtype(DType::F32)?.contiguous()?)?
-                        .to_dtype(dtype)
-                }
-            }
+            Flux2Linear::Quantized(matmul) => quantized_forward(matmul, xs),
         }
     }
 }

@@ -12,12 +12,13 @@
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Module, Result, Tensor, TensorId, D};
+use candle_core::{DType, Device, Result, Tensor, TensorId, D};
 use candle_nn::RmsNorm;
 use candle_transformers::models::flux::model::Config;
 use candle_transformers::models::flux::WithForward;
 
 use super::flux_weights::{FluxLinear as Linear, FluxWeights};
+use super::joint_attention::{rope_attention, split_heads};
 
 /// LayerNorm's and the QK norms' epsilon in every FLUX.1 block.
 const NORM_EPS: f64 = 1e-6;
@@ -312,19 +313,6 @@ impl Flux1Transformer {
         Ok((table(cos)?, table(sin)?))
     }
 
-    /// `[B, S, hidden]` as heads `[B, H, S, D]`, RMS-normalised by `norm`.
-    fn heads(&self, x: &Tensor, norm: Option<&RmsNorm>) -> Result<Tensor> {
-        let (batch, seq, _) = x.dims3()?;
-        let heads = x
-            .reshape((batch, seq, self.heads, self.hidden / self.heads))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        match norm {
-            Some(norm) => norm.forward(&heads),
-            None => Ok(heads),
-        }
-    }
-
     /// Attention over `q`, `k`, `v` `[B, H, S, D]` with the rotary embedding on q and k;
     /// `[B, S, hidden]`.
     fn attention(
@@ -334,23 +322,16 @@ impl Flux1Transformer {
         v: &Tensor,
         rope: &(Tensor, Tensor),
     ) -> Result<Tensor> {
-        let (cos, sin) = rope;
-        let q = candle_nn::rotary_emb::rope_i(q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope_i(k, cos, sin)?;
-        let (batch, heads, seq, head) = q.dims4()?;
-        let scale = 1.0 / (head as f64).sqrt();
-        crate::ops::attention(&q, &k, v, scale)?
-            .transpose(1, 2)?
-            .reshape((batch, seq, heads * head))
+        rope_attention(q, k, v, &rope.0, &rope.1)
     }
 
     /// q, k and v of one stream's `[q | k | v]` projection, as normalised heads.
     fn split_qkv(&self, qkv: &Tensor, norm: &QkNorm) -> Result<(Tensor, Tensor, Tensor)> {
         let part = |i: usize| qkv.narrow(D::Minus1, i * self.hidden, self.hidden);
         Ok((
-            self.heads(&part(0)?, Some(&norm.query))?,
-            self.heads(&part(1)?, Some(&norm.key))?,
-            self.heads(&part(2)?, None)?,
+            split_heads(&part(0)?, self.heads, Some(&norm.query))?,
+            split_heads(&part(1)?, self.heads, Some(&norm.key))?,
+            split_heads(&part(2)?, self.heads, None)?,
         ))
     }
 

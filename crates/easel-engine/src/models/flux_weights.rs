@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::quantized_nn;
 use candle_transformers::quantized_var_builder::VarBuilder as QuantizedVarBuilder;
 
+use super::joint_attention::quantized_forward;
 use crate::ops::{compute_dtype, linear, Linear};
 
 /// The transformer's weights, asked for by BFL's names.
@@ -80,16 +81,7 @@ impl FluxLinear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             FluxLinear::Full(linear) => linear.forward(x),
-            FluxLinear::Quantized(linear) => {
-                let dtype = x.dtype();
-                if x.device().is_cpu() || dtype == DType::F32 {
-                    linear.forward(&x.contiguous()?)
-                } else {
-                    linear
-                        .forward(&x.to_dtype(DType::F32)?.contiguous()?)?
-                        .to_dtype(dtype)
-                }
-            }
+            FluxLinear::Quantized(linear) => quantized_forward(linear, x),
         }
     }
 }

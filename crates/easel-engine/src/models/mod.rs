@@ -17,6 +17,7 @@ pub mod flux_ae;
 pub mod flux_transformer;
 pub mod flux_weights;
 mod gguf_check;
+pub mod joint_attention;
 pub mod qwen3;
 pub mod qwen_prompt;
 
