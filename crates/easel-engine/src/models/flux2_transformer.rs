@@ -383,18 +383,6 @@ impl Flux2Transformer {
         split_heads(x, self.config.num_attention_heads, norm)
     }
 
-    /// Attention over all of `q`, `k`, `v` `[B, H, S, D]` with RoPE on q and k; `[B, S, inner]`.
-    fn attention(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-    ) -> Result<Tensor> {
-        rope_attention(q, k, v, cos, sin)
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn double_block(
         &self,
@@ -425,7 +413,7 @@ impl Flux2Transformer {
         let q = Tensor::cat(&[&qt, &qi], 2)?;
         let k = Tensor::cat(&[&kt, &ki], 2)?;
         let v = Tensor::cat(&[&vt, &vi], 2)?;
-        let attended = self.attention(&q, &k, &v, cos, sin)?;
+        let attended = rope_attention(&q, &k, &v, cos, sin)?;
         let text_len = txt.dim(1)?;
         let attn_txt = attended.narrow(1, 0, text_len)?;
         let attn_img = attended.narrow(1, text_len, img.dim(1)?)?;
@@ -476,7 +464,7 @@ impl Flux2Transformer {
         let v = self.heads(&part(2 * inner, inner)?, None)?;
         let a = part(3 * inner, mlp)?;
         let b = part(3 * inner + mlp, mlp)?;
-        let attended = self.attention(&q, &k, &v, cos, sin)?;
+        let attended = rope_attention(&q, &k, &v, cos, sin)?;
         let mlp_out = (candle_nn::ops::silu(&a)? * b)?;
         let out = block
             .out

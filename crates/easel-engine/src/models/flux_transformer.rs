@@ -313,18 +313,6 @@ impl Flux1Transformer {
         Ok((table(cos)?, table(sin)?))
     }
 
-    /// Attention over `q`, `k`, `v` `[B, H, S, D]` with the rotary embedding on q and k;
-    /// `[B, S, hidden]`.
-    fn attention(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        rope: &(Tensor, Tensor),
-    ) -> Result<Tensor> {
-        rope_attention(q, k, v, &rope.0, &rope.1)
-    }
-
     /// q, k and v of one stream's `[q | k | v]` projection, as normalised heads.
     fn split_qkv(&self, qkv: &Tensor, norm: &QkNorm) -> Result<(Tensor, Tensor, Tensor)> {
         let part = |i: usize| qkv.narrow(D::Minus1, i * self.hidden, self.hidden);
@@ -354,7 +342,7 @@ impl Flux1Transformer {
         let q = Tensor::cat(&[&qt, &qi], 2)?;
         let k = Tensor::cat(&[&kt, &ki], 2)?;
         let v = Tensor::cat(&[&vt, &vi], 2)?;
-        let attended = self.attention(&q, &k, &v, rope)?;
+        let attended = rope_attention(&q, &k, &v, &rope.0, &rope.1)?;
         let text_len = txt.dim(1)?;
         let finish = |stream: &Stream, x: &Tensor, attended: Tensor, mods: &[Modulation]| {
             let x = mods[0].gated_add(x, &stream.proj.forward(&attended)?)?;
@@ -391,7 +379,7 @@ impl Flux1Transformer {
         let qkv = projected.narrow(D::Minus1, 0, 3 * self.hidden)?;
         let (q, k, v) = self.split_qkv(&qkv, &block.norm)?;
         let mlp = projected.narrow(D::Minus1, 3 * self.hidden, self.mlp)?;
-        let attended = self.attention(&q, &k, &v, rope)?;
+        let attended = rope_attention(&q, &k, &v, &rope.0, &rope.1)?;
         let joined = Tensor::cat(&[&attended, &crate::ops::gelu_tanh(&mlp)?], D::Minus1)?;
         modulation.gated_add(x, &block.linear2.forward(&joined)?)
     }
