@@ -6,7 +6,8 @@
 //! re-lays the weights on every call, gathers the columns one element at a time and adds the
 //! bias in a single-threaded pass.
 //!
-//! Weights may be held in f16 or bf16 (see `weights`); they are widened once per call. Other
+//! Weights may be held in f16 or bf16 (see `weights`); they are widened once per group of tiles
+//! (on small maps, once a call). Other
 //! devices and dtypes use candle's own convolution (`Conv2d::forward` decides).
 
 use std::cell::RefCell;
@@ -262,7 +263,21 @@ impl CustomOp3 for Conv2dOp {
 /// A layer's weights `[out_channels, k]` (f32, f16 or bf16) and their layout.
 type Weights<'a> = (&'a CpuStorage, &'a Layout);
 
-/// The whole convolution: per image, per tile of output rows, columns then one product.
+/// Bytes of gathered columns one product over the weights serves: several tiles (the images of
+/// a batch on a small map, or two tiles of a large one) share one pass over the weights, so
+/// that 16-bit weights are widened once for all of them rather than once a tile.
+const GROUP_BUFFER_BYTES: usize = 2 * TILE_BUFFER_BYTES;
+
+/// Output rows `first_row..first_row + rows` of image `image`.
+#[derive(Clone, Copy)]
+struct RowsOf {
+    image: usize,
+    first_row: usize,
+    rows: usize,
+}
+
+/// The whole convolution: tiles of output rows, image by image, gathered into columns a group
+/// of tiles at a time, each group one pass over the weights with one product per tile.
 fn convolve(
     dims: &Dims,
     input: &[f32],
@@ -280,33 +295,76 @@ fn convolve(
     } else {
         (TILE_BUFFER_BYTES / 4 / (k * dims.out_w).max(1)).clamp(1, dims.out_h)
     };
+    let tiles: Vec<RowsOf> = (0..dims.batch)
+        .flat_map(|image| {
+            (0..dims.out_h)
+                .step_by(rows_per_tile)
+                .map(move |first_row| RowsOf {
+                    image,
+                    first_row,
+                    rows: rows_per_tile.min(dims.out_h - first_row),
+                })
+        })
+        .collect();
+    // Values of a tile's columns (none for a pointwise convolution: it reads the image).
+    let columns_len = |tile: &RowsOf| {
+        if pointwise {
+            0
+        } else {
+            k * tile.rows * dims.out_w
+        }
+    };
     COLUMNS.with(|columns| {
         let mut columns = columns.borrow_mut();
-        for b in 0..dims.batch {
-            let image = &input[b * image_len..(b + 1) * image_len];
-            let out_image = &mut out[b * dims.out_channels * n..(b + 1) * dims.out_channels * n];
-            let mut first_row = 0;
-            while first_row < dims.out_h {
-                let rows = rows_per_tile.min(dims.out_h - first_row);
-                let tile_n = rows * dims.out_w;
-                let tile_start = first_row * dims.out_w;
-                let rhs: &[f32] = if pointwise {
-                    image
-                } else {
-                    if columns.len() < k * tile_n {
-                        columns.resize(k * tile_n, 0.0);
-                    }
-                    gather_columns(dims, image, first_row, rows, &mut columns[..k * tile_n]);
-                    &columns[..k * tile_n]
-                };
-                let tile = Tile {
-                    start: tile_start,
-                    len: tile_n,
-                    image_len: n,
-                };
-                multiply(dims, weight, rhs, &tile, out_image)?;
-                first_row += rows;
+        let mut rest = &tiles[..];
+        while !rest.is_empty() {
+            let mut group_len = columns_len(&rest[0]);
+            let mut count = 1;
+            while count < rest.len()
+                && (group_len + columns_len(&rest[count])) * 4 <= GROUP_BUFFER_BYTES
+            {
+                group_len += columns_len(&rest[count]);
+                count += 1;
             }
+            let (group, after) = rest.split_at(count);
+            rest = after;
+            if columns.len() < group_len {
+                columns.resize(group_len, 0.0);
+            }
+            let mut at = 0;
+            for tile in group {
+                let len = columns_len(tile);
+                let image = &input[tile.image * image_len..(tile.image + 1) * image_len];
+                if !pointwise {
+                    gather_columns(
+                        dims,
+                        image,
+                        tile.first_row,
+                        tile.rows,
+                        &mut columns[at..at + len],
+                    );
+                }
+                at += len;
+            }
+            let mut at = 0;
+            let products: Vec<TileProduct> = group
+                .iter()
+                .map(|tile| {
+                    let len = columns_len(tile);
+                    let rhs = if pointwise {
+                        &input[tile.image * image_len..(tile.image + 1) * image_len]
+                    } else {
+                        &columns[at..at + len]
+                    };
+                    at += len;
+                    TileProduct {
+                        rhs,
+                        out_start: tile.image * dims.out_channels * n + tile.first_row * dims.out_w,
+                        len: tile.rows * dims.out_w,
+                    }
+                })
+                .collect();
+            multiply(dims, weight, &products, n, out)?;
         }
         add_bias_planes(out, bias, n);
         Ok(())
@@ -334,60 +392,68 @@ fn add_to_all_generic(values: &mut [f32], value: f32) {
     }
 }
 
-/// The output columns of one tile of an image.
-struct Tile {
-    /// First column.
-    start: usize,
-    /// Columns.
+/// One tile's product: its columns and where its outputs go.
+struct TileProduct<'a> {
+    /// `[k, len]` columns.
+    rhs: &'a [f32],
+    /// Where output channel 0's first value of the tile lies in the output.
+    out_start: usize,
+    /// Output positions (columns).
     len: usize,
-    /// Values of one output channel (the row stride).
-    image_len: usize,
 }
 
-/// `out_image[:, tile] = weight · rhs` for `rhs` `[k, tile.len]`.
+/// `out[:, tile] = weight · tile.rhs` for every tile, over one pass of the weights; each output
+/// channel's row is `plane` values long.
 fn multiply(
     dims: &Dims,
     (weight, layout): Weights,
-    rhs: &[f32],
-    tile: &Tile,
-    out_image: &mut [f32],
+    tiles: &[TileProduct],
+    plane: usize,
+    out: &mut [f32],
 ) -> Result<()> {
     let k = dims.k();
-    if out_image.len() < dims.out_channels * tile.image_len || rhs.len() < k * tile.len {
-        candle_core::bail!("conv2d: a tile's operands do not fit")
+    for tile in tiles {
+        let fits = tile.rhs.len() >= k * tile.len
+            && tile.out_start + dims.out_channels.saturating_sub(1) * plane + tile.len <= out.len();
+        if !fits {
+            candle_core::bail!("conv2d: a tile's operands do not fit")
+        }
     }
-    let out_at = out_image.as_mut_ptr() as usize;
+    let out_at = out.as_mut_ptr() as usize;
     let product = |first_channel: usize, weight: &[f32], parallelism: gemm::Parallelism| {
         let channels = weight.len() / k.max(1);
         let out = out_at as *mut f32;
-        // The one unsafe call: gemm takes raw pointers and strides.
-        // SAFETY: `out_image` holds `out_channels` rows of `image_len` values (checked above),
-        // of which this product writes rows `first_channel..first_channel + channels` (no
-        // other product does) and columns `start..start + len`; `weight` is `[channels, k]`
-        // and `rhs` `[k, len]`, all row-major and in bounds.
-        #[allow(unsafe_code)]
-        unsafe {
-            gemm::gemm(
-                channels,
-                tile.len,
-                k,
-                out.add(first_channel * tile.image_len + tile.start),
-                1,
-                tile.image_len as isize,
-                false,
-                weight.as_ptr(),
-                1,
-                k as isize,
-                rhs.as_ptr(),
-                1,
-                tile.len as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+        for tile in tiles {
+            // The one unsafe call: gemm takes raw pointers and strides.
+            // SAFETY: each tile's outputs are `out_channels` rows of `plane` values from
+            // `out_start` within `out` (checked above), of which this product writes rows
+            // `first_channel..first_channel + channels` (no other product does) and `len`
+            // columns; `weight` is `[channels, k]` and `rhs` `[k, len]`, all row-major and in
+            // bounds.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemm::gemm(
+                    channels,
+                    tile.len,
+                    k,
+                    out.add(tile.out_start + first_channel * plane),
+                    1,
+                    plane as isize,
+                    false,
+                    weight.as_ptr(),
+                    1,
+                    k as isize,
+                    tile.rhs.as_ptr(),
+                    1,
+                    tile.len as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
         }
     };
     for_each_f32_rows("conv2d", weight, layout, k, product)
@@ -573,5 +639,35 @@ mod tests {
         assert!(largest_relative_difference((1, 4, 5, 3), 6, 1, 2, 0) < 1e-5);
         // Wide enough that several tiles of output rows are gathered.
         assert!(largest_relative_difference((1, 160, 72, 40), 8, 3, 1, 1) < 1e-5);
+    }
+
+    #[test]
+    fn tiles_of_several_images_share_a_pass_over_half_precision_weights() {
+        let device = Device::Cpu;
+        // Stride 2 keeps it off the Winograd path; 200 channels make two tiles an image (29
+        // and 7 rows), grouped two by two: a group spans images and tiles of unequal length.
+        let x = Tensor::randn(0f32, 1.0, (2, 200, 72, 80), &device).expect("x");
+        let weight = Tensor::randn(0f32, 0.05, (9, 200, 3, 3), &device).expect("weight");
+        let bias = Tensor::randn(0f32, 1.0, 9, &device).expect("bias");
+        let config = Conv2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        };
+        let held = weight.to_dtype(DType::F16).expect("held");
+        let rounded = held.to_dtype(DType::F32).expect("rounded");
+        let ours = Conv2d::new(held, Some(bias.clone()), config)
+            .forward(&x)
+            .expect("ours");
+        let reference = x
+            .conv2d(&rounded, 1, 2, 1, 1)
+            .and_then(|y| y.broadcast_add(&bias.reshape((1, 9, 1, 1))?))
+            .expect("candle's");
+        let difference = (ours - reference)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|m| m.to_scalar::<f32>())
+            .expect("difference");
+        assert!(difference < 1e-4, "{difference}");
     }
 }
