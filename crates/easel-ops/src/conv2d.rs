@@ -644,30 +644,38 @@ mod tests {
     #[test]
     fn tiles_of_several_images_share_a_pass_over_half_precision_weights() {
         let device = Device::Cpu;
-        // Stride 2 keeps it off the Winograd path; 200 channels make two tiles an image (29
-        // and 7 rows), grouped two by two: a group spans images and tiles of unequal length.
-        let x = Tensor::randn(0f32, 1.0, (2, 200, 72, 80), &device).expect("x");
-        let weight = Tensor::randn(0f32, 0.05, (9, 200, 3, 3), &device).expect("weight");
-        let bias = Tensor::randn(0f32, 1.0, 9, &device).expect("bias");
-        let config = Conv2dConfig {
-            padding: 1,
-            stride: 2,
-            ..Default::default()
-        };
-        let held = weight.to_dtype(DType::F16).expect("held");
-        let rounded = held.to_dtype(DType::F32).expect("rounded");
-        let ours = Conv2d::new(held, Some(bias.clone()), config)
-            .forward(&x)
-            .expect("ours");
-        let reference = x
-            .conv2d(&rounded, 1, 2, 1, 1)
-            .and_then(|y| y.broadcast_add(&bias.reshape((1, 9, 1, 1))?))
-            .expect("candle's");
-        let difference = (ours - reference)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.max_all())
-            .and_then(|m| m.to_scalar::<f32>())
-            .expect("difference");
-        assert!(difference < 1e-4, "{difference}");
+        // Stride 2 keeps them off the Winograd path. 200 channels make two tiles an image (29
+        // and 7 rows), grouped two by two: a group spans images and tiles of unequal length,
+        // its weights widened whole. 130 x 900 x 9 weights (over a million) are widened block by
+        // block, each block multiplying both images of the group.
+        for (input, out_channels) in [((2, 200, 72, 80), 9), ((2, 900, 20, 20), 130)] {
+            let x = Tensor::randn(0f32, 1.0, input, &device).expect("x");
+            let weight =
+                Tensor::randn(0f32, 0.05, (out_channels, input.1, 3, 3), &device).expect("weight");
+            let bias = Tensor::randn(0f32, 1.0, out_channels, &device).expect("bias");
+            let config = Conv2dConfig {
+                padding: 1,
+                stride: 2,
+                ..Default::default()
+            };
+            let held = weight.to_dtype(DType::F16).expect("held");
+            let rounded = held.to_dtype(DType::F32).expect("rounded");
+            let ours = Conv2d::new(held, Some(bias.clone()), config)
+                .forward(&x)
+                .expect("ours");
+            let reference = x
+                .conv2d(&rounded, 1, 2, 1, 1)
+                .and_then(|y| y.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?))
+                .expect("candle's");
+            let difference = (ours - reference)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.max_all())
+                .and_then(|m| m.to_scalar::<f32>())
+                .expect("difference");
+            assert!(
+                difference < 1e-4,
+                "{input:?} -> {out_channels}: {difference}"
+            );
+        }
     }
 }

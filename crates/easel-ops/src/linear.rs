@@ -416,6 +416,8 @@ mod tests {
             (vec![3], 5, 7),
             (vec![2, 37], 24, 9),
             (vec![1, 2, 130], 64, 33),
+            // Over a million weights: 16-bit ones are widened block by block.
+            (vec![1, 5], 1030, 1020),
         ] {
             let mut x_dims = dims.clone();
             x_dims.push(in_features);

@@ -99,9 +99,11 @@ where
 const BLOCK_FLOATS: usize = 1 << 20;
 
 /// Calls `product(first_row, rows, parallelism)` over a layer's `row_len`-long weight rows in
-/// f32: once over all of them, in place, the product spread over the threads, when they are
-/// f32; per block, widened on the thread that multiplies it (`for_each_row_block`), each block's
-/// product on one thread, when they are f16 or bf16.
+/// f32: once over all of them, the product spread over the threads, when they are f32 (used in
+/// place) or 16-bit and few enough to stay in the cache once widened (a 320 x 320 projection:
+/// blocks of a few rows would each pack the whole input again); per block, widened on the
+/// thread that multiplies it (`for_each_row_block`), each block's product on one thread, when
+/// they are larger 16-bit weights.
 pub(crate) fn for_each_f32_rows(
     op: &str,
     storage: &CpuStorage,
@@ -109,7 +111,8 @@ pub(crate) fn for_each_f32_rows(
     row_len: usize,
     product: impl Fn(usize, &[f32], gemm::Parallelism) + Sync,
 ) -> Result<()> {
-    if is_half(storage) {
+    let whole_fits_cache = layout.shape().elem_count() <= BLOCK_FLOATS;
+    if is_half(storage) && !whole_fits_cache {
         for_each_row_block(op, storage, layout, row_len, |first, block| {
             product(first, block, gemm::Parallelism::None)
         })
