@@ -247,7 +247,7 @@ impl CustomOp3 for AttentionOp {
         let v = f32_slice("attention", v, v_layout)?;
         let scale = self.scale as f32;
         let channels = sizes.channels();
-        let mut out = vec![0f32; q.len()];
+        let mut out = crate::output::zeros(q.len());
         if channels > 0 && sizes.queries > 0 {
             // Tasks of one head of one block of query rows, in the order sequence, head, block:
             // the threads take runs of tasks, so that a thread's consecutive tasks read the

@@ -238,7 +238,7 @@ impl CustomOp3 for Conv2dOp {
         };
         let input = f32_slice("conv2d", input, input_layout)?;
         let bias = f32_slice("conv2d", bias, bias_layout)?;
-        let mut out = vec![0f32; batch * out_channels * dims.out_h * dims.out_w];
+        let mut out = crate::output::zeros(batch * out_channels * dims.out_h * dims.out_w);
         let shape = winograd::Shape {
             in_channels,
             out_channels,

@@ -44,7 +44,7 @@ impl CustomOp1 for GegluOp {
         if let Some(last) = dims.last_mut() {
             *last = half;
         }
-        let mut out = vec![0f32; input.len() / 2];
+        let mut out = crate::output::zeros(input.len() / 2);
         // Rows of several at a time, so that each task is worth a thread.
         let rows_per_task = (16_384 / half.max(1)).max(1);
         out.par_chunks_mut(half.max(1) * rows_per_task)

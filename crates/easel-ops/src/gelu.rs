@@ -70,7 +70,7 @@ impl CustomOp1 for GeluTanhOp {
             candle_core::bail!("gelu_tanh: rows must be contiguous and evenly spaced")
         };
         let values = storage.as_slice::<f32>()?;
-        let mut out = vec![0f32; rows * row_len];
+        let mut out = crate::output::zeros(rows * row_len);
         if rows == 0 || row_len == 0 {
             return Ok((CpuStorage::F32(out), layout.shape().clone()));
         }

@@ -212,7 +212,7 @@ impl CustomOp1 for AffineOp {
         let input = f32_slice("group_norm", storage, layout)?;
         let planes = self.scale.len();
         let plane = input.len() / planes.max(1);
-        let mut out = vec![0f32; input.len()];
+        let mut out = crate::output::zeros(input.len());
         out.par_chunks_mut(plane.max(1))
             .zip(input.par_chunks(plane.max(1)))
             .enumerate()

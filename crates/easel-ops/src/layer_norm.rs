@@ -115,7 +115,7 @@ impl CustomOp3 for LayerNormOp {
         let weight = f32_slice("layer_norm", weight, weight_layout)?;
         let bias = f32_slice("layer_norm", bias, bias_layout)?;
         let width = weight.len();
-        let mut out = vec![0f32; x.len()];
+        let mut out = crate::output::zeros(x.len());
         out.par_chunks_mut(ROWS_PER_TASK * width)
             .zip(x.par_chunks(ROWS_PER_TASK * width))
             .for_each(|(out, x)| normalize_rows(x, weight, bias, self.eps, out));

@@ -14,6 +14,7 @@ pub mod group_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod op_times;
+mod output;
 pub mod weights;
 mod winograd;
 

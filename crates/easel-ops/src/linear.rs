@@ -244,7 +244,7 @@ fn linear_cpu(
     let mut out = if len > 0 && in_features > 0 {
         product_into_new(x, &shape, (weight, weight_layout))?
     } else {
-        vec![0f32; len]
+        crate::output::zeros(len)
     };
     if let Some(bias) = bias {
         match op.to {
