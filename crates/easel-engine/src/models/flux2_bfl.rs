@@ -6,13 +6,11 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::error::ModelError;
-use super::tensor_reader::{expect_shape, TensorReader};
-use super::weights::checked_reader;
+use super::renamed_tensors::{renamed_var_builder, Source};
 
 /// Whether a folder's root holds a BFL FLUX.2 single file, and which.
 pub fn find_single_file(dir: &Path) -> Option<std::path::PathBuf> {
@@ -38,33 +36,13 @@ pub fn bfl_var_builder(
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>, ModelError> {
-    let reader = checked_reader(&[file.to_path_buf()])?;
-    Ok(VarBuilder::from_backend(
-        Box::new(BflNames { reader, inner }),
+    renamed_var_builder(
+        file,
+        move |name| bfl_source(name, inner),
+        "BFL tensor",
         dtype,
-        device.clone(),
-    ))
-}
-
-/// Where a diffusers tensor comes from in the BFL file.
-pub(crate) enum Source {
-    /// The whole tensor of this name.
-    Whole(String),
-    /// Rows `start..start + len` of this tensor.
-    Rows(String, usize, usize),
-    /// This tensor with its two row halves swapped.
-    SwappedHalves(String),
-}
-
-struct BflNames {
-    reader: TensorReader,
-    inner: usize,
-}
-
-impl BflNames {
-    fn source(&self, name: &str) -> Option<Source> {
-        bfl_source(name, self.inner)
-    }
+        device,
+    )
 }
 
 /// The BFL tensor (or rows of it) that holds the diffusers-named tensor `name` of a
@@ -133,54 +111,4 @@ pub(crate) fn bfl_source(name: &str, inner: usize) -> Option<Source> {
         };
     }
     None
-}
-
-impl SimpleBackend for BflNames {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        init: candle_nn::Init,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let _ = init;
-        expect_shape(self.get_unchecked(name, dtype, device)?, shape, name)
-    }
-
-    fn get_unchecked(
-        &self,
-        name: &str,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let missing = || candle_core::Error::CannotFindTensor {
-            path: format!("{name} (no BFL tensor maps to it)"),
-        };
-        match self.source(name).ok_or_else(missing)? {
-            Source::Whole(bfl) => self.reader.get_unchecked(&bfl, dtype, device),
-            Source::Rows(bfl, start, len) => self
-                .reader
-                .get_unchecked(&bfl, dtype, device)?
-                .narrow(0, start, len)?
-                .contiguous(),
-            Source::SwappedHalves(bfl) => {
-                let tensor = self.reader.get_unchecked(&bfl, dtype, device)?;
-                let half = tensor.dim(0)? / 2;
-                Tensor::cat(
-                    &[tensor.narrow(0, half, half)?, tensor.narrow(0, 0, half)?],
-                    0,
-                )
-            }
-        }
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        match self.source(name) {
-            Some(Source::Whole(bfl) | Source::Rows(bfl, _, _) | Source::SwappedHalves(bfl)) => {
-                self.reader.contains_tensor(&bfl)
-            }
-            None => false,
-        }
-    }
 }

@@ -13,8 +13,9 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, QTensor};
 use candle_core::Device;
 
 use super::error::ModelError;
-use super::flux2_bfl::{bfl_source, Source};
+use super::flux2_bfl::bfl_source;
 use super::gguf_check::check_gguf;
+use super::renamed_tensors::Source;
 
 /// Prefixes that converters put before the transformer's own names.
 const PREFIXES: [&str; 4] = [

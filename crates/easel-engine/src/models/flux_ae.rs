@@ -6,13 +6,11 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::error::ModelError;
-use super::tensor_reader::{expect_shape, TensorReader};
-use super::weights::checked_reader;
+use super::renamed_tensors::{renamed_var_builder, Source};
 
 /// A `VarBuilder` over BFL's autoencoder `file` that answers diffusers names; `levels` is
 /// the number of resolution levels (`block_out_channels`' length).
@@ -22,17 +20,13 @@ pub fn bfl_autoencoder_var_builder(
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>, ModelError> {
-    let reader = checked_reader(&[file.to_path_buf()])?;
-    Ok(VarBuilder::from_backend(
-        Box::new(BflAutoencoderNames { reader, levels }),
+    renamed_var_builder(
+        file,
+        move |name| bfl_name(name, levels).map(Source::Whole),
+        "tensor of BFL's autoencoder",
         dtype,
-        device.clone(),
-    ))
-}
-
-struct BflAutoencoderNames {
-    reader: TensorReader,
-    levels: usize,
+        device,
+    )
 }
 
 /// The BFL name of the diffusers-named autoencoder tensor `name` (with `levels` resolution
@@ -119,37 +113,6 @@ fn resnet_part(part: &str) -> Option<&str> {
         "norm1" | "conv1" | "norm2" | "conv2" => Some(part),
         "conv_shortcut" => Some("nin_shortcut"),
         _ => None,
-    }
-}
-
-impl SimpleBackend for BflAutoencoderNames {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        init: candle_nn::Init,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let _ = init;
-        expect_shape(self.get_unchecked(name, dtype, device)?, shape, name)
-    }
-
-    fn get_unchecked(
-        &self,
-        name: &str,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let bfl =
-            bfl_name(name, self.levels).ok_or_else(|| candle_core::Error::CannotFindTensor {
-                path: format!("{name} (no tensor of BFL's autoencoder maps to it)"),
-            })?;
-        self.reader.get_unchecked(&bfl, dtype, device)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        bfl_name(name, self.levels).is_some_and(|bfl| self.reader.contains_tensor(&bfl))
     }
 }
 

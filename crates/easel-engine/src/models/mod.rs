@@ -20,6 +20,7 @@ mod gguf_check;
 pub mod joint_attention;
 pub mod qwen3;
 pub mod qwen_prompt;
+mod renamed_tensors;
 
 pub mod sd;
 pub mod t5;
