@@ -84,6 +84,18 @@ impl TensorReader {
         file.seek(SeekFrom::Start(entry.offset))
             .map_err(|e| read_error(path, name, e))?;
         let file = &mut *file;
+        // f32 values asked for in 16 bits are narrowed a chunk at a time as they are read, so
+        // that a tensor is never held in both precisions (T5's 0.5 GB f32 embedding was).
+        let narrowed = match (entry.dtype, dtype) {
+            (DType::F32, DType::F16) => Some(read_narrowed::<half::f16>(file, entry)),
+            (DType::F32, DType::BF16) => Some(read_narrowed::<half::bf16>(file, entry)),
+            _ => None,
+        };
+        if let Some(narrowed) = narrowed {
+            return narrowed
+                .map_err(|e| read_error(path, name, e))??
+                .to_device(device);
+        }
         let on_cpu = match entry.dtype {
             DType::F32 => read_values::<f32>(file, entry),
             DType::F16 => read_values::<half::f16>(file, entry),
@@ -106,6 +118,34 @@ fn read_values<T: candle_core::WithDType + bytemuck::Pod>(
 ) -> std::io::Result<candle_core::Result<Tensor>> {
     let mut values = vec![T::zeroed(); entry.len / std::mem::size_of::<T>()];
     file.read_exact(bytemuck::cast_slice_mut(&mut values))?;
+    Ok(Tensor::from_vec(
+        values,
+        entry.shape.as_slice(),
+        &Device::Cpu,
+    ))
+}
+
+/// f32 values read through a small buffer this many at a time when narrowed.
+const NARROWED_CHUNK_VALUES: usize = 1 << 20;
+
+/// One f32 tensor's data read and narrowed to `H` chunk by chunk into the vector that becomes
+/// its storage (the rounding `to_dtype` does: to nearest, ties to even).
+fn read_narrowed<H>(
+    file: &mut std::fs::File,
+    entry: &Entry,
+) -> std::io::Result<candle_core::Result<Tensor>>
+where
+    H: candle_core::WithDType,
+    [H]: half::slice::HalfFloatSliceExt,
+{
+    let len = entry.len / std::mem::size_of::<f32>();
+    let mut values = vec![H::from_f64(0.0); len];
+    let mut chunk = vec![0f32; NARROWED_CHUNK_VALUES.min(len)];
+    for narrowed in values.chunks_mut(NARROWED_CHUNK_VALUES) {
+        let read = &mut chunk[..narrowed.len()];
+        file.read_exact(bytemuck::cast_slice_mut(read))?;
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(narrowed, read);
+    }
     Ok(Tensor::from_vec(
         values,
         entry.shape.as_slice(),
@@ -246,4 +286,42 @@ pub fn entry_of(
         offset,
         len,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_tensors_read_in_16_bits_round_as_to_dtype_does() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("weights.safetensors");
+        // Past one chunk, with values that round up, down, to even, and overflow f16.
+        let count = NARROWED_CHUNK_VALUES + 3;
+        let mut values: Vec<f32> = (0..count)
+            .map(|i| ((i as f32) * 0.618_034).sin() * 3.0)
+            .collect();
+        values[..4].copy_from_slice(&[1.000_488_3, 1.000_976_6, 70_000.0, -1e-9]);
+        let stored = Tensor::from_vec(values, (count,), &Device::Cpu).expect("tensor");
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("w".to_string(), stored.clone())]),
+            &path,
+        )
+        .expect("saved");
+        let reader = TensorReader::open(&[path]).expect("opened");
+        for dtype in [DType::F16, DType::BF16, DType::F32] {
+            let read = reader.read("w", dtype, &Device::Cpu).expect("read");
+            let expected = stored.to_dtype(dtype).expect("narrowed");
+            assert_eq!(read.dtype(), dtype);
+            let bits = |t: &Tensor| {
+                t.to_dtype(DType::F32)
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("values")
+                    .into_iter()
+                    .map(f32::to_bits)
+                    .collect::<Vec<_>>()
+            };
+            assert!(bits(&read) == bits(&expected), "{dtype:?}");
+        }
+    }
 }
