@@ -10,8 +10,9 @@
 # models/bench once) and scripts/bench_diffusers.py on that same folder. Both run the prompt
 # through the text encoder, N Euler steps on a CFG batch of two, and the VAE decode, with
 # every core. Prints the machine, each side's medians and the ratios Easel / diffusers (below
-# 1 is Easel faster or smaller). Needs about 6 GB of disk for the environment and 4 GB for
-# the model; at 512 px a run takes about 10 minutes on 2 cores.
+# 1 is Easel faster or smaller), for Easel's full mode (f32 weights) and its low-memory mode
+# (staged, weights held in f16; both compute in f32). Needs about 6 GB of disk for the
+# environment and 4 GB for the model; at 512 px a run takes about 10 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,11 +33,12 @@ while [ $# -gt 0 ]; do
 done
 
 venv=${EASEL_BENCH_VENV:-.bench-venv}
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, diffusers, transformers" 2>/dev/null; then
+# accelerate: diffusers loads without a second copy of the weights with it, as it recommends.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, diffusers, transformers, accelerate" 2>/dev/null; then
     echo "bench-vs-diffusers: installing torch and diffusers into $venv (PyPI)" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
-    "$venv/bin/pip" install --quiet torch diffusers transformers safetensors
+    "$venv/bin/pip" install --quiet torch diffusers transformers safetensors accelerate
 fi
 
 cargo build --quiet
@@ -91,6 +93,9 @@ rows = [
     ("bare UNet forward", m(e["denoiser_forward_secs_median"] for e in easel), m(t["unet_forward_secs_median"] for t in torch), "s"),
     ("VAE decode", m(e["modes"]["full"]["vae_decode_secs"] for e in easel), m(t["vae_decode_secs"] for t in torch), "s"),
     ("peak RSS (full)", m(e["modes"]["full"]["peak_rss_bytes"] for e in easel) / 1e9, m(t["peak_rss_bytes"] for t in torch) / 1e9, "GB"),
+    # Low-memory mode: one stage's components at a time, weights held in 16 bits (computed in f32).
+    ("UNet step (staged)", m(e["modes"]["staged"]["step_secs_median"] for e in easel), m(t["step_secs_median"] for t in torch), "s"),
+    ("VAE decode (staged)", m(e["modes"]["staged"]["vae_decode_secs"] for e in easel), m(t["vae_decode_secs"] for t in torch), "s"),
     ("peak RSS (staged)", m(e["modes"]["staged"]["peak_rss_bytes"] for e in easel) / 1e9, m(t["peak_rss_bytes"] for t in torch) / 1e9, "GB"),
 ]
 print(f"{'':20}{'easel':>10}{'diffusers':>12}{'ratio':>8}")
