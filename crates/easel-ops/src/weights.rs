@@ -94,6 +94,18 @@ where
     })
 }
 
+/// Rounds f32 `from` to f16 into `to` (to nearest, ties to even, as candle's `to_dtype`), when
+/// weights stored in f32 are held in 16 bits. Here so that it runs optimised in dev builds too:
+/// `half`'s conversion is `#[inline]` and takes its caller's optimisation level.
+pub fn narrow_to_f16(to: &mut [half::f16], from: &[f32]) {
+    to.convert_from_f32_slice(from);
+}
+
+/// Rounds f32 `from` to bf16 into `to`, as `narrow_to_f16`.
+pub fn narrow_to_bf16(to: &mut [half::bf16], from: &[f32]) {
+    to.convert_from_f32_slice(from);
+}
+
 /// Values of half-precision weights widened whole and multiplied on every thread: a matrix this
 /// small stays in the cache once widened, and blocks of a few rows would each pack the whole
 /// input again (a 320 x 320 projection).

@@ -87,8 +87,16 @@ impl TensorReader {
         // f32 values asked for in 16 bits are narrowed a chunk at a time as they are read, so
         // that a tensor is never held in both precisions (T5's 0.5 GB f32 embedding was).
         let narrowed = match (entry.dtype, dtype) {
-            (DType::F32, DType::F16) => Some(read_narrowed::<half::f16>(file, entry)),
-            (DType::F32, DType::BF16) => Some(read_narrowed::<half::bf16>(file, entry)),
+            (DType::F32, DType::F16) => Some(read_narrowed(
+                file,
+                entry,
+                easel_ops::weights::narrow_to_f16,
+            )),
+            (DType::F32, DType::BF16) => Some(read_narrowed(
+                file,
+                entry,
+                easel_ops::weights::narrow_to_bf16,
+            )),
             _ => None,
         };
         if let Some(narrowed) = narrowed {
@@ -116,7 +124,9 @@ fn read_values<T: candle_core::WithDType + bytemuck::Pod>(
     file: &mut std::fs::File,
     entry: &Entry,
 ) -> std::io::Result<candle_core::Result<Tensor>> {
-    let mut values = vec![T::zeroed(); entry.len / std::mem::size_of::<T>()];
+    // Allocated zeroed, not filled element by element (which `vec!` does for f16 and bf16, and
+    // slowly in dev builds, where this crate is not optimised).
+    let mut values: Vec<T> = bytemuck::zeroed_vec(entry.len / std::mem::size_of::<T>());
     file.read_exact(bytemuck::cast_slice_mut(&mut values))?;
     Ok(Tensor::from_vec(
         values,
@@ -130,21 +140,18 @@ const NARROWED_CHUNK_VALUES: usize = 1 << 20;
 
 /// One f32 tensor's data read and narrowed to `H` chunk by chunk into the vector that becomes
 /// its storage (the rounding `to_dtype` does: to nearest, ties to even).
-fn read_narrowed<H>(
+fn read_narrowed<H: candle_core::WithDType + bytemuck::Pod>(
     file: &mut std::fs::File,
     entry: &Entry,
-) -> std::io::Result<candle_core::Result<Tensor>>
-where
-    H: candle_core::WithDType,
-    [H]: half::slice::HalfFloatSliceExt,
-{
+    narrow: fn(&mut [H], &[f32]),
+) -> std::io::Result<candle_core::Result<Tensor>> {
     let len = entry.len / std::mem::size_of::<f32>();
-    let mut values = vec![H::from_f64(0.0); len];
+    let mut values: Vec<H> = bytemuck::zeroed_vec(len);
     let mut chunk = vec![0f32; NARROWED_CHUNK_VALUES.min(len)];
     for narrowed in values.chunks_mut(NARROWED_CHUNK_VALUES) {
         let read = &mut chunk[..narrowed.len()];
         file.read_exact(bytemuck::cast_slice_mut(read))?;
-        half::slice::HalfFloatSliceExt::convert_from_f32_slice(narrowed, read);
+        narrow(narrowed, read);
     }
     Ok(Tensor::from_vec(
         values,
