@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Resul
 use candle_nn::VarBuilder;
 
 use crate::f32_slice;
-use crate::weights::{for_each_f32_rows, is_cpu_weights_dtype};
+use crate::weights::{for_each_f32_row_split, for_each_f32_rows, is_cpu_weights_dtype, FEW_ROWS};
 
 /// `y = x Wᵀ + b` over the last dimension of `x`: weights `[out, in]`, bias `[out]`.
 #[derive(Debug, Clone)]
@@ -363,7 +363,11 @@ fn product_into_new(
             }
         }
     };
-    for_each_f32_rows("linear", weight, weight_layout, shape.in_features, product)?;
+    if shape.batches * shape.rows <= FEW_ROWS {
+        for_each_f32_row_split("linear", weight, weight_layout, shape.in_features, product)?;
+    } else {
+        for_each_f32_rows("linear", weight, weight_layout, shape.in_features, product)?;
+    }
     // SAFETY: the products above wrote every one of the `len` values.
     #[allow(unsafe_code)]
     unsafe {
@@ -416,8 +420,12 @@ mod tests {
             (vec![3], 5, 7),
             (vec![2, 37], 24, 9),
             (vec![1, 2, 130], 64, 33),
-            // Over a million weights: 16-bit ones are widened block by block.
+            // A few rows: the weights' rows split over the threads, in uneven blocks.
+            (vec![2], 300, 1031),
+            // Over a million weights: 16-bit ones are widened block by block, for a few rows
+            // and for many.
             (vec![1, 5], 1030, 1020),
+            (vec![1, 12], 1030, 1020),
         ] {
             let mut x_dims = dims.clone();
             x_dims.push(in_features);

@@ -143,6 +143,40 @@ pub(crate) fn for_each_f32_rows(
     }
 }
 
+/// Products of at most this many input rows take `for_each_f32_row_split`: gemm multiplies so
+/// few rows (a matrix-vector product) on one thread.
+pub(crate) const FEW_ROWS: usize = 8;
+
+/// As `for_each_f32_rows`, for products of `FEW_ROWS` input rows or fewer (a time embedding,
+/// FLUX's modulations), which gemm would keep on one thread: the weights' rows are split over
+/// the threads instead, each block's product on its own thread (f32 weights in place, 16-bit
+/// ones widened a block at a time as in `for_each_row_block`).
+pub(crate) fn for_each_f32_row_split(
+    op: &str,
+    storage: &CpuStorage,
+    layout: &Layout,
+    row_len: usize,
+    product: impl Fn(usize, &[f32], gemm::Parallelism) + Sync,
+) -> Result<()> {
+    if is_half(storage) {
+        return for_each_row_block(op, storage, layout, row_len, |first, block| {
+            product(first, block, gemm::Parallelism::None)
+        });
+    }
+    with_f32_weights(op, storage, layout, |weights| {
+        let row_len = row_len.max(1);
+        let rows_per_task = (weights.len() / row_len)
+            .div_ceil(2 * crate::threads().max(1))
+            .max(1);
+        weights
+            .par_chunks(rows_per_task * row_len)
+            .enumerate()
+            .for_each(|(task, block)| {
+                product(task * rows_per_task, block, gemm::Parallelism::None)
+            });
+    })
+}
+
 /// Whether `storage` holds half-precision weights (f16, bf16), which the products widen a block
 /// at a time, rather than f32 ones used in place.
 fn is_half(storage: &CpuStorage) -> bool {
