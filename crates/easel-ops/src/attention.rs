@@ -610,11 +610,7 @@ mod tests {
         let padded = attention(&pq, &pk, &pv, scale)
             .and_then(|out| out.narrow(candle_core::D::Minus1, 0, 40))
             .expect("padded");
-        let difference = (plain - padded)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.max_all())
-            .and_then(|d| d.to_scalar::<f32>())
-            .expect("difference");
+        let difference = largest_difference(&plain, &padded);
         assert!(difference < 1e-6, "{difference}");
     }
 

@@ -276,6 +276,20 @@ struct RowsOf {
     rows: usize,
 }
 
+/// How many of `tiles`, from the first, gather their columns (`columns_len` values each) within
+/// `GROUP_BUFFER_BYTES`: at least one.
+fn group_size(tiles: &[RowsOf], columns_len: impl Fn(&RowsOf) -> usize) -> usize {
+    let mut bytes = 0;
+    let fitting = tiles
+        .iter()
+        .take_while(|tile| {
+            bytes += columns_len(tile) * 4;
+            bytes <= GROUP_BUFFER_BYTES
+        })
+        .count();
+    fitting.max(1)
+}
+
 /// The whole convolution: tiles of output rows, image by image, gathered into columns a group
 /// of tiles at a time, each group one pass over the weights with one product per tile.
 fn convolve(
@@ -318,16 +332,9 @@ fn convolve(
         let mut columns = columns.borrow_mut();
         let mut rest = &tiles[..];
         while !rest.is_empty() {
-            let mut group_len = columns_len(&rest[0]);
-            let mut count = 1;
-            while count < rest.len()
-                && (group_len + columns_len(&rest[count])) * 4 <= GROUP_BUFFER_BYTES
-            {
-                group_len += columns_len(&rest[count]);
-                count += 1;
-            }
-            let (group, after) = rest.split_at(count);
+            let (group, after) = rest.split_at(group_size(rest, columns_len));
             rest = after;
+            let group_len: usize = group.iter().map(columns_len).sum();
             if columns.len() < group_len {
                 columns.resize(group_len, 0.0);
             }
@@ -456,7 +463,8 @@ fn multiply(
             }
         }
     };
-    for_each_f32_rows("conv2d", weight, layout, k, product)
+    let positions = tiles.iter().map(|tile| tile.len).sum();
+    for_each_f32_rows("conv2d", weight, layout, k, positions, product)
 }
 
 /// Fills `columns` (`[k, rows * out_w]`) for output rows `first_row..first_row + rows`: row
@@ -513,6 +521,7 @@ fn gather_columns(dims: &Dims, image: &[f32], first_row: usize, rows: usize, col
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::largest_difference;
     use candle_core::Device;
 
     /// Easel's convolution against candle's on the same operands.
@@ -603,11 +612,7 @@ mod tests {
             let reference = Conv2d::new(rounded, Some(bias.clone()), config)
                 .forward(&x)
                 .expect("f32");
-            let difference = (ours - reference)
-                .and_then(|d| d.abs())
-                .and_then(|d| d.max_all())
-                .and_then(|m| m.to_scalar::<f32>())
-                .expect("difference");
+            let difference = largest_difference(&ours, &reference);
             assert!(difference < 1e-5, "{held:?} {side}: {difference}");
         }
     }
@@ -667,11 +672,7 @@ mod tests {
                 .conv2d(&rounded, 1, 2, 1, 1)
                 .and_then(|y| y.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?))
                 .expect("candle's");
-            let difference = (ours - reference)
-                .and_then(|d| d.abs())
-                .and_then(|d| d.max_all())
-                .and_then(|m| m.to_scalar::<f32>())
-                .expect("difference");
+            let difference = largest_difference(&ours, &reference);
             assert!(
                 difference < 1e-4,
                 "{input:?} -> {out_channels}: {difference}"

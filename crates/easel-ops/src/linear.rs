@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Resul
 use candle_nn::VarBuilder;
 
 use crate::f32_slice;
-use crate::weights::{for_each_f32_row_split, for_each_f32_rows, is_cpu_weights_dtype, FEW_ROWS};
+use crate::weights::{for_each_f32_rows, is_cpu_weights_dtype};
 
 /// `y = x Wᵀ + b` over the last dimension of `x`: weights `[out, in]`, bias `[out]`.
 #[derive(Debug, Clone)]
@@ -363,11 +363,15 @@ fn product_into_new(
             }
         }
     };
-    if shape.batches * shape.rows <= FEW_ROWS {
-        for_each_f32_row_split("linear", weight, weight_layout, shape.in_features, product)?;
-    } else {
-        for_each_f32_rows("linear", weight, weight_layout, shape.in_features, product)?;
-    }
+    let input_rows = shape.batches * shape.rows;
+    for_each_f32_rows(
+        "linear",
+        weight,
+        weight_layout,
+        shape.in_features,
+        input_rows,
+        product,
+    )?;
     // SAFETY: the products above wrote every one of the `len` values.
     #[allow(unsafe_code)]
     unsafe {

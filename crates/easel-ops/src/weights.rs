@@ -118,21 +118,27 @@ const WHOLE_FLOATS: usize = 1 << 20;
 /// product of the whole 186 ms).
 const BLOCK_FLOATS: usize = 1 << 22;
 
+/// Products of at most this many input rows split the weights' rows over the threads: gemm
+/// multiplies so few rows (a matrix-vector product: a time embedding, FLUX's modulations) on
+/// one thread.
+const FEW_ROWS: usize = 8;
+
 /// Calls `product(first_row, rows, parallelism)` over a layer's `row_len`-long weight rows in
-/// f32: once over all of them, the product spread over the threads, when they are f32 (used in
-/// place) or 16-bit and few enough to stay in the cache once widened (a 320 x 320 projection:
-/// blocks of a few rows would each pack the whole input again); per block, widened on the
-/// thread that multiplies it (`for_each_row_block`), each block's product on one thread, when
-/// they are larger 16-bit weights.
+/// f32, for a product with `input_rows` rows on the other side: once over all of them, the
+/// product spread over the threads, when they are f32 (used in place) or 16-bit and few enough
+/// to stay in the cache once widened (a 320 x 320 projection: blocks of a few rows would each
+/// pack the whole input again); per block (`for_each_row_block`), each block's product on one
+/// thread, when they are larger 16-bit weights or the input has `FEW_ROWS` rows or fewer.
 pub(crate) fn for_each_f32_rows(
     op: &str,
     storage: &CpuStorage,
     layout: &Layout,
     row_len: usize,
+    input_rows: usize,
     product: impl Fn(usize, &[f32], gemm::Parallelism) + Sync,
 ) -> Result<()> {
     let whole_fits_cache = layout.shape().elem_count() <= WHOLE_FLOATS;
-    if is_half(storage) && !whole_fits_cache {
+    if input_rows <= FEW_ROWS || (is_half(storage) && !whole_fits_cache) {
         for_each_row_block(op, storage, layout, row_len, |first, block| {
             product(first, block, gemm::Parallelism::None)
         })
@@ -143,50 +149,17 @@ pub(crate) fn for_each_f32_rows(
     }
 }
 
-/// Products of at most this many input rows take `for_each_f32_row_split`: gemm multiplies so
-/// few rows (a matrix-vector product) on one thread.
-pub(crate) const FEW_ROWS: usize = 8;
-
-/// As `for_each_f32_rows`, for products of `FEW_ROWS` input rows or fewer (a time embedding,
-/// FLUX's modulations), which gemm would keep on one thread: the weights' rows are split over
-/// the threads instead, each block's product on its own thread (f32 weights in place, 16-bit
-/// ones widened a block at a time as in `for_each_row_block`).
-pub(crate) fn for_each_f32_row_split(
-    op: &str,
-    storage: &CpuStorage,
-    layout: &Layout,
-    row_len: usize,
-    product: impl Fn(usize, &[f32], gemm::Parallelism) + Sync,
-) -> Result<()> {
-    if is_half(storage) {
-        return for_each_row_block(op, storage, layout, row_len, |first, block| {
-            product(first, block, gemm::Parallelism::None)
-        });
-    }
-    with_f32_weights(op, storage, layout, |weights| {
-        let row_len = row_len.max(1);
-        let rows_per_task = (weights.len() / row_len)
-            .div_ceil(2 * crate::threads().max(1))
-            .max(1);
-        weights
-            .par_chunks(rows_per_task * row_len)
-            .enumerate()
-            .for_each(|(task, block)| {
-                product(task * rows_per_task, block, gemm::Parallelism::None)
-            });
-    })
-}
-
 /// Whether `storage` holds half-precision weights (f16, bf16), which the products widen a block
 /// at a time, rather than f32 ones used in place.
 fn is_half(storage: &CpuStorage) -> bool {
     matches!(storage, CpuStorage::F16(_) | CpuStorage::BF16(_))
 }
 
-/// Calls `with(first_row, rows)` for blocks of the `row_len`-long rows of contiguous f16 or bf16
-/// weights, the blocks spread over the threads, each widened to f32 in its thread's buffer
-/// just before: a layer's weights are read once at half width and never written out whole in
-/// f32 (widening the whole matrix first cost SD's 16-bit UNet 6% of its step).
+/// Calls `with(first_row, rows)` for blocks of the `row_len`-long rows of contiguous weights,
+/// the blocks spread over the threads: f32 ones in place; f16 or bf16 ones each widened to f32
+/// in its thread's buffer just before, so that a layer's weights are read once at half width
+/// and never written out whole in f32 (widening the whole matrix first cost SD's 16-bit UNet
+/// 6% of its step).
 fn for_each_row_block(
     op: &str,
     storage: &CpuStorage,
@@ -198,6 +171,14 @@ fn for_each_row_block(
         candle_core::bail!("{op}: the weights must be contiguous")
     };
     match storage {
+        CpuStorage::F32(values) => {
+            let values = &values[start..end];
+            let rows_per_block = rows_per_block(values.len(), row_len);
+            values
+                .par_chunks(rows_per_block * row_len.max(1))
+                .enumerate()
+                .for_each(|(block, values)| with(block * rows_per_block, values));
+        }
         CpuStorage::F16(values) => widen_blocks(&values[start..end], row_len, with),
         CpuStorage::BF16(values) => widen_blocks(&values[start..end], row_len, with),
         other => {
@@ -208,19 +189,23 @@ fn for_each_row_block(
     Ok(())
 }
 
+/// Rows a block of `len` weights in `row_len`-long rows takes: within the cache's budget, and at
+/// least two blocks a thread so that every thread works.
+fn rows_per_block(len: usize, row_len: usize) -> usize {
+    let row_len = row_len.max(1);
+    (BLOCK_FLOATS / row_len)
+        .min((len / row_len).div_ceil(2 * crate::threads().max(1)))
+        .max(1)
+}
+
 fn widen_blocks<H>(values: &[H], row_len: usize, with: impl Fn(usize, &[f32]) + Sync)
 where
     H: Sync,
     [H]: HalfFloatSliceExt,
 {
-    let row_len = row_len.max(1);
-    // Within the cache's budget, and at least two blocks a thread so that every thread works.
-    let rows = values.len() / row_len;
-    let rows_per_block = (BLOCK_FLOATS / row_len)
-        .min(rows.div_ceil(2 * crate::threads().max(1)))
-        .max(1);
+    let rows_per_block = rows_per_block(values.len(), row_len);
     values
-        .par_chunks(rows_per_block * row_len)
+        .par_chunks(rows_per_block * row_len.max(1))
         .enumerate()
         .for_each(|(block, values)| {
             WIDENED.with(|buffer| {
